@@ -1,0 +1,53 @@
+"""Shared test setup.
+
+Fixtures that start real components live in ``tests/fixtures/`` (one module per component) and are
+registered here. Any WARNING (or worse) logged during a test fails it unless the test declares it with
+``@pytest.mark.allow_warnings``: "zero warnings" is a property we test, not hope for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = [
+    "tests.fixtures.common",
+]
+
+VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_warnings: the test expects WARNING log records")
+    config.addinivalue_line("markers", "needs_root: needs root (FUSE, containerd, mounts)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root")
+    for item in items:
+        if "needs_root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_warnings(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO)
+    yield
+    if request.node.get_closest_marker("allow_warnings"):
+        return
+    noisy = [r for r in caplog.get_records("call") if r.levelno >= logging.WARNING]
+    if noisy:
+        lines = "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in noisy)
+        pytest.fail(f"unexpected warnings logged:\n{lines}")
+
+
+@pytest.fixture(scope="session")
+def vectors_dir() -> Path:
+    if not VECTORS.is_dir():
+        pytest.fail(f"shared test vectors missing at {VECTORS}")
+    return VECTORS

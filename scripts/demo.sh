@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up this machine (idempotent) and run zsnap's built-in demo: build an image, push it to a private
+# registry, convert it to zstd:chunked, verify it, and start it lazily.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m snapshotter.demo "$@"

@@ -1,0 +1,516 @@
+"""The read path: file range -> chunks -> store hit, or coalesced range GET -> decode -> verify -> store.
+
+One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazily served file:
+
+1. the chunks covering the range are found by bisection on ``Chunk.file_offset``;
+2. ``zeros`` chunks are synthesized, never fetched;
+3. every other chunk is looked up in the store by its digest (content-addressed, so identical chunks of other
+   files, layers or images are hits); a hit is a ``pread``;
+4. misses (plus a bounded read-ahead of the same file's following chunks) become *flights*, one per chunk
+   digest (single-flight: a second reader of the same chunk waits on the same flight);
+5. new flights are grouped by :func:`coalesce` into compressed byte ranges (neighbours merged when the gap is
+   small), each fetched by its own task with one range GET, several in flight, gated by the
+   :class:`~fs.lazy.scheduler.FetchScheduler` at the caller's priority;
+6. in a worker thread each chunk's compressed slice is decoded (zstd across frames / gzip members, skipping
+   ``inner_offset`` and taking exactly ``size`` bytes), hashed, compared with the TOC's chunk digest and only
+   then put in the store. A chunk that fails verification is never cached: its readers get
+   :class:`~fs.errors.VerificationError` (EIO at the FUSE boundary); other chunks of the group are unaffected.
+
+Fetch tasks live in the fetcher's nursery, not in the reader's task, so a reader that gives up (timeout) does
+not cancel a fetch another reader shares. Every fetch and every wait is bounded by ``fetch_timeout``.
+
+Store references: a chunk this mount *fetched* is put with ``holder=<holder>`` (``mount:<id>``) and unref'd by
+:meth:`ChunkFetcher.release_refs` at unmount, after which it stays cached but evictable. Hits on chunks
+already in the store take no ref (a write transaction per hit would cost more than the read); should GC
+evict one mid-mount, the next read refetches it transparently (``NotInStore`` -> miss).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import logging
+import math
+import threading
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+import zstandard
+
+from fs.errors import FormatError, NotInStore, RegistryUnavailable, VerificationError, ZsnapError
+from fs.lazy.scheduler import FetchScheduler, Priority, Ticket
+from fs.lazy.stats import MountStats
+
+__all__ = [
+    "BlobSource",
+    "ChunkFetcher",
+    "ChunkLike",
+    "Group",
+    "coalesce",
+    "decode_chunk",
+    "open_fetcher",
+]
+
+log = logging.getLogger(__name__)
+
+#: Neighbouring missing chunks closer than this (compressed bytes) are fetched in one range.
+DEFAULT_MAX_GAP = 64 * 1024
+#: A coalesced range does not grow past this (unless a single chunk is bigger).
+DEFAULT_MAX_REQUEST = 4 * 1024 * 1024
+#: On-demand reads also fetch the file's following missing chunks up to this many uncompressed bytes.
+DEFAULT_READAHEAD = 1024 * 1024
+
+
+class ChunkLike(Protocol):
+    """What the fetcher needs of a chunk (``fs.format.Chunk`` has these)."""
+
+    file_offset: int
+    size: int
+    compressed_offset: int
+    compressed_end: int
+    digest: str
+    inner_offset: int
+    zeros: bool
+
+
+class RangeClient(Protocol):
+    async def get_ranges(
+        self, repository: str, digest: str, ranges: list[tuple[int, int]]
+    ) -> list[bytes]: ...
+
+
+@dataclass(frozen=True)
+class BlobSource:
+    """Where one layer's compressed bytes come from.
+
+    Attributes:
+        client: the registry client (``get_ranges``).
+        repository, digest: the blob.
+        codec: ``"zstd"`` or ``"gzip"`` (how a chunk's compressed range decodes).
+        label: short name for logs and errors (the layer digest).
+    """
+
+    client: Any
+    repository: str
+    digest: str
+    codec: str
+    label: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure parts: coalescing and decoding
+
+
+@dataclass
+class Group:
+    """One coalesced range ``[start, end)`` of compressed bytes and the indices of the spans it serves."""
+
+    start: int
+    end: int
+    members: list[int] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+def coalesce(
+    spans: Sequence[tuple[int, int]], *, max_gap: int = DEFAULT_MAX_GAP, max_size: int = DEFAULT_MAX_REQUEST
+) -> list[Group]:
+    """Merge compressed byte ranges into as few requests as the limits allow.
+
+    Spans are ``(start, end)`` half-open ranges in any order; overlapping or identical spans (eStargz
+    ``innerOffset`` chunks share a frame) always merge. Two spans whose gap is ``<= max_gap`` merge unless
+    the merged range would exceed ``max_size`` (a single span larger than ``max_size`` stays whole).
+
+    Returns:
+        Groups sorted by ``start``, each listing the indices (into ``spans``) it covers, in span order.
+
+    Raises:
+        ValueError: a span with ``end < start`` or a negative start.
+    """
+    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], spans[i][1]))
+    groups: list[Group] = []
+    for i in order:
+        start, end = spans[i]
+        if start < 0 or end < start:
+            raise ValueError(f"bad span {spans[i]!r}")
+        if groups:
+            g = groups[-1]
+            overlaps = start < g.end
+            near = start - g.end <= max_gap
+            fits = max(end, g.end) - g.start <= max_size
+            if overlaps or (near and fits):
+                g.end = max(g.end, end)
+                g.members.append(i)
+                continue
+        groups.append(Group(start, end, [i]))
+    return groups
+
+
+_tls = threading.local()
+
+
+def _zstd() -> zstandard.ZstdDecompressor:
+    dctx = getattr(_tls, "dctx", None)
+    if dctx is None:
+        dctx = _tls.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def decode_chunk(codec: str, data: bytes | memoryview, inner_offset: int, size: int) -> bytes:
+    """Decode one chunk's compressed range and return exactly ``size`` bytes after ``inner_offset``.
+
+    zstd decoding continues across frames and skips skippable frames (Dialect B ranges run up to the next
+    chunk and may contain header frames, which are ignored once ``size`` bytes are out); gzip decoding
+    continues across members.
+
+    Raises:
+        FormatError: the data is not valid for the codec or decodes to fewer bytes than needed.
+    """
+    need = inner_offset + size
+    try:
+        if codec == "zstd":
+            out = bytearray()
+            with _zstd().stream_reader(data, read_across_frames=True) as reader:
+                while len(out) < need:
+                    piece = reader.read(need - len(out))
+                    if not piece:
+                        break
+                    out += piece
+        elif codec == "gzip":
+            out = bytearray()
+            buf = bytes(data)
+            d = zlib.decompressobj(31)
+            while len(out) < need and buf:
+                out += d.decompress(buf, need - len(out))
+                if d.eof:
+                    buf = d.unused_data
+                    d = zlib.decompressobj(31)
+                else:
+                    buf = d.unconsumed_tail
+                    if not buf:
+                        break
+        else:
+            raise FormatError(f"unknown chunk codec {codec!r}")
+    except (zstandard.ZstdError, zlib.error) as exc:
+        raise FormatError(f"chunk does not decode as {codec}: {exc}") from exc
+    if len(out) < need:
+        raise FormatError(f"chunk decodes to {len(out)} bytes, {need} needed")
+    return bytes(memoryview(out)[inner_offset:need])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fetcher
+
+
+class _Flight:
+    """One chunk being fetched; readers of the same digest share it."""
+
+    __slots__ = ("chunk", "done", "error", "ticket")
+
+    def __init__(self, chunk: ChunkLike, ticket: Ticket) -> None:
+        self.chunk = chunk
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+        self.ticket = ticket
+
+
+class ChunkFetcher:
+    """Serves chunk reads from the store and fetches what is missing (see the module docstring).
+
+    Create with :func:`open_fetcher`. All methods are called from the mount's trio thread.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        scheduler: FetchScheduler,
+        stats: MountStats,
+        nursery: trio.Nursery,
+        *,
+        holder: str,
+        fetch_timeout: float,
+        max_gap: int = DEFAULT_MAX_GAP,
+        max_request: int = DEFAULT_MAX_REQUEST,
+        readahead: int = DEFAULT_READAHEAD,
+        cpu_limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.stats = stats
+        self.holder = holder
+        self.fetch_timeout = fetch_timeout
+        self.max_gap = max_gap
+        self.max_request = max_request
+        self.readahead = readahead
+        self._nursery = nursery
+        self._inflight: dict[str, _Flight] = {}
+        self._held: set[str] = set()
+        self._cpu = cpu_limiter or trio.CapacityLimiter(2)
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def read(
+        self, source: BlobSource, chunks: Sequence[ChunkLike], file_size: int, off: int, size: int
+    ) -> bytes:
+        """Return bytes ``[off, off+size)`` of a file (short at EOF) whose content is ``chunks``.
+
+        Raises:
+            VerificationError: a needed chunk did not match its digest.
+            RegistryError: fetching failed (incl. :class:`RegistryUnavailable` on timeout).
+            FormatError: a chunk could not be decoded.
+        """
+        end = min(off + size, file_size)
+        if off >= end:
+            return b""
+        first = max(0, bisect.bisect_right(chunks, off, key=lambda c: c.file_offset) - 1)
+        pieces: list[bytes] = []
+        missing: list[ChunkLike] = []
+        idx = first
+        while idx < len(chunks) and chunks[idx].file_offset < end:
+            c = chunks[idx]
+            idx += 1
+            lo = max(off, c.file_offset) - c.file_offset
+            hi = min(end, c.file_offset + c.size) - c.file_offset
+            if hi <= lo:
+                continue
+            if c.zeros:
+                pieces.append(bytes(hi - lo))
+                continue
+            if c.digest not in self._inflight:
+                try:
+                    pieces.append(self.store.pread(c.digest, lo, hi - lo))
+                    self.stats.cache_hits += 1
+                    continue
+                except NotInStore:
+                    pass
+            missing.append(c)
+            pieces.append(b"")  # placeholder, filled below
+        if not missing:
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.stats.cache_misses += len(missing)
+        extra = self._readahead(chunks, idx)
+        await self.ensure(source, missing, Priority.ON_DEMAND, also=extra)
+        # second pass: everything is in the store now
+        out: list[bytes] = []
+        for c in chunks[first:idx]:
+            lo = max(off, c.file_offset) - c.file_offset
+            hi = min(end, c.file_offset + c.size) - c.file_offset
+            if hi <= lo:
+                continue
+            if c.zeros:
+                out.append(bytes(hi - lo))
+            else:
+                out.append(self.store.pread(c.digest, lo, hi - lo))
+        return b"".join(out)
+
+    def _readahead(self, chunks: Sequence[ChunkLike], idx: int) -> list[ChunkLike]:
+        extra: list[ChunkLike] = []
+        budget = self.readahead
+        while idx < len(chunks) and budget > 0:
+            c = chunks[idx]
+            idx += 1
+            if c.zeros:
+                continue
+            budget -= c.size
+            extra.append(c)
+        return extra
+
+    def is_cached(self, chunk: ChunkLike) -> bool:
+        """True when ``chunk`` needs no fetch (zeros, or in the store and not being fetched)."""
+        return chunk.zeros or (chunk.digest not in self._inflight and self.store.has(chunk.digest))
+
+    async def ensure(
+        self,
+        source: BlobSource,
+        chunks: Sequence[ChunkLike],
+        priority: Priority,
+        *,
+        also: Sequence[ChunkLike] = (),
+    ) -> None:
+        """Make sure ``chunks`` are in the store, fetching what is missing at ``priority``.
+
+        ``also`` are fetched opportunistically in the same requests (read-ahead) but not waited for.
+        Waits at most ``fetch_timeout`` seconds.
+
+        Raises:
+            the first chunk's error (VerificationError, RegistryError, FormatError); RegistryUnavailable
+            when the wait timed out.
+        """
+        waits: list[_Flight] = []
+        new: list[_Flight] = []
+        for c in chunks:
+            fl = self._claim(c, priority, new)
+            if fl is not None:
+                waits.append(fl)
+        for c in also:
+            if c.zeros or c.digest in self._inflight or self.store.has(c.digest):
+                continue
+            self._claim(c, priority, new)
+        if new:
+            self._start(source, new, priority)
+        if not waits:
+            return
+        with trio.move_on_after(self.fetch_timeout) as scope:
+            for fl in waits:
+                await fl.done.wait()
+        if scope.cancelled_caught:
+            raise RegistryUnavailable(
+                f"fetch did not complete within {self.fetch_timeout:g}s", layer=source.label
+            )
+        for fl in waits:
+            if fl.error is not None:
+                if isinstance(fl.error, ZsnapError):
+                    raise fl.error
+                raise RegistryUnavailable(f"fetch failed: {fl.error!r}", layer=source.label)
+
+    def _claim(self, c: ChunkLike, priority: Priority, new: list[_Flight]) -> _Flight | None:
+        if c.zeros:
+            return None
+        fl = self._inflight.get(c.digest)
+        if fl is not None:
+            fl.ticket.promote(priority)
+            return fl
+        if self.store.has(c.digest):
+            return None
+        fl = _Flight(c, self.scheduler.ticket(priority))
+        self._inflight[c.digest] = fl
+        new.append(fl)
+        return fl
+
+    def _start(self, source: BlobSource, flights: list[_Flight], priority: Priority) -> None:
+        spans = [(f.chunk.compressed_offset, f.chunk.compressed_end) for f in flights]
+        for g in coalesce(spans, max_gap=self.max_gap, max_size=self.max_request):
+            members = [flights[i] for i in g.members]
+            ticket = members[0].ticket
+            for fl in members[1:]:
+                fl.ticket = ticket  # one slot per request; promoting any member promotes the request
+            self._nursery.start_soon(self._fetch_group, source, g.start, g.end, members, ticket)
+
+    async def _fetch_group(
+        self, source: BlobSource, start: int, end: int, flights: list[_Flight], ticket: Ticket
+    ) -> None:
+        error: BaseException | None = None
+        try:
+            with trio.fail_after(self.fetch_timeout):
+                async with ticket:
+                    t0 = trio.current_time()
+                    data = (await source.client.get_ranges(source.repository, source.digest, [(start, end)]))[
+                        0
+                    ]
+                    self.stats.record_fetch(len(data), trio.current_time() - t0)
+                if len(data) != end - start:
+                    raise RegistryUnavailable(
+                        f"range {start}-{end} returned {len(data)} bytes", layer=source.label
+                    )
+                results = await trio.to_thread.run_sync(
+                    self._decode_verify_put,
+                    source.codec,
+                    data,
+                    start,
+                    [f.chunk for f in flights],
+                    limiter=self._cpu,
+                )
+            for fl, res in zip(flights, results, strict=True):
+                if res is None:
+                    self.stats.chunks_verified += 1
+                    self._held.add(fl.chunk.digest)
+                else:
+                    if isinstance(res, VerificationError):
+                        self.stats.verify_failures += 1
+                    fl.error = res
+        except trio.TooSlowError:
+            error = RegistryUnavailable(
+                f"fetching bytes {start}-{end} took longer than {self.fetch_timeout:g}s", layer=source.label
+            )
+        except ZsnapError as exc:
+            error = exc
+        except Exception as exc:  # a foreign error escaping the client: report, never crash the mount
+            error = RegistryUnavailable(f"fetching bytes {start}-{end} failed: {exc!r}", layer=source.label)
+        finally:
+            if error is not None:
+                self.stats.fetch_errors += 1
+                log.info("fetch of %s bytes %d-%d failed: %s", source.label, start, end, error)
+            for fl in flights:
+                if error is not None and fl.error is None:
+                    fl.error = error
+                if self._inflight.get(fl.chunk.digest) is fl:
+                    del self._inflight[fl.chunk.digest]
+                fl.done.set()
+
+    def _decode_verify_put(
+        self, codec: str, data: bytes, start: int, chunks: list[ChunkLike]
+    ) -> list[BaseException | None]:
+        """Worker thread: decode, verify and store each chunk; return None or the error per chunk."""
+        view = memoryview(data)
+        results: list[BaseException | None] = []
+        done: dict[str, BaseException | None] = {}
+        for c in chunks:
+            if c.digest in done:
+                results.append(done[c.digest])
+                continue
+            try:
+                raw = decode_chunk(
+                    codec,
+                    view[c.compressed_offset - start : c.compressed_end - start],
+                    c.inner_offset,
+                    c.size,
+                )
+                actual = "sha256:" + hashlib.sha256(raw).hexdigest()
+                if actual != c.digest:
+                    raise VerificationError(
+                        f"chunk at compressed offset {c.compressed_offset}: digest mismatch: "
+                        f"expected {c.digest}, got {actual}"
+                    )
+                self.store.put(raw, digest=c.digest, holder=self.holder)
+                res: BaseException | None = None
+            except ZsnapError as exc:
+                res = exc
+            results.append(res)
+            done[c.digest] = res
+        return results
+
+    # -- life cycle -------------------------------------------------------------------------------------
+
+    def release_refs(self) -> int:
+        """Drop this mount's refs on the chunks it fetched (they stay cached, evictable). Idempotent."""
+        n = 0
+        for digest in sorted(self._held):
+            with contextlib.suppress(ZsnapError):
+                self.store.unref(digest, self.holder)
+                n += 1
+        self._held.clear()
+        return n
+
+
+@contextlib.asynccontextmanager
+async def open_fetcher(
+    store: Any,
+    scheduler: FetchScheduler,
+    stats: MountStats,
+    *,
+    holder: str,
+    fetch_timeout: float = 30.0,
+    **kwargs: Any,
+) -> AsyncIterator[ChunkFetcher]:
+    """Run a :class:`ChunkFetcher` whose fetch tasks live in a nursery closed (cancelled) on exit.
+
+    On exit in-flight fetches are cancelled (their readers get errors) and the fetcher's store refs are
+    released.
+    """
+    if not math.isfinite(fetch_timeout) or fetch_timeout <= 0:
+        raise ValueError("fetch_timeout must be a positive number of seconds")
+    async with trio.open_nursery() as nursery:
+        fetcher = ChunkFetcher(
+            store, scheduler, stats, nursery, holder=holder, fetch_timeout=fetch_timeout, **kwargs
+        )
+        try:
+            yield fetcher
+        finally:
+            nursery.cancel_scope.cancel()
+            fetcher.release_refs()

@@ -1,0 +1,165 @@
+"""``zsnap check``: prove that an image's zstd:chunked layers are what their manifest says.
+
+Per layer: the blob hashes to its descriptor digest (checked while it is staged), the TOC hashes to the
+digest in the layer annotations, every chunk decompresses to bytes that hash to its ``chunkDigest`` (or the
+file ``digest`` for single-chunk files), and with ``full=True`` the whole blob decompresses to a stream
+that hashes to the config's ``diff_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+import zstandard
+from fs.store import Store
+
+from converter.cache import ConversionCache
+from converter.convert import _diff_ids
+from converter.endpoints import Endpoint, open_endpoint
+from converter.layers import ConvertOptions, LayerWorker
+from converter.manifests import Descriptor, ImageIndex, ImageManifest, parse_manifest_or_index
+from converter.progress import Reporter
+from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
+from fs.format import Dialect, build_index, decode_and_verify_toc, toc_location_from_annotations
+from fs.registry import ImageReference
+
+__all__ = ["LayerCheck", "check_image"]
+
+
+@dataclass
+class LayerCheck:
+    """What was verified for one layer."""
+
+    digest: str
+    dialect: str
+    files: int = 0
+    chunks: int = 0
+    bytes_verified: int = 0
+    diff_id_checked: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+async def check_image(
+    reference: str,
+    *,
+    store: Store,
+    full: bool = False,
+    plain_http: bool | None = None,
+    jobs: int | None = None,
+    reporter: Reporter | None = None,
+) -> list[LayerCheck]:
+    """Verify every layer of ``reference`` (every platform of an index).
+
+    Raises:
+        VerificationError / FormatError naming the image, layer and file at the first failure.
+    """
+    reporter = reporter or Reporter()
+    ref = ImageReference.parse(reference)
+    worker = LayerWorker(
+        store, ConversionCache(store.root / "convert-cache"), ConvertOptions(), reporter,
+        holder=f"check:{os.getpid()}",
+    )
+    limit = trio.CapacityLimiter(jobs or os.cpu_count() or 1)
+    results: list[LayerCheck] = []
+    async with open_endpoint(ref, plain_http=plain_http) as endpoint:
+        with error_context(image=reference):
+            layers = await _layers_with_diff_ids(endpoint, ref.reference or "latest")
+
+            async def check_one(layer: Descriptor, diff_id: str) -> None:
+                async with limit:
+                    with error_context(layer=layer.digest):
+                        async with worker.staged_source(endpoint, layer) as path:
+                            result = await trio.to_thread.run_sync(
+                                _check_blob, path, layer, diff_id if full else None
+                            )
+                results.append(result)
+                reporter.event(
+                    "layer ok", layer=layer.digest, dialect=result.dialect, files=result.files,
+                    chunks=result.chunks, diff_id="checked" if result.diff_id_checked else "skipped",
+                )
+
+            async with trio.open_nursery() as nursery:
+                seen = set()
+                for layer, diff_id in layers:
+                    if layer.digest not in seen:
+                        seen.add(layer.digest)
+                        nursery.start_soon(check_one, layer, diff_id)
+    return results
+
+
+async def _layers_with_diff_ids(endpoint: Endpoint, reference: str) -> list[tuple[Descriptor, str]]:
+    data, media_type, _ = await endpoint.get_manifest(reference)
+    top = parse_manifest_or_index(data, media_type)
+    manifests: Sequence[ImageManifest]
+    if isinstance(top, ImageIndex):
+        manifests = []
+        for entry in top.manifests:
+            mdata, mtype, _ = await endpoint.get_manifest(entry.digest)
+            parsed = parse_manifest_or_index(mdata, mtype)
+            if not isinstance(parsed, ImageManifest):
+                raise FormatError(f"index entry {entry.digest} is not an image manifest")
+            manifests.append(parsed)
+    else:
+        manifests = [top]
+    out = []
+    for manifest in manifests:
+        diff_ids = _diff_ids(await endpoint.get_blob(manifest.config.digest))
+        if len(diff_ids) != len(manifest.layers):
+            raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers")
+        out.extend(zip(manifest.layers, diff_ids, strict=True))
+    return out
+
+
+def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerCheck:
+    location = toc_location_from_annotations(layer.annotations, layer.media_type)
+    if location is None:
+        raise UnsupportedFormat("layer is not zstd:chunked or eStargz (no TOC annotations)")
+    size = path.stat().st_size
+    with open(path, "rb") as blob:
+        blob.seek(location.offset)
+        toc = decode_and_verify_toc(blob.read(location.length), location)
+        index = build_index(toc, location.dialect, size)
+        result = LayerCheck(layer.digest, location.dialect.value)
+        decompressor = zstandard.ZstdDecompressor()
+        for node in index.files():
+            with error_context(path=node.path):
+                for chunk in node.chunks:
+                    result.bytes_verified += _check_chunk(blob, chunk, decompressor, location.dialect)
+                    result.chunks += 1
+            result.files += 1
+        if diff_id is not None:
+            blob.seek(0)
+            hasher = hashlib.sha256()
+            with decompressor.stream_reader(blob, read_across_frames=True) as stream:
+                while block := stream.read(1 << 20):
+                    hasher.update(block)
+            actual = "sha256:" + hasher.hexdigest()
+            if actual != diff_id:
+                raise VerificationError(f"blob decompresses to {actual}, config diff_id is {diff_id}")
+            result.diff_id_checked = True
+    return result
+
+
+def _check_chunk(blob, chunk, decompressor: zstandard.ZstdDecompressor, dialect: Dialect) -> int:
+    blob.seek(chunk.compressed_offset)
+    compressed = blob.read(chunk.compressed_end - chunk.compressed_offset)
+    want = chunk.inner_offset + chunk.size
+    with decompressor.stream_reader(compressed, read_across_frames=True) as stream:
+        data = stream.read(want)
+    data = data[chunk.inner_offset:]
+    if len(data) != chunk.size:
+        raise VerificationError(
+            f"chunk at file offset {chunk.file_offset} decompresses to {len(data)} bytes, "
+            f"TOC says {chunk.size}"
+        )
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
+    if actual != chunk.digest:
+        raise VerificationError(
+            f"chunk at file offset {chunk.file_offset} hashes to {actual}, TOC says {chunk.digest}"
+        )
+    return chunk.size

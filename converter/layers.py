@@ -1,0 +1,242 @@
+"""Convert one source layer once, however many images, platforms or processes ask for it.
+
+The batch planner (:mod:`converter.convert`) gives every distinct (source digest, options) pair exactly
+one :class:`LayerJob`, so within a run a layer named N times is converted once and every user gets the same
+result. Across processes the store does the same: the converted blob is the named temp object
+``converted/<key>``; the first process to acquire it runs the conversion, the others wait and share the
+file. Scratch space is never deleted by a user: each user releases its own claim, and the store deletes the
+file when the last claim goes (this is the fix for the ``failed to remove tmp uncompressed layer`` bug:
+no task deletes what another still reads; a cancelled task only drops its own claim).
+
+Source blobs from a registry are staged as temp objects ``source/<digest>`` the same way (verified by
+digest while they download); blobs in a local OCI layout are read in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import trio
+from fs.store import Store, TempHandle, free_space_check
+
+from converter.cache import CacheRecord, ConversionCache
+from converter.endpoints import Endpoint
+from converter.manifests import Compression, Descriptor
+from converter.progress import Reporter
+from fs.errors import ConversionError, ZsnapError, error_context
+from fs.format import Dialect
+
+__all__ = ["ConvertOptions", "LayerJob", "LayerWorker"]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything that changes the bytes a conversion writes (part of the cache key)."""
+
+    dialect: Dialect = Dialect.CSTORAGE
+    level: int = 3
+    prefetch: tuple[str, ...] = ()
+
+    def key_material(self) -> dict[str, object]:
+        return {"dialect": self.dialect.value, "level": self.level, "prefetch": list(self.prefetch)}
+
+
+@dataclass
+class LayerJob:
+    """One distinct source layer and everyone who needs its converted form."""
+
+    key: str
+    source: Endpoint
+    layer: Descriptor
+    compression: Compression
+    expected_diff_id: str | None
+    image: str
+    destinations: list[Endpoint] = field(default_factory=list)
+    result: CacheRecord | None = None
+    reused: bool = False  # True when every destination already had the converted blob
+
+
+class LayerWorker:
+    """Runs :class:`LayerJob`\\ s: stage source, convert (single-flight via the store), push, release."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: ConversionCache,
+        options: ConvertOptions,
+        reporter: Reporter,
+        *,
+        holder: str,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._options = options
+        self._reporter = reporter
+        self._holder = holder
+
+    async def run(self, job: LayerJob) -> CacheRecord:
+        """Make sure every destination of ``job`` has the converted blob; return its record.
+
+        Raises:
+            ConversionError / ZsnapError: naming the image and layer. On cancellation only this task's
+            claims on shared temp objects are dropped.
+        """
+        with error_context(image=job.image, layer=job.layer.digest):
+            cached = self._cache.get(job.key)
+            if cached is not None and await _all_have(job.destinations, cached.digest):
+                self._reporter.event(
+                    "layer reused", layer=_short(job.layer.digest), converted=_short(cached.digest)
+                )
+                job.result, job.reused = cached, True
+                return cached
+            async with self._converted(job) as (record, path):
+                for dest in job.destinations:
+                    await dest.push_blob(record.digest, record.size, path)
+            job.result = record
+            return record
+
+    @contextlib.asynccontextmanager
+    async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path]]:
+        async with self.staged_source(job.source, job.layer) as source_path:
+            needed = _output_estimate(job)
+            await trio.to_thread.run_sync(free_space_check, self._store.root, needed)
+            async with self._acquired(
+                f"converted/{job.key}", lambda path: self._produce(job, source_path, path)
+            ) as path:
+                record = self._cache.get(job.key)
+                if record is None:  # the producer publishes the record before the file counts as done
+                    raise ConversionError("converted layer has no cache record")
+                yield record, path
+
+    @contextlib.asynccontextmanager
+    async def staged_source(self, source: Endpoint, desc: Descriptor) -> AsyncIterator[Path]:
+        """A local, digest-verified file holding blob ``desc`` of ``source``, shared via the store.
+
+        Blobs of a local OCI layout are used in place; registry blobs are downloaded once into the temp
+        object ``source/<digest>``, which concurrent users (tasks or processes) share.
+        """
+        local = source.local_blob_path(desc.digest)
+        if local is not None:
+            yield local
+            return
+        await trio.to_thread.run_sync(free_space_check, self._store.root, desc.size)
+        token = trio.lowlevel.current_trio_token()
+
+        def download(path: Path) -> None:
+            trio.from_thread.run(
+                source.fetch_blob, desc.digest, desc.size, path, None, trio_token=token
+            )
+
+        async with self._acquired(f"source/{desc.digest}", download) as path:
+            yield path
+
+    @contextlib.asynccontextmanager
+    async def staged_bytes(self, digest: str, data: bytes) -> AsyncIterator[Path]:
+        """``data`` (already known to hash to ``digest``) as a shared temp file ``blob/<digest>``."""
+
+        def write(path: Path) -> None:
+            with open(path, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+
+        async with self._acquired(f"blob/{digest}", write) as path:
+            yield path
+
+    @contextlib.asynccontextmanager
+    async def _acquired(self, name: str, producer) -> AsyncIterator[Path]:
+        handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
+        try:
+            yield handle.path
+        finally:
+            handle.release()
+
+    def _produce(self, job: LayerJob, source_path: Path, out_path: Path) -> None:
+        """Runs in a worker thread: decompress the source and write the zstd:chunked blob."""
+        from converter.chunked import write_zstd_chunked
+
+        label = _short(job.layer.digest)
+        self._reporter.layer_started(job.key, label, job.layer.size)
+        try:
+            with open(source_path, "rb") as raw, _decompressed(raw, job.compression) as tar, \
+                    open(out_path, "wb") as out:
+                result = write_zstd_chunked(
+                    tar,
+                    out,
+                    level=self._options.level,
+                    dialect=self._options.dialect,
+                    prefetch=self._options.prefetch,
+                    progress=lambda i, o: self._reporter.layer_progress(job.key, i, o),
+                )
+                out.flush()
+                os.fsync(out.fileno())
+            source_diff_id = result.diff_id if self._options.dialect.is_cstorage else ""
+            if (
+                job.expected_diff_id
+                and self._options.dialect.is_cstorage
+                and result.diff_id != job.expected_diff_id
+            ):
+                raise ConversionError(
+                    f"source layer decompresses to {result.diff_id}, but the image config says "
+                    f"{job.expected_diff_id}"
+                )
+            self._cache.put(
+                job.key,
+                CacheRecord(
+                    source_digest=job.layer.digest,
+                    digest=result.digest,
+                    size=result.size,
+                    media_type=result.media_type,
+                    annotations=dict(result.annotations),
+                    diff_id=result.diff_id,
+                    source_diff_id=source_diff_id or (job.expected_diff_id or ""),
+                    uncompressed_size=result.uncompressed_size,
+                ),
+            )
+        except ZsnapError:
+            self._reporter.layer_done(job.key, "failed")
+            raise
+        except OSError as exc:
+            self._reporter.layer_done(job.key, "failed")
+            raise ConversionError(f"converting layer failed: {exc}") from exc
+        self._reporter.layer_done(job.key, "converted", digest=_short(result.digest))
+
+
+@contextlib.contextmanager
+def _decompressed(raw: BinaryIO, compression: Compression):
+    if compression is Compression.GZIP:
+        from isal import igzip
+
+        with igzip.open(raw, "rb") as stream:
+            yield stream
+    elif compression is Compression.ZSTD:
+        import zstandard
+
+        with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as stream:
+            yield stream
+    else:
+        yield raw
+
+
+def _output_estimate(job: LayerJob) -> int:
+    # zstd at level 3 is about as compact as gzip -6; an uncompressed source shrinks. Leave headroom for
+    # incompressible data (zstd frames add a few bytes per chunk) plus the TOC.
+    base = job.layer.size if job.compression is not Compression.NONE else job.layer.size // 2
+    return int(base * 1.1) + (64 << 20)
+
+
+async def _all_have(destinations: list[Endpoint], digest: str) -> bool:
+    for dest in destinations:
+        if not await dest.has_blob(digest):
+            return False
+    return True
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+

@@ -1,0 +1,124 @@
+"""Verify-then-trust decoding of TOC and tar-split bytes (FORMAT.md §4.3 step 2).
+
+Order matters: for c/storage the *compressed* bytes are hashed before a single byte is decompressed;
+for eStargz the decompressed JSON is hashed before it is parsed. Decompression is always capped.
+"""
+
+from __future__ import annotations
+
+import io
+
+import zstandard
+
+from fs.digest import sha256_digest
+from fs.errors import FormatError, UnsupportedFormat, VerificationError
+from fs.format.annotations import TocLocation
+from fs.format.dialect import Dialect
+from fs.format.estargz import extract_gzip_toc
+from fs.format.toc import MAX_TOC_SIZE, Toc, parse_toc
+
+__all__ = [
+    "MAX_TAR_SPLIT_SIZE",
+    "decode_and_verify_toc",
+    "decompress_and_verify_tar_split",
+    "decompress_and_verify_toc",
+    "zstd_decompress",
+]
+
+#: Cap on a decompressed tar-split (it grows with the number of tar headers, like the TOC).
+MAX_TAR_SPLIT_SIZE = 1024 * 1024 * 1024
+
+
+def zstd_decompress(data: bytes, *, max_output: int, what: str = "data") -> bytes:
+    """Decompress a zstd stream of one or more frames (skippable frames skipped), at most ``max_output``.
+
+    Raises:
+        FormatError: corrupt/truncated zstd, or output larger than ``max_output``.
+    """
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(bytes(data)), read_across_frames=True, closefd=False
+        ) as reader:
+            out = bytearray()
+            while len(out) <= max_output:
+                piece = reader.read(min(1 << 20, max_output + 1 - len(out)))
+                if not piece:
+                    break
+                out += piece
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what}: invalid zstd data: {exc}") from exc
+    if len(out) > max_output:
+        raise FormatError(f"{what}: decompresses to more than the {max_output}-byte cap")
+    return bytes(out)
+
+
+def _check(data: bytes, expected: str, what: str) -> None:
+    actual = sha256_digest(data)
+    if actual != expected:
+        raise VerificationError(f"{what} digest mismatch: expected {expected}, got {actual}")
+
+
+def decompress_and_verify_toc(
+    compressed: bytes, location: TocLocation, *, max_size: int = MAX_TOC_SIZE
+) -> bytes:
+    """Verify and decompress TOC bytes; return the TOC JSON (safe to cache and parse).
+
+    Args:
+        compressed: for zstd dialects the blob range ``[location.offset, +location.length)``; for
+            ``ESTARGZ_GZIP`` the range ``[toc_offset, blob_size - footer_size)`` (the gzip member).
+        location: from :func:`~fs.format.annotations.toc_location_from_annotations` (with the footer
+            applied if it :attr:`~TocLocation.needs_footer`).
+
+    Raises:
+        VerificationError: a digest does not match (compressed bytes for c/storage, checked before
+            decompressing; decompressed JSON for eStargz; the optional stargz compressed digest).
+        FormatError: wrong length, corrupt compression, or decompressed length ≠ ``uncompressed_length``.
+        UnsupportedFormat: bigger than ``max_size``.
+    """
+    compressed = bytes(compressed)
+    if len(compressed) > max_size:
+        raise UnsupportedFormat(f"compressed TOC of {len(compressed)} bytes exceeds the {max_size}-byte cap")
+    if location.length and len(compressed) != location.length:
+        raise FormatError(f"TOC is {len(compressed)} bytes, the TOC position says {location.length}")
+    if location.uncompressed_length > max_size:
+        raise UnsupportedFormat(
+            f"TOC of {location.uncompressed_length} bytes exceeds the {max_size}-byte cap"
+        )
+    if location.digest_of == "compressed":
+        _check(compressed, location.digest, "TOC")
+    if location.compressed_digest:
+        _check(compressed, location.compressed_digest, "compressed TOC")
+    if location.dialect is Dialect.ESTARGZ_GZIP:
+        data = extract_gzip_toc(compressed, max_size=max_size)
+    else:
+        data = zstd_decompress(compressed, max_output=max_size, what="TOC")
+    if location.uncompressed_length and len(data) != location.uncompressed_length:
+        raise FormatError(
+            f"TOC decompresses to {len(data)} bytes, the TOC position says {location.uncompressed_length}"
+        )
+    if location.digest_of == "uncompressed":
+        _check(data, location.digest, "TOC")
+    return data
+
+
+def decode_and_verify_toc(compressed: bytes, location: TocLocation, *, max_size: int = MAX_TOC_SIZE) -> Toc:
+    """:func:`decompress_and_verify_toc`, then :func:`~fs.format.toc.parse_toc` in the location's dialect."""
+    return parse_toc(decompress_and_verify_toc(compressed, location, max_size=max_size), location.dialect)
+
+
+def decompress_and_verify_tar_split(
+    compressed: bytes, digest: str, *, uncompressed_length: int = 0, max_size: int = MAX_TAR_SPLIT_SIZE
+) -> bytes:
+    """Verify ``sha256(compressed) == digest`` (the TOC's ``tarSplitDigest``), then decompress.
+
+    Raises:
+        VerificationError: digest mismatch (checked before decompressing).
+        FormatError: corrupt zstd, over ``max_size``, or length ≠ ``uncompressed_length`` (when non-zero).
+    """
+    if not digest:
+        raise VerificationError("tar-split has no digest to verify against")
+    _check(bytes(compressed), digest, "tar-split")
+    data = zstd_decompress(compressed, max_output=max_size, what="tar-split")
+    if uncompressed_length and len(data) != uncompressed_length:
+        raise FormatError(f"tar-split decompresses to {len(data)} bytes, expected {uncompressed_length}")
+    return data

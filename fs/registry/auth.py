@@ -1,0 +1,370 @@
+"""Registry authentication as a pure protocol: challenges, credentials, tokens (no network I/O).
+
+The flow is an httpx-style generator (see ``httpx.Auth.auth_flow``): :meth:`RegistryAuth.auth_flow`
+yields requests and receives their responses, so it can be driven by the real client or by a unit test
+that feeds it canned responses. One flow, per request:
+
+1. add what is already known: Basic credentials if the registry asked for Basic before, or a cached
+   Bearer token for the request's scopes (when the registry's token realm is known but there is no valid
+   token for these scopes yet, fetch one first instead of waiting for a 401);
+2. send; on ``401`` read ``WWW-Authenticate``: ``Basic`` -> retry once with credentials; ``Bearer`` ->
+   ``GET realm?service=…&scope=…`` (with Basic credentials when there are any), cache the token for
+   ``expires_in`` (default 60 s) and retry once;
+3. on ``403`` after sending a token (expired/revoked credentials, e.g. a 12 h ECR token), drop the
+   token, fetch a fresh one and retry once.
+
+Whatever comes back after that one retry is the caller's: a 401/403 there means :class:`AuthError`.
+Token requests carry ``request.extensions["zsnap_token_request"] = True``: the driver must read their
+body before sending the response back into the flow.
+
+Credentials come from docker's ``config.json`` (``$DOCKER_CONFIG/config.json`` or
+``~/.docker/config.json``): ``auths.<registry>.auth`` (base64 ``user:pass``) or ``username``/``password``.
+``credsStore``/``credHelpers`` and ``identitytoken`` are not supported.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fs.errors import AuthError
+
+__all__ = [
+    "Challenge",
+    "Credentials",
+    "RegistryAuth",
+    "Token",
+    "TokenCache",
+    "credentials_from_docker_config",
+    "docker_config_path",
+    "load_docker_config",
+    "parse_www_authenticate",
+    "repository_scope",
+]
+
+log = logging.getLogger(__name__)
+
+TOKEN_REQUEST = "zsnap_token_request"
+DEFAULT_EXPIRES_IN = 60.0
+
+
+# -- challenges -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Challenge:
+    """One ``WWW-Authenticate`` challenge: ``scheme`` lower-cased, ``params`` keys lower-cased."""
+
+    scheme: str
+    params: Mapping[str, str]
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+    @property
+    def service(self) -> str | None:
+        return self.params.get("service")
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return tuple(self.params.get("scope", "").split())
+
+
+def _tokenize(value: str) -> Iterable[tuple[str, str | None]]:
+    """Yield ``(token, None)`` for bare tokens and ``(key, value)`` for ``key=value`` / ``key="v"``."""
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i] in " \t,":
+            i += 1
+        start = i
+        while i < n and value[i] not in " \t,=":
+            i += 1
+        token = value[start:i]
+        while i < n and value[i] in " \t":
+            i += 1
+        if i < n and value[i] == "=":
+            i += 1
+            while i < n and value[i] in " \t":
+                i += 1
+            if i < n and value[i] == '"':
+                i += 1
+                chars = []
+                while i < n and value[i] != '"':
+                    if value[i] == "\\" and i + 1 < n:
+                        i += 1
+                    chars.append(value[i])
+                    i += 1
+                i += 1
+                yield token, "".join(chars)
+            else:
+                start = i
+                while i < n and value[i] not in " \t,":
+                    i += 1
+                yield token, value[start:i]
+        elif token:
+            yield token, None
+
+
+def parse_www_authenticate(values: str | Iterable[str]) -> list[Challenge]:
+    """Parse one or more ``WWW-Authenticate`` header values into challenges (unknown schemes kept)."""
+    if isinstance(values, str):
+        values = [values]
+    challenges: list[Challenge] = []
+    for value in values:
+        scheme: str | None = None
+        params: dict[str, str] = {}
+        for key, val in _tokenize(value):
+            if val is None:
+                if scheme is not None:
+                    challenges.append(Challenge(scheme, params))
+                scheme, params = key.lower(), {}
+            elif scheme is not None:
+                params[key.lower()] = val
+        if scheme is not None:
+            challenges.append(Challenge(scheme, params))
+    return challenges
+
+
+def repository_scope(repository: str, *, push: bool = False) -> str:
+    """The token scope for a repository: ``repository:<name>:pull`` or ``…:pull,push``."""
+    return f"repository:{repository}:{'pull,push' if push else 'pull'}"
+
+
+# -- credentials ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = dataclasses.field(repr=False)
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def docker_config_path(
+    docker_config: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Path:
+    """Where docker's ``config.json`` lives: ``docker_config`` (a directory or the file itself), else
+    ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
+    env = os.environ if env is None else env
+    if docker_config is not None:
+        path = Path(docker_config)
+        return path / "config.json" if path.is_dir() or path.suffix != ".json" else path
+    if env.get("DOCKER_CONFIG"):
+        return Path(env["DOCKER_CONFIG"]) / "config.json"
+    return Path(env.get("HOME", str(Path.home()))) / ".docker" / "config.json"
+
+
+def load_docker_config(docker_config: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Read docker's ``config.json``; a missing file is an empty config.
+
+    Raises:
+        AuthError: the file exists but is not valid JSON.
+    """
+    path = docker_config_path(docker_config)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise AuthError(f"cannot read docker config {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise AuthError(f"docker config {path} is not valid JSON: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _normalize_registry_key(key: str) -> str:
+    for prefix in ("https://", "http://"):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    key = key.split("/", 1)[0]
+    return "docker.io" if key in ("index.docker.io", "registry-1.docker.io") else key
+
+
+def credentials_from_docker_config(config: Mapping[str, Any], registry: str) -> Credentials | None:
+    """Pick ``registry``'s credentials out of a parsed docker config (``auths`` section), or ``None``.
+
+    Raises:
+        AuthError: the matching entry is malformed.
+    """
+    wanted = _normalize_registry_key(registry)
+    auths = config.get("auths") or {}
+    for key, entry in auths.items():
+        if _normalize_registry_key(key) != wanted or not isinstance(entry, Mapping):
+            continue
+        if entry.get("auth"):
+            try:
+                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise AuthError(f"malformed 'auth' for {registry} in docker config") from exc
+            if not sep:
+                raise AuthError(f"malformed 'auth' for {registry} in docker config (no ':')")
+            return Credentials(user, password)
+        if entry.get("username"):
+            return Credentials(entry["username"], entry.get("password", ""))
+    if config.get("credsStore") or registry in (config.get("credHelpers") or {}):
+        log.debug("docker config names a credential helper for %s; helpers are not supported", registry)
+    return None
+
+
+# -- tokens -----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Token:
+    value: str = dataclasses.field(repr=False)
+    expires_at: float  # on the cache's clock
+
+    def valid(self, now: float, lifetime: float) -> bool:
+        """Still usable, keeping a margin of a tenth of its lifetime (at most 30 s)."""
+        return now < self.expires_at - min(30.0, lifetime / 10)
+
+
+class TokenCache:
+    """Bearer tokens per ``(registry, scopes)``, honouring ``expires_in`` on an injectable clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._tokens: dict[tuple[str, str], tuple[Token, float]] = {}
+
+    def get(self, registry: str, scopes: Iterable[str]) -> Token | None:
+        key = (registry, " ".join(sorted(scopes)))
+        entry = self._tokens.get(key)
+        if entry is None:
+            return None
+        token, lifetime = entry
+        if token.valid(self.clock(), lifetime):
+            return token
+        del self._tokens[key]
+        return None
+
+    def put(self, registry: str, scopes: Iterable[str], value: str, expires_in: float) -> Token:
+        token = Token(value, self.clock() + expires_in)
+        self._tokens[(registry, " ".join(sorted(scopes)))] = (token, expires_in)
+        return token
+
+    def invalidate(self, registry: str, scopes: Iterable[str]) -> None:
+        self._tokens.pop((registry, " ".join(sorted(scopes))), None)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+def parse_token_response(status: int, body: bytes, realm: str) -> tuple[str, float]:
+    """``(token, expires_in)`` from a token endpoint's answer.
+
+    Raises:
+        AuthError: refused, or no token in the answer.
+    """
+    if status in (401, 403):
+        raise AuthError(f"token service {realm} refused the credentials", status=status)
+    if status != 200:
+        raise AuthError(f"token service {realm} answered {status}", status=status)
+    try:
+        data = json.loads(body)
+        token = data.get("token") or data.get("access_token")
+        expires_in = float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise AuthError(f"token service {realm} sent an unreadable answer") from exc
+    if not token or not isinstance(token, str):
+        raise AuthError(f"token service {realm} sent no token")
+    return token, max(expires_in, 1.0)
+
+
+# -- the flow ---------------------------------------------------------------------------------------
+class RegistryAuth:
+    """Authentication state for one registry: what scheme it wants, its token realm, cached tokens.
+
+    Args:
+        registry: ``host[:port]``, the cache namespace.
+        credentials: Basic credentials (also sent to the token realm), or ``None`` for anonymous.
+        cache: token cache (give one with a fake clock in tests).
+    """
+
+    def __init__(
+        self, registry: str, credentials: Credentials | None = None, *, cache: TokenCache | None = None
+    ) -> None:
+        self.registry = registry
+        self.credentials = credentials
+        self.cache = cache or TokenCache()
+        self.scheme: str | None = None
+        self.bearer: Challenge | None = None  # last Bearer challenge seen (realm, service)
+        self.token_requests = 0
+
+    def token_request(self, challenge: Challenge, scopes: Iterable[str]) -> httpx.Request:
+        """The ``GET realm?service=…&scope=…`` request for ``scopes`` plus the challenge's own scopes."""
+        if not challenge.realm:
+            raise AuthError(f"{self.registry} sent a Bearer challenge without a realm")
+        wanted = list(dict.fromkeys([*challenge.scopes, *scopes]))
+        params: list[tuple[str, str]] = []
+        if challenge.service:
+            params.append(("service", challenge.service))
+        params.extend(("scope", scope) for scope in wanted)
+        headers = {"Accept": "application/json"}
+        if self.credentials is not None:
+            headers["Authorization"] = self.credentials.basic_header()
+        request = httpx.Request("GET", challenge.realm, params=params, headers=headers)
+        request.extensions[TOKEN_REQUEST] = True
+        return request
+
+    def _fetch_token(
+        self, challenge: Challenge, scopes: tuple[str, ...]
+    ) -> Generator[httpx.Request, httpx.Response, str]:
+        self.token_requests += 1
+        response = yield self.token_request(challenge, scopes)
+        token, expires_in = parse_token_response(
+            response.status_code, response.content, challenge.realm or ""
+        )
+        self.cache.put(self.registry, scopes, token, expires_in)
+        return token
+
+    def auth_flow(
+        self, request: httpx.Request, scopes: tuple[str, ...] = ()
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        """Authenticate ``request`` (see the module docstring); ``scopes`` are the token scopes it needs.
+
+        Raises:
+            AuthError: the token service refused or answered nonsense.
+        """
+        sent_token = False
+        if self.scheme == "basic" and self.credentials is not None:
+            request.headers["Authorization"] = self.credentials.basic_header()
+        elif self.scheme == "bearer" and self.bearer is not None:
+            token = self.cache.get(self.registry, scopes)
+            if token is None:
+                value = yield from self._fetch_token(self.bearer, scopes)
+            else:
+                value = token.value
+            request.headers["Authorization"] = f"Bearer {value}"
+            sent_token = True
+        response = yield request
+
+        if response.status_code == 401:
+            challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
+            by_scheme = {c.scheme: c for c in challenges}
+            if "bearer" in by_scheme:
+                challenge = by_scheme["bearer"]
+            elif "basic" in by_scheme and self.credentials is not None and self.scheme != "basic":
+                self.scheme = "basic"
+                request.headers["Authorization"] = self.credentials.basic_header()
+                yield request
+                return
+            else:
+                return
+        elif response.status_code == 403 and sent_token and self.bearer is not None:
+            challenge = self.bearer
+        else:
+            return
+        self.scheme, self.bearer = "bearer", challenge
+        self.cache.invalidate(self.registry, scopes)
+        value = yield from self._fetch_token(challenge, scopes)
+        request.headers["Authorization"] = f"Bearer {value}"
+        yield request

@@ -1,0 +1,179 @@
+"""Blob uploads (distribution "chunked upload"): exists check, cross-repo mount, POST + PATCH… + PUT.
+
+The file is streamed in pieces of at most 1 MiB, read and hashed in a worker thread, so memory stays small
+whatever the blob size. A failed PATCH/PUT cannot be replayed inside an upload session, so a transient
+failure restarts the whole upload with a fresh session (bounded by the client's retry policy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, BinaryIO, Literal
+
+import httpx
+import trio
+
+from fs.errors import RegistryError, RegistryUnavailable, VerificationError
+
+from .auth import repository_scope
+
+if TYPE_CHECKING:
+    from .client import RegistryClient
+
+__all__ = ["push_blob"]
+
+log = logging.getLogger(__name__)
+
+PIECE = 1 << 20
+
+
+def _location(response: httpx.Response, what: str) -> httpx.URL:
+    location = response.headers.get("location")
+    if not location:
+        raise RegistryError(f"{what}: upload answer {response.status_code} without a Location")
+    return response.url.join(location)
+
+
+async def _pieces(file: BinaryIO, length: int, hasher: hashlib._Hash) -> AsyncIterator[bytes]:
+    def read(n: int) -> bytes:
+        data = file.read(n)
+        hasher.update(data)
+        return data
+
+    left = length
+    while left:
+        data = await trio.to_thread.run_sync(read, min(PIECE, left))
+        if not data:
+            raise VerificationError(f"the file ended {left} bytes before the declared size")
+        left -= len(data)
+        yield data
+
+
+async def push_blob(
+    client: RegistryClient,
+    repo: str,
+    digest: str,
+    size: int,
+    open_file: Callable[[], BinaryIO],
+    *,
+    mount_from: str | None = None,
+    chunk_size: int = 32 << 20,
+) -> Literal["exists", "mounted", "uploaded"]:
+    """See :meth:`RegistryClient.push_blob`."""
+    if await client.blob_size(repo, digest) is not None:
+        return "exists"
+    session = client.session
+    what = f"upload of blob {digest} to {repo}"
+    scopes = (repository_scope(repo, push=True),)
+    uploads = f"{client.base_url}/v2/{repo}/blobs/uploads/"
+
+    async def start(params: dict[str, str], scopes: tuple[str, ...]) -> httpx.Response:
+        async def read(response: httpx.Response) -> httpx.Response:
+            if response.status_code not in (201, 202):
+                raise RegistryError(
+                    f"{what}: POST answered {response.status_code}", status=response.status_code
+                )
+            return response
+
+        return await session.fetch(
+            lambda: client.session.client.build_request(
+                "POST", uploads, params=params, headers={"Content-Length": "0"}
+            ),
+            read,
+            what=what,
+            scopes=scopes,
+        )
+
+    if mount_from and mount_from != repo:
+        response = await start({"mount": digest, "from": mount_from}, (*scopes, repository_scope(mount_from)))
+        if response.status_code == 201:
+            return "mounted"
+        location = _location(response, what)  # the registry opened an ordinary upload instead
+    else:
+        location = _location(await start({}, scopes), what)
+
+    policy = session.retry
+    start_time = trio.current_time()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            await _upload(client, location, digest, size, open_file, chunk_size, what, scopes)
+            return "uploaded"
+        except RegistryUnavailable as exc:  # one attempt's failure (the session does not retry PATCH)
+            elapsed = trio.current_time() - start_time
+            delay = policy.delay(tries)
+            if tries >= policy.attempts or elapsed + delay > policy.total_time:
+                raise RegistryUnavailable(
+                    f"registry {client.registry} unavailable: {what} failed after {tries} attempt(s); "
+                    f"last error: {exc.message}",
+                    status=exc.status,
+                ) from exc
+            log.info("restarting %s in %.2fs: %s", what, delay, exc.message)
+            await trio.sleep(delay)
+            location = _location(await start({}, scopes), what)
+
+
+async def _upload(
+    client: RegistryClient,
+    location: httpx.URL,
+    digest: str,
+    size: int,
+    open_file: Callable[[], BinaryIO],
+    chunk_size: int,
+    what: str,
+    scopes: tuple[str, ...],
+) -> None:
+    session = client.session
+    build = client.session.client.build_request
+    hasher = hashlib.sha256()
+
+    def checker(statuses: tuple[int, ...], step: str) -> Callable[[httpx.Response], object]:
+        async def read(response: httpx.Response) -> httpx.Response:
+            if response.status_code not in statuses:
+                body = (await response.aread())[:300].decode("utf-8", "replace")
+                raise RegistryError(
+                    f"{what}: {step} answered {response.status_code} {body}", status=response.status_code
+                )
+            return response
+
+        return read
+
+    file = await trio.to_thread.run_sync(open_file)
+    try:
+        offset = 0
+        while offset < size:
+            length = min(chunk_size, size - offset)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(length),
+                "Content-Range": f"{offset}-{offset + length - 1}",
+            }
+            response = await session.fetch(
+                lambda url=location, h=headers, n=length: build(
+                    "PATCH", url, headers=h, content=_pieces(file, n, hasher)
+                ),
+                checker((202, 204), f"PATCH at byte {offset}"),
+                what=what,
+                scopes=scopes,
+                retry=False,
+            )
+            location = _location(response, what)
+            offset += length
+        extra = await trio.to_thread.run_sync(file.read, 1)
+    finally:
+        await trio.to_thread.run_sync(file.close)
+    if extra or "sha256:" + hasher.hexdigest() != digest:
+        raise VerificationError(
+            f"{what}: the file is not {size} bytes hashing to {digest}; nothing was committed"
+        )
+    url = location.copy_merge_params({"digest": digest})
+    await session.fetch(
+        lambda: build("PUT", url, headers={"Content-Length": "0"}),
+        checker((201, 204), "final PUT"),
+        what=what,
+        scopes=scopes,
+        retry=False,
+    )

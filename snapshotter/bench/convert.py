@@ -1,0 +1,222 @@
+"""``zsnap bench convert``: zsnap against skopeo and ctr-remote on the same image, in the same run.
+
+One deterministic image (:func:`snapshotter.sample_image.bench_layers`, gzip layers) is pushed to a private
+registry; then each tool converts it to zstd:chunked at the same zstd level into the same registry:
+
+* zsnap: ``zsnap convert docker://… docker://…`` (fresh store, so nothing is cached);
+* skopeo: ``skopeo copy --dest-compress-format zstd:chunked`` under ``unshare -m`` with a tmpfs over its
+  blob-info cache (otherwise it silently reuses the gzip blobs, see CONTAINERD.md);
+* ctr-remote: ``ctr-remote images convert --zstdchunked --oci`` inside a private containerd, after the
+  ``ctr pull`` it needs first (timed separately).
+
+Prints seconds, output size, MB/s of uncompressed input and the time ratio against zsnap, then one JSON
+line ``{"bench": "convert", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from snapshotter.sample_image import bench_layers, build_image
+from snapshotter.services import LocalContainerd, LocalRegistry
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--size-mb", type=int, default=1300, help="uncompressed image size (default %(default)s)"
+    )
+    parser.add_argument("--layers", type=int, default=5, help="layer count (default %(default)s)")
+    parser.add_argument(
+        "--level", type=int, default=3, help="zstd level for every tool (default %(default)s)"
+    )
+    parser.add_argument("--jobs", type=int, default=None, help="zsnap --jobs")
+    parser.add_argument("--skip-skopeo", action="store_true")
+    parser.add_argument("--skip-ctr-remote", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="zsnap-bench-convert-"))
+    registry = containerd = None
+    results: dict[str, dict] = {}
+    try:
+        _say(f"building a {args.size_mb} MB, {args.layers}-layer image")
+        layout = work / "layout"
+        build_image(layout, bench_layers(args.size_mb, args.layers), tag="bench")
+        uncompressed = _uncompressed_size(layout)
+        registry = LocalRegistry(work / "registry")
+        src = f"{registry.host}/bench/src:gzip"
+        _sh(
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:bench", f"docker://{src}"]
+        )
+
+        _say("zsnap convert")
+        cmd = [
+            sys.executable,
+            "-m",
+            "snapshotter",
+            "--root",
+            str(work / "zsnap"),
+            "convert",
+            "--quiet",
+            "--level",
+            str(args.level),
+            f"docker://{src}",
+            f"docker://{registry.host}/bench/out:zsnap",
+        ]
+        if args.jobs:
+            cmd += ["--jobs", str(args.jobs)]
+        results["zsnap"] = {
+            "seconds": _timed(cmd),
+            "bytes_out": _image_size(registry.host, "bench/out", "zsnap"),
+        }
+
+        if not args.skip_skopeo:
+            _say("skopeo copy --dest-compress-format zstd:chunked (one core, by design of c/storage)")
+            script = (
+                "set -e; mkdir -p /var/lib/containers/cache; mount -t tmpfs tmpfs /var/lib/containers/cache; "
+                f"exec skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false "
+                f"--dest-compress-format zstd:chunked --dest-compress-level {args.level} "
+                f"docker://{src} docker://{registry.host}/bench/out:skopeo"
+            )
+            results["skopeo"] = {
+                "seconds": _timed(["unshare", "-m", "sh", "-c", script]),
+                "bytes_out": _image_size(registry.host, "bench/out", "skopeo"),
+            }
+
+        if not args.skip_ctr_remote:
+            containerd = LocalContainerd(work / "containerd")
+            _say("ctr pull (ctr-remote converts inside containerd, so it needs the image there first)")
+            pull_s = _timed(
+                [
+                    "ctr",
+                    "--address",
+                    containerd.address,
+                    "--namespace",
+                    containerd.NAMESPACE,
+                    "images",
+                    "pull",
+                    "--plain-http",
+                    src,
+                ]
+            )
+            _say("ctr-remote images convert --zstdchunked --oci")
+            dst = f"{registry.host}/bench/out:ctr-remote"
+            convert_s = _timed(
+                [
+                    "ctr-remote",
+                    "--address",
+                    containerd.address,
+                    "--namespace",
+                    containerd.NAMESPACE,
+                    "images",
+                    "convert",
+                    "--zstdchunked",
+                    "--oci",
+                    "--estargz-compression-level",
+                    str(args.level),
+                    src,
+                    dst,
+                ]
+            )
+            containerd.ctr("images", "push", "--plain-http", dst, dst)
+            results["ctr-remote"] = {
+                "seconds": convert_s,
+                "pull_seconds": pull_s,
+                "bytes_out": _image_size(registry.host, "bench/out", "ctr-remote"),
+            }
+        _report(results, uncompressed, args)
+        return 0
+    finally:
+        if containerd:
+            containerd.stop()
+        if registry:
+            registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    base = results["zsnap"]["seconds"]
+    table = Table(
+        title=f"zstd:chunked conversion of {uncompressed / 1e6:.0f} MB (uncompressed), level {args.level}"
+    )
+    for column in ("tool", "seconds", "output MB", "MB/s in", "time vs zsnap"):
+        table.add_column(column, justify="right" if column != "tool" else "left")
+    for tool, r in results.items():
+        r["mb_per_s"] = uncompressed / 1e6 / r["seconds"]
+        r["ratio_vs_zsnap"] = r["seconds"] / base
+        table.add_row(
+            tool,
+            f"{r['seconds']:.1f}",
+            f"{r['bytes_out'] / 1e6:.1f}",
+            f"{r['mb_per_s']:.1f}",
+            f"{r['ratio_vs_zsnap']:.2f}x",
+        )
+    Console().print(table)
+    print(
+        json.dumps(
+            {"bench": "convert", "uncompressed_bytes": uncompressed, "level": args.level, "results": results}
+        )
+    )
+
+
+def _uncompressed_size(layout: Path) -> int:
+    from isal import igzip
+
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(_blob(layout, index["manifests"][0]["digest"]))
+    total = 0
+    for layer in manifest["layers"]:
+        with igzip.open(_blob_path(layout, layer["digest"]), "rb") as stream:
+            while block := stream.read(1 << 22):
+                total += len(block)
+    return total
+
+
+def _blob_path(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.split(":")[1]
+
+
+def _blob(layout: Path, digest: str) -> bytes:
+    return _blob_path(layout, digest).read_bytes()
+
+
+def _image_size(host: str, repo: str, tag: str) -> int:
+    request = urllib.request.Request(
+        f"http://{host}/v2/{repo}/manifests/{tag}",
+        headers={
+            "Accept": "application/vnd.oci.image.manifest.v1+json, "
+            "application/vnd.docker.distribution.manifest.v2+json"
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        manifest = json.loads(response.read())
+    return sum(layer["size"] for layer in manifest["layers"])
+
+
+def _timed(cmd: list[str]) -> float:
+    started = time.monotonic()
+    _sh(cmd)
+    return time.monotonic() - started
+
+
+def _sh(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+
+
+def _say(text: str) -> None:
+    print(f"==> {text}", file=sys.stderr, flush=True)

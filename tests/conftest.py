@@ -15,6 +15,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.common",
+    "tests.fixtures.registry",
 ]
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"

@@ -294,7 +294,7 @@ class RegistryAuth:
     ) -> None:
         self.registry = registry
         self.credentials = credentials
-        self.cache = cache or TokenCache()
+        self.cache = cache if cache is not None else TokenCache()
         self.scheme: str | None = None
         self.bearer: Challenge | None = None  # last Bearer challenge seen (realm, service)
         self.token_requests = 0

@@ -1,0 +1,178 @@
+"""Resolve an image reference to its layers: REF -> manifest (via the host platform) -> config -> layers.
+
+Only the manifest, (index,) and config are fetched here; every one is verified by digest (the registry
+client checks manifests fetched by digest and blobs, and a tag-resolved manifest is then addressed by its
+own digest). Layer descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs.
+
+``oci:DIR[:TAG]`` references are served by :class:`LayoutClient`, a tiny stand-in with the registry client's
+read methods over a local OCI image layout (so a layout can be mounted without a registry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import platform
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from fs.errors import FormatError, NotFoundError, VerificationError
+from fs.lazy.layer import LayerDescriptor
+from fs.registry import INDEX_TYPES, ImageReference, OciLayout, open_registry_client
+
+__all__ = ["LayoutClient", "ResolvedImage", "host_platform", "open_image_client", "resolve_image"]
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+def host_platform() -> tuple[str, str]:
+    """``("linux", "<GOARCH>")`` for this machine."""
+    machine = platform.machine()
+    return "linux", _ARCH.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image ready to mount: its repository, manifest digest and layers bottom-first."""
+
+    reference: str
+    repository: str
+    manifest_digest: str
+    layers: tuple[LayerDescriptor, ...]
+    config: dict[str, Any]
+
+
+class LayoutClient:
+    """Read side of the registry client over an OCI layout directory (for ``oci:`` references)."""
+
+    def __init__(self, layout: OciLayout) -> None:
+        self.layout = layout
+
+    async def get_manifest_by_descriptor(self, descriptor: dict[str, Any]) -> tuple[bytes, str, str]:
+        digest = descriptor["digest"]
+        data = await trio.to_thread.run_sync(self.layout.read_blob, digest)
+        return data, descriptor.get("mediaType", ""), digest
+
+    async def get_blob(self, repo: str, digest: str, **_: Any) -> bytes:
+        return await trio.to_thread.run_sync(self.layout.read_blob, digest)
+
+    async def get_ranges(self, repo: str, digest: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        def read() -> list[bytes]:
+            out = []
+            with self.layout.open_blob(digest) as f:
+                for start, end in ranges:
+                    f.seek(start)
+                    out.append(f.read(end - start))
+            return out
+
+        return await trio.to_thread.run_sync(read)
+
+    async def get_tail(self, repo: str, digest: str, n: int, size: int | None = None) -> bytes:
+        size = size if size is not None else self.layout.blob_size(digest)
+        return (await self.get_ranges(repo, digest, [(max(0, size - n), size)]))[0]
+
+    @contextlib.asynccontextmanager
+    async def stream_blob(self, repo: str, digest: str, **_: Any) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def chunks() -> AsyncIterator[bytes]:
+            h = hashlib.sha256()
+            f = self.layout.open_blob(digest)
+            try:
+                while piece := await trio.to_thread.run_sync(f.read, 1 << 20):
+                    h.update(piece)
+                    yield piece
+            finally:
+                f.close()
+            if "sha256:" + h.hexdigest() != digest:
+                raise VerificationError(f"blob {digest} in {self.layout.path} does not hash to its name")
+
+        it = chunks()
+        try:
+            yield it
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]
+
+
+@contextlib.asynccontextmanager
+async def open_image_client(
+    ref: ImageReference, *, plain_http: bool | None = None, timeout: float = 30.0
+) -> AsyncIterator[Any]:
+    """The client serving ``ref``: a registry client (docker) or a :class:`LayoutClient` (oci)."""
+    if ref.transport == "oci":
+        assert ref.path is not None
+        yield LayoutClient(OciLayout(ref.path))
+        return
+    async with open_registry_client(ref.registry, plain_http=plain_http, timeout=timeout) as client:
+        yield client
+
+
+def _pick_platform(index: dict[str, Any], want: tuple[str, str]) -> dict[str, Any]:
+    manifests = index.get("manifests") or []
+    for m in manifests:
+        p = m.get("platform") or {}
+        if (p.get("os"), p.get("architecture")) == want:
+            return m
+    raise NotFoundError(f"the image index has no manifest for {want[0]}/{want[1]}")
+
+
+async def _manifest(
+    client: Any, ref: ImageReference, descriptor: dict[str, Any] | None
+) -> tuple[dict, str, str]:
+    """(json, media type, digest) of the manifest ``descriptor`` names, or of the reference itself."""
+    if isinstance(client, LayoutClient):
+        if descriptor is None:
+            descriptor = await trio.to_thread.run_sync(client.layout.resolve, ref.tag)
+        data, media_type, digest = await client.get_manifest_by_descriptor(descriptor)
+    else:
+        reference = descriptor["digest"] if descriptor else (ref.digest or ref.tag or "latest")
+        m = await client.get_manifest(ref.repository, reference)
+        data, media_type, digest = m.data, m.media_type, m.digest
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise FormatError(f"manifest {digest} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise FormatError(f"manifest {digest} is not a JSON object")
+    return doc, doc.get("mediaType") or media_type, digest
+
+
+async def resolve_image(
+    client: Any, ref: ImageReference, *, want: tuple[str, str] | None = None
+) -> ResolvedImage:
+    """Fetch and verify the manifest (choosing this host's platform from an index) and config.
+
+    Raises:
+        NotFoundError: no such image / no manifest for this platform.
+        FormatError: malformed manifest or config, or DiffIDs not matching the layers.
+        VerificationError, RegistryError: from the client.
+    """
+    doc, media_type, digest = await _manifest(client, ref, None)
+    if media_type in INDEX_TYPES or "manifests" in doc:
+        doc, media_type, digest = await _manifest(client, ref, _pick_platform(doc, want or host_platform()))
+    try:
+        config_desc = doc["config"]
+        layer_docs = doc["layers"]
+        config = json.loads(await client.get_blob(ref.repository, config_desc["digest"]))
+        diff_ids = list(config.get("rootfs", {}).get("diff_ids") or [])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(f"manifest {digest} or its config is malformed: {exc!r}") from exc
+    if diff_ids and len(diff_ids) != len(layer_docs):
+        raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(layer_docs)} layers")
+    layers = []
+    for i, ld in enumerate(layer_docs):
+        try:
+            layers.append(
+                LayerDescriptor(
+                    media_type=str(ld["mediaType"]),
+                    digest=str(ld["digest"]),
+                    size=int(ld["size"]),
+                    annotations={str(k): str(v) for k, v in (ld.get("annotations") or {}).items()},
+                    diff_id=diff_ids[i] if diff_ids else None,
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"layer {i} of manifest {digest} is malformed: {exc!r}") from exc
+    return ResolvedImage(str(ref), ref.repository, digest, tuple(layers), config)

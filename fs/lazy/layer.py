@@ -1,0 +1,320 @@
+"""Open one layer for serving: lazily (TOC fetched + verified) or, failing that, whole from the store.
+
+Lazy layers (zstd:chunked of either dialect, gzip eStargz) are opened with at most two small requests:
+
+1. the TOC position comes from the descriptor annotations (``manifest-position``) or, when they name a TOC
+   digest but no position (eStargz), from the blob footer (one tail request of up to 512 KiB, which
+   usually contains the TOC as well);
+2. the TOC bytes are verified against the digest **in the manifest annotations** before a single byte is
+   parsed (:func:`fs.format.verify.decode_and_verify_toc`), then :func:`fs.format.index.build_index` resolves
+   and validates the tree (names escaping the layer are a :class:`~fs.errors.FormatError`).
+
+Every other layer (plain gzip / zstd / uncompressed tar, or zstd:chunked without a TOC digest in the
+manifest: nothing vouches for its TOC) is downloaded whole into the store, verified against the descriptor
+digest, decompressed once into the store under its DiffID (checked against the image config), and indexed
+(:func:`fs.lazy.tarindex.index_tar`); its files are then served by ``pread`` from the uncompressed tar.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import trio
+import zstandard
+
+from fs.errors import FormatError, VerificationError, error_context
+from fs.format.annotations import (
+    GZIP_LAYER_MEDIA_TYPES,
+    ZSTD_LAYER_MEDIA_TYPES,
+    toc_location_from_annotations,
+)
+from fs.format.dialect import Dialect
+from fs.format.footer import TAIL_PREFETCH_SIZE, parse_footer
+from fs.format.index import build_index
+from fs.format.tree import Chunk, LayerIndex
+from fs.format.verify import decode_and_verify_toc
+from fs.lazy.fetcher import BlobSource
+from fs.lazy.inodes import Item
+from fs.lazy.stats import MountStats
+from fs.lazy.tarindex import index_tar
+
+__all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
+
+log = logging.getLogger(__name__)
+
+_UNCOMPRESSED_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.docker.image.rootfs.diff.tar",
+    }
+)
+
+
+@dataclass(frozen=True)
+class LayerDescriptor:
+    """A layer as the (verified) manifest describes it, plus its DiffID from the (verified) config."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+    diff_id: str | None = None
+
+    @property
+    def hex(self) -> str:
+        return self.digest.partition(":")[2]
+
+    @property
+    def short(self) -> str:
+        return self.digest[:19]
+
+
+@dataclass
+class OpenedLayer:
+    """A layer ready to serve.
+
+    Exactly one of ``source`` (lazy: chunks fetched from the blob) and ``tar_digest`` (whole: the
+    uncompressed tar is a store object) is set.
+    """
+
+    desc: LayerDescriptor
+    items: list[Item]
+    source: BlobSource | None = None
+    index: LayerIndex | None = None
+    tar_digest: str | None = None
+    dialect: Dialect | None = None
+
+    @property
+    def lazy(self) -> bool:
+        return self.source is not None
+
+    def chunks_by_offset(self) -> list[Chunk]:
+        """Every fetchable (non-zeros) chunk of the layer once per digest, in blob order."""
+        if self.index is None:
+            return []
+        seen: set[str] = set()
+        out: list[Chunk] = []
+        for _, node in self.index:
+            for c in node.chunks:
+                if not c.zeros and c.digest not in seen:
+                    seen.add(c.digest)
+                    out.append(c)
+        out.sort(key=lambda c: c.compressed_offset)
+        return out
+
+    def prefetch_chunks(self) -> list[Chunk]:
+        """Chunks the image marks as needed first: everything before ``.prefetch.landmark`` (eStargz) and
+        the files of the TOC's prefetch list; [] with ``.no.prefetch.landmark`` or without a marker."""
+        idx = self.index
+        if idx is None or idx.no_prefetch:
+            return []
+        chosen: dict[str, Chunk] = {}
+        if idx.prefetch_landmark_offset is not None:
+            for c in self.chunks_by_offset():
+                if c.compressed_offset < idx.prefetch_landmark_offset:
+                    chosen.setdefault(c.digest, c)
+        for path in idx.prefetch_paths:
+            node = idx.nodes.get(path)
+            for c in node.chunks if node is not None else ():
+                if not c.zeros:
+                    chosen.setdefault(c.digest, c)
+        return sorted(chosen.values(), key=lambda c: c.compressed_offset)
+
+
+def index_items(index: LayerIndex) -> list[Item]:
+    """Convert a :class:`LayerIndex` to inode-table items (content = the file's chunk list)."""
+    items: list[Item] = []
+    for path, node in index:
+        if node.path != path:  # a second name of a hardlinked file
+            items.append(Item(path=path, kind="hardlink", target=node.path))
+            continue
+        items.append(
+            Item(
+                path=path,
+                kind=node.type,
+                mode=node.mode & 0o7777,
+                uid=node.uid,
+                gid=node.gid,
+                size=node.size,
+                mtime_ns=node.mtime_ns,
+                atime_ns=node.atime_ns,
+                ctime_ns=node.ctime_ns,
+                dev_major=os.major(node.rdev),
+                dev_minor=os.minor(node.rdev),
+                target=node.link_target,
+                xattrs=dict(node.xattrs),
+                content=node.chunks if node.type == "reg" else None,
+            )
+        )
+    return items
+
+
+async def open_layer(
+    client: Any,
+    repository: str,
+    desc: LayerDescriptor,
+    *,
+    store: Any,
+    stats: MountStats,
+    holder: str,
+    scratch: Path,
+) -> OpenedLayer:
+    """Open ``desc`` for serving (see the module docstring).
+
+    Args:
+        scratch: a directory for download/decompression temp files (same file system as the store).
+
+    Raises:
+        FormatError: malformed annotations/footer/TOC, or names escaping the layer.
+        VerificationError: TOC, blob or DiffID digest mismatch.
+        RegistryError: fetching failed.
+    """
+    with error_context(layer=desc.digest):
+        loc = toc_location_from_annotations(desc.annotations, desc.media_type, blob_size=desc.size)
+        if loc is None:
+            return await _open_whole(
+                client, repository, desc, store=store, stats=stats, holder=holder, scratch=scratch
+            )
+        return await _open_lazy(client, repository, desc, loc, stats)
+
+
+async def _fetch(client: Any, repository: str, digest: str, rng: tuple[int, int], stats: MountStats) -> bytes:
+    t0 = trio.current_time()
+    data = (await client.get_ranges(repository, digest, [rng]))[0]
+    stats.record_fetch(len(data), trio.current_time() - t0)
+    stats.toc_bytes += len(data)
+    return data
+
+
+async def _open_lazy(
+    client: Any, repository: str, desc: LayerDescriptor, loc: Any, stats: MountStats
+) -> OpenedLayer:
+    size = desc.size
+    tail_start = size
+    tail = b""
+    if loc.needs_footer:
+        tail_start = max(0, size - TAIL_PREFETCH_SIZE)
+        tail = await _fetch(client, repository, desc.digest, (tail_start, size), stats)
+        footer = parse_footer(tail, size)
+        if footer.dialect is Dialect.ESTARGZ_GZIP:
+            if loc.dialect is not Dialect.ESTARGZ_GZIP:
+                raise FormatError(f"a {loc.dialect.value} layer has a gzip eStargz footer")
+            toc_range = (footer.toc_offset, size - footer.size)
+        else:
+            loc = loc.with_footer(footer)
+            toc_range = (loc.offset, loc.offset + loc.length)
+    else:
+        toc_range = (loc.offset, loc.offset + loc.length)
+    if not 0 <= toc_range[0] < toc_range[1] <= size:
+        raise FormatError(f"TOC range {toc_range} lies outside the blob ({size} bytes)")
+    if toc_range[0] >= tail_start and tail:
+        compressed = tail[toc_range[0] - tail_start : toc_range[1] - tail_start]
+    else:
+        compressed = await _fetch(client, repository, desc.digest, toc_range, stats)
+    toc = await trio.to_thread.run_sync(decode_and_verify_toc, compressed, loc)
+    index = await trio.to_thread.run_sync(
+        lambda: build_index(toc, loc.dialect, size, toc_offset=toc_range[0])
+    )
+    source = BlobSource(
+        client=client,
+        repository=repository,
+        digest=desc.digest,
+        codec="gzip" if loc.dialect is Dialect.ESTARGZ_GZIP else "zstd",
+        label=desc.digest,
+    )
+    return OpenedLayer(desc=desc, items=index_items(index), source=source, index=index, dialect=loc.dialect)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# whole layers
+
+
+def _decompressor(media_type: str) -> Callable[[BinaryIO], BinaryIO] | None:
+    if media_type in GZIP_LAYER_MEDIA_TYPES or media_type.endswith("+gzip") or media_type.endswith(".gzip"):
+        return lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    if media_type in ZSTD_LAYER_MEDIA_TYPES or media_type.endswith("+zstd") or media_type.endswith(".zstd"):
+        return lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
+    if media_type in _UNCOMPRESSED_TYPES:
+        return None
+    raise FormatError(f"unsupported layer media type {media_type!r}")
+
+
+async def _open_whole(
+    client: Any,
+    repository: str,
+    desc: LayerDescriptor,
+    *,
+    store: Any,
+    stats: MountStats,
+    holder: str,
+    scratch: Path,
+) -> OpenedLayer:
+    decompress = _decompressor(desc.media_type)
+    scratch.mkdir(parents=True, exist_ok=True)
+    if not store.has(desc.digest):
+        tmp = scratch / f"download-{desc.hex}.{secrets.token_hex(4)}"
+        try:
+            t0 = trio.current_time()
+            n = 0
+            with open(tmp, "wb") as out:
+                async with client.stream_blob(repository, desc.digest) as chunks:
+                    async for piece in chunks:  # the iterator raises VerificationError on a bad digest
+                        out.write(piece)
+                        n += len(piece)
+            stats.record_fetch(n, trio.current_time() - t0)
+            if n != desc.size:
+                raise VerificationError(f"blob is {n} bytes, the manifest says {desc.size}")
+            await trio.to_thread.run_sync(lambda: store.put_file(tmp, digest=desc.digest, holder=holder))
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        store.ref(desc.digest, holder)
+    if decompress is None:
+        tar_digest = desc.digest
+    else:
+        tar_digest = await trio.to_thread.run_sync(
+            _decompress_into_store, store, desc, decompress, scratch, holder
+        )
+    items = await trio.to_thread.run_sync(_index_store_tar, store, tar_digest)
+    return OpenedLayer(desc=desc, items=items, tar_digest=tar_digest)
+
+
+def _decompress_into_store(
+    store: Any, desc: LayerDescriptor, decompress: Callable[[BinaryIO], BinaryIO], scratch: Path, holder: str
+) -> str:
+    """Worker thread: decompress the stored blob once into the store, keyed (and checked) by DiffID."""
+    if desc.diff_id and store.has(desc.diff_id):
+        store.ref(desc.diff_id, holder)
+        return desc.diff_id
+    tmp = scratch / f"uncompressed-{desc.hex}.{secrets.token_hex(4)}"
+    try:
+        h = hashlib.sha256()
+        with store.open_blob(desc.digest) as raw, decompress(raw) as src, open(tmp, "wb") as out:
+            while piece := src.read(1 << 20):
+                h.update(piece)
+                out.write(piece)
+        diff_id = "sha256:" + h.hexdigest()
+        if desc.diff_id and diff_id != desc.diff_id:
+            raise VerificationError(
+                f"layer decompresses to {diff_id}, the image config says {desc.diff_id}", layer=desc.digest
+            )
+        store.put_file(tmp, digest=diff_id, holder=holder)
+        return diff_id
+    except (OSError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+        raise FormatError(f"layer does not decompress: {exc}", layer=desc.digest) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _index_store_tar(store: Any, tar_digest: str) -> list[Item]:
+    with store.open_blob(tar_digest) as f:
+        return index_tar(f)

@@ -1,0 +1,251 @@
+"""Ordered, parallel zstd frame writer: compress independent frames on a thread pool, write them in order.
+
+::
+
+    caller thread            compression pool (N threads)         writer thread
+    frame(data, tag) ─┐
+    frame(...)        ├─ batch (~1 MiB) ──► compress each frame ──► in submission order:
+    ...               ┘                     sha256 if asked           write, hash output, hash input
+                                                                      (diff_id), on_frame(tag, start,
+                                                                      end, digest) for tagged frames
+
+Every frame is an independent zstd frame (content size in its header, no checksum), so frames compress
+in parallel; ``zstandard`` and ``hashlib`` release the GIL while they work. Memory is bounded: the
+caller blocks in :meth:`FramePipeline.frame` while more than ``max_inflight`` uncompressed bytes are
+queued, compressing or waiting to be written.
+
+``on_frame`` runs on the writer thread, strictly in frame order; it receives the compressed byte range
+``[start, end)`` of the frame in the output and the frame's sha256 hex digest (or None when not asked).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import zstandard
+
+from fs.errors import ConversionError, ZsnapError
+
+__all__ = [
+    "FramePipeline",
+    "PipelineTotals",
+]
+
+Buffer = bytes | bytearray | memoryview
+OnFrame = Callable[[Any, int, int, "str | None"], None]
+
+_BATCH_BYTES = 1 << 20
+_BATCH_FRAMES = 512
+_WRITE_CHUNK = 4 << 20
+
+
+class PipelineTotals:
+    """What the pipeline wrote: compressed size and sha256, and the sha256/size of the frames' input."""
+
+    __slots__ = ("compressed_sha256", "compressed_size", "uncompressed_sha256", "uncompressed_size")
+
+    def __init__(self, csize: int, csha: str, usize: int, usha: str) -> None:
+        self.compressed_size = csize
+        self.compressed_sha256 = csha
+        self.uncompressed_size = usize
+        self.uncompressed_sha256 = usha
+
+
+def _compress_batch(local: threading.local, level: int, items: list[tuple[Buffer, bool]]) -> tuple:
+    cctx = getattr(local, "cctx", None)
+    if cctx is None:
+        cctx = local.cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    compress = cctx.compress
+    sha = hashlib.sha256
+    outs = []
+    sizes = []
+    digests = []
+    for data, want in items:
+        out = compress(data)
+        outs.append(out)
+        sizes.append(len(out))
+        digests.append(sha(data).hexdigest() if want else None)
+    return b"".join(outs), sizes, digests
+
+
+class FramePipeline:
+    """Compress frames in parallel and write them to ``dst`` in order (see module docstring).
+
+    Args:
+        dst: binary writable; written only from the writer thread.
+        level: zstd level for every frame.
+        threads: compression threads.
+        on_frame: callback for tagged frames (writer thread, in order).
+        max_inflight: bound on queued uncompressed bytes.
+
+    Use :meth:`frame` / :meth:`raw` from one thread, then :meth:`close`; on any error call :meth:`abort`
+    (idempotent). Errors from the pool or the writer surface in the caller's next call.
+    """
+
+    def __init__(
+        self,
+        dst: BinaryIO,
+        *,
+        level: int = 3,
+        threads: int = 2,
+        on_frame: OnFrame | None = None,
+        max_inflight: int = 64 << 20,
+    ) -> None:
+        self._dst = dst
+        self._level = level
+        self._on_frame = on_frame
+        self._max_inflight = max_inflight
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix="zsnap-zstd")
+        self._local = threading.local()
+        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._items: list[tuple[Buffer, bool]] = []
+        self._tags: list[Any] = []
+        self._batch_bytes = 0
+        # writer-thread state
+        self._out_hash = hashlib.sha256()
+        self._in_hash = hashlib.sha256()
+        self.written = 0  #: compressed bytes written so far (updated by the writer thread)
+        self.consumed = 0  #: uncompressed frame bytes written so far
+        self._writer = threading.Thread(target=self._write_loop, name="zsnap-writer", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------------------------ producer
+
+    def frame(self, data: Buffer, tag: Any = None, *, digest: bool = False) -> None:
+        """Queue one frame holding ``data`` (non-empty). ``digest``: compute its sha256 for ``on_frame``."""
+        self._items.append((data, digest))
+        self._tags.append(tag)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= _BATCH_BYTES or len(self._items) >= _BATCH_FRAMES:
+            self.flush()
+
+    def raw(self, data: bytes) -> None:
+        """Queue bytes to write verbatim after the frames queued so far (skippable frames)."""
+        self.flush()
+        self._reserve(len(data))
+        self._queue.put(("raw", data, len(data)))
+
+    def flush(self) -> None:
+        """Submit the pending batch."""
+        if not self._items:
+            return
+        items, tags, nbytes = self._items, self._tags, self._batch_bytes
+        self._items, self._tags, self._batch_bytes = [], [], 0
+        self._reserve(nbytes)
+        future = self._pool.submit(_compress_batch, self._local, self._level, items)
+        self._queue.put(("frames", future, items, tags, nbytes))
+
+    def _reserve(self, nbytes: int) -> None:
+        with self._cond:
+            while self._inflight > 0 and self._inflight + nbytes > self._max_inflight and not self._stop:
+                self._cond.wait()
+            self._raise_if_failed()
+            self._inflight += nbytes
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, ZsnapError):
+                raise err
+            raise ConversionError(f"writing zstd frames failed: {err}") from err
+        if self._stop:
+            raise ConversionError("frame pipeline was aborted")
+
+    def drain(self) -> int:
+        """Flush and wait until every queued frame is written; return the compressed bytes written.
+
+        Raises:
+            ConversionError: as :meth:`close`.
+        """
+        self.flush()
+        with self._cond:
+            while self._inflight > 0 and not self._stop:
+                self._cond.wait()
+            self._raise_if_failed()
+            return self.written
+
+    def close(self) -> PipelineTotals:
+        """Flush, wait for every frame to be written, and return the totals.
+
+        Raises:
+            ConversionError: a compression or write failed (``__cause__`` holds it), or a ZsnapError raised
+                by ``on_frame`` as is.
+        """
+        self.flush()
+        self._queue.put(None)
+        self._writer.join()
+        self._pool.shutdown(wait=True)
+        with self._cond:
+            self._raise_if_failed()
+        return PipelineTotals(
+            self.written, "sha256:" + self._out_hash.hexdigest(), self.consumed,
+            "sha256:" + self._in_hash.hexdigest(),
+        )  # fmt: skip
+
+    def abort(self) -> None:
+        """Stop everything without writing more; safe to call at any time, more than once."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._queue.put(None)
+        self._writer.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------------------------ writer
+
+    def _write_loop(self) -> None:
+        pending: list[bytes] = []
+        pending_len = 0
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None or self._stop:
+                    break
+                if item[0] == "raw":
+                    data, nbytes = item[1], item[2]
+                    pending.append(data)
+                    pending_len += len(data)
+                    self._out_hash.update(data)
+                    self.written += len(data)
+                else:
+                    _, future, items, tags, nbytes = item
+                    blob, sizes, digests = future.result()
+                    pending.append(blob)
+                    pending_len += len(blob)
+                    self._out_hash.update(blob)
+                    in_hash = self._in_hash.update
+                    on_frame = self._on_frame
+                    pos = self.written
+                    consumed = 0
+                    for i, (data, _) in enumerate(items):
+                        in_hash(data)
+                        consumed += len(data)
+                        end = pos + sizes[i]
+                        tag = tags[i]
+                        if tag is not None and on_frame is not None:
+                            on_frame(tag, pos, end, digests[i])
+                        pos = end
+                    self.written = pos
+                    self.consumed += consumed
+                if pending_len >= _WRITE_CHUNK:
+                    self._dst.write(b"".join(pending))
+                    pending, pending_len = [], 0
+                with self._cond:
+                    self._inflight -= nbytes
+                    self._cond.notify_all()
+            if pending and not self._stop:
+                self._dst.write(b"".join(pending))
+        except BaseException as exc:  # surfaced in the producer thread
+            with self._cond:
+                self._error = exc
+                self._stop = True
+                self._cond.notify_all()

@@ -6,8 +6,6 @@ for eStargz the decompressed JSON is hashed before it is parsed. Decompression i
 
 from __future__ import annotations
 
-import io
-
 import zstandard
 
 from fs.digest import sha256_digest
@@ -15,6 +13,7 @@ from fs.errors import FormatError, UnsupportedFormat, VerificationError
 from fs.format.annotations import TocLocation
 from fs.format.dialect import Dialect
 from fs.format.estargz import extract_gzip_toc
+from fs.format.frames import SKIPPABLE_HEADER_SIZE, is_skippable_magic, parse_skippable_header
 from fs.format.toc import MAX_TOC_SIZE, Toc, parse_toc
 
 __all__ = [
@@ -27,28 +26,53 @@ __all__ = [
 
 #: Cap on a decompressed tar-split (it grows with the number of tar headers, like the TOC).
 MAX_TAR_SPLIT_SIZE = 1024 * 1024 * 1024
+# Compressed bytes fed per step: one step can expand to at most ~32 MiB (RLE blocks), bounding overshoot.
+_STEP = 1024
 
 
-def zstd_decompress(data: bytes, *, max_output: int, what: str = "data") -> bytes:
+def zstd_decompress(data: bytes, *, max_output: int, what: str = "data", want: int | None = None) -> bytes:
     """Decompress a zstd stream of one or more frames (skippable frames skipped), at most ``max_output``.
 
+    Unlike ``zstandard``'s stream reader, a truncated last frame is an error, not a short result. Input
+    is fed in small steps so that a decompression bomb cannot allocate much beyond ``max_output``.
+
+    Args:
+        want: if given, return as soon as ``want`` bytes are decoded (exactly ``want`` bytes); the rest
+            of the input is ignored (eStargz ranges carry trailing header bytes after the chunk).
+
     Raises:
-        FormatError: corrupt/truncated zstd, or output larger than ``max_output``.
+        FormatError: corrupt/truncated zstd, output larger than ``max_output``, or fewer than ``want``
+            bytes.
     """
+    view = memoryview(bytes(data))
+    out = bytearray()
+    pos = 0
     try:
-        with zstandard.ZstdDecompressor().stream_reader(
-            io.BytesIO(bytes(data)), read_across_frames=True, closefd=False
-        ) as reader:
-            out = bytearray()
-            while len(out) <= max_output:
-                piece = reader.read(min(1 << 20, max_output + 1 - len(out)))
-                if not piece:
+        while pos < len(view):
+            if want is not None and len(out) >= want:
+                break
+            if is_skippable_magic(bytes(view[pos : pos + 4])):
+                pos += SKIPPABLE_HEADER_SIZE + parse_skippable_header(bytes(view[pos : pos + 8]))
+                if pos > len(view):
+                    raise FormatError(f"{what}: truncated skippable frame")
+                continue
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            while not dobj.eof:
+                if pos >= len(view):
+                    raise FormatError(f"{what}: truncated zstd frame")
+                step = view[pos : pos + _STEP]
+                out += dobj.decompress(step)
+                pos += len(step) - (len(dobj.unused_data) if dobj.eof else 0)
+                if len(out) > max_output:
+                    raise FormatError(f"{what}: decompresses to more than the {max_output}-byte cap")
+                if want is not None and len(out) >= want:
                     break
-                out += piece
     except zstandard.ZstdError as exc:
         raise FormatError(f"{what}: invalid zstd data: {exc}") from exc
-    if len(out) > max_output:
-        raise FormatError(f"{what}: decompresses to more than the {max_output}-byte cap")
+    if want is not None:
+        if len(out) < want:
+            raise FormatError(f"{what}: decodes to {len(out)} bytes, expected at least {want}")
+        return bytes(out[:want])
     return bytes(out)
 
 

@@ -16,6 +16,8 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.registry",
+    "tests.fixtures.containerd",
+    "tests.fixtures.images",
 ]
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"

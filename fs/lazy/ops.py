@@ -1,0 +1,215 @@
+"""The pyfuse3 ``Operations`` of a mount: a read-only view of the :class:`~fs.lazy.inodes.InodeTable`.
+
+Handlers follow pyfuse3's examples (``examples/passthroughfs.py``): one method per FUSE op, only
+:class:`pyfuse3.FUSEError` escapes. Errors stop here (stargz ``node.go``): any failure of a read is answered
+with ``EIO`` and logged once per file and error kind, naming the layer and the path (later repeats of the
+same failure log at DEBUG). Nothing here blocks the trio thread on the network: reads of missing chunks
+await the :class:`~fs.lazy.fetcher.ChunkFetcher`.
+
+Layers are immutable, so the kernel may cache everything: entries and attributes carry long timeouts and
+files are opened with ``keep_cache`` (DESIGN.md decision 9). Inodes never go away while mounted, so
+``forget`` has nothing to do and lookup counts are not tracked.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from typing import Any
+
+import pyfuse3
+
+from fs.errors import ZsnapError
+from fs.lazy.fetcher import ChunkFetcher
+from fs.lazy.inodes import InodeTable, Node
+from fs.lazy.layer import OpenedLayer
+from fs.lazy.stats import MountStats
+
+__all__ = ["CACHE_TIMEOUT", "LazyOperations"]
+
+log = logging.getLogger(__name__)
+
+#: entry/attribute cache lifetime given to the kernel, seconds (layers never change while mounted)
+CACHE_TIMEOUT = 24 * 3600.0
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT
+
+
+class LazyOperations(pyfuse3.Operations):
+    """Serve ``table``; regular-file bytes come from ``layers[node.layer]`` (lazy chunks or the store).
+
+    Args:
+        table: the mount's inodes (never changes while mounted).
+        layers: opened layers, indexed like ``table.layer_names``.
+        fetcher: reads chunks of lazy layers.
+        store: serves whole (non-lazy) layers' uncompressed tars by ``pread``.
+    """
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        table: InodeTable,
+        layers: Sequence[OpenedLayer],
+        fetcher: ChunkFetcher,
+        store: Any,
+        stats: MountStats,
+    ) -> None:
+        super().__init__()
+        self.table = table
+        self.layers = list(layers)
+        self.fetcher = fetcher
+        self.store = store
+        self.stats = stats
+        self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
+        self._dirlists: dict[int, list[tuple[bytes, int]]] = {}
+        self._failed: set[tuple[int, str]] = set()
+        self._total_size = sum(n.size for n in table if stat.S_ISREG(n.mode))
+
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    def _node(self, inode: int) -> Node:
+        try:
+            return self.table.get(inode)
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = self._attrs.get(node.inode)
+        if attrs is None:
+            attrs = pyfuse3.EntryAttributes()
+            attrs.st_ino = node.inode
+            attrs.generation = 0
+            attrs.entry_timeout = CACHE_TIMEOUT
+            attrs.attr_timeout = CACHE_TIMEOUT
+            attrs.st_mode = node.mode
+            attrs.st_nlink = node.nlink
+            attrs.st_uid = node.uid
+            attrs.st_gid = node.gid
+            attrs.st_rdev = node.rdev
+            attrs.st_size = node.size
+            attrs.st_blksize = 4096
+            attrs.st_blocks = (node.size + 511) // 512
+            attrs.st_atime_ns = node.atime_ns
+            attrs.st_mtime_ns = node.mtime_ns
+            attrs.st_ctime_ns = node.ctime_ns
+            self._attrs[node.inode] = attrs
+        return attrs
+
+    def _fail(self, node: Node, exc: BaseException) -> pyfuse3.FUSEError:
+        """Account and log a failed request once per (file, error kind); return the EIO to raise."""
+        self.stats.eio += 1
+        layer = self.layers[node.layer].desc.digest if 0 <= node.layer < len(self.layers) else "-"
+        key = (node.inode, type(exc).__name__)
+        if key in self._failed:
+            log.debug("EIO again: layer %s path %s: %s", layer, node.path, exc)
+        else:
+            self._failed.add(key)
+            if isinstance(exc, ZsnapError):
+                log.warning("EIO: layer %s path %s: %s", layer, node.path, exc)
+            else:
+                log.error("EIO: layer %s path %s: unexpected %r", layer, node.path, exc, exc_info=exc)
+        return pyfuse3.FUSEError(errno.EIO)
+
+    # -- metadata ---------------------------------------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        if parent.entries is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if name == b".":
+            return self._entry(parent)
+        if name == b"..":
+            return self._entry(self._node(parent.parent))
+        inode = parent.entries.get(name)
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._entry(self.table.get(inode))
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        return self._entry(self._node(inode))
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if not stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        value = self._node(inode).xattrs.get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return list(self._node(inode).xattrs)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = (self._total_size + 4095) // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.table)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        return None  # inodes live as long as the mount
+
+    # -- directories ------------------------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if self._node(inode).entries is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self._dirlists.get(fh)
+        if listing is None:
+            entries = self._node(fh).entries
+            assert entries is not None
+            listing = self._dirlists[fh] = list(entries.items())
+        for i in range(start_id, len(listing)):
+            name, inode = listing[i]
+            if not pyfuse3.readdir_reply(token, name, self._entry(self.table.get(inode)), i + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    # -- files ------------------------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if not stat.S_ISREG(node.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR if node.entries is not None else errno.EACCES)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        node = self._node(fh)
+        if off >= node.size or size <= 0:
+            return b""
+        layer = self.layers[node.layer]
+        try:
+            if layer.source is not None:
+                return await self.fetcher.read(layer.source, node.content, node.size, off, size)
+            n = min(size, node.size - off)
+            data: bytes = self.store.pread(layer.tar_digest, node.content + off, n)
+            self.stats.cache_hits += 1
+            return data
+        except ZsnapError as exc:
+            raise self._fail(node, exc) from None
+        except Exception as exc:  # never let a bug take the mount down: EIO for this read
+            raise self._fail(node, exc) from None
+
+    async def release(self, fh: int) -> None:
+        return None

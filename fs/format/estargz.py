@@ -74,7 +74,8 @@ def parse_gzip_footer(tail: bytes, blob_size: int) -> Footer:
     """Parse a 51-byte (or legacy 47-byte) gzip eStargz footer at the end of ``tail``.
 
     Returns:
-        ``Footer(ESTARGZ_GZIP, toc_offset, 0, 0)``: the TOC member spans ``[toc_offset, S - footer_size)``.
+        ``Footer(ESTARGZ_GZIP, toc_offset, toc_length, 0)`` where ``toc_length`` is the length of the gzip
+        member holding the TOC, ``[toc_offset, S - footer_size)`` (the footer itself carries no length).
 
     Raises:
         FormatError: no recognisable footer, or the TOC offset outside the blob.
@@ -97,7 +98,7 @@ def parse_gzip_footer(tail: bytes, blob_size: int) -> Footer:
             raise FormatError(
                 f"eStargz footer: TOC offset {toc_offset} outside the blob data (size {blob_size})"
             )
-        return Footer(Dialect.ESTARGZ_GZIP, toc_offset, 0, 0)
+        return Footer(Dialect.ESTARGZ_GZIP, toc_offset, blob_size - size - toc_offset, 0)
     if len(tail) < LEGACY_GZIP_FOOTER_SIZE:
         raise FormatError(f"blob tail of {len(tail)} bytes is too short to hold any footer")
     raise FormatError(f"no zstd:chunked or eStargz footer found (last bytes {bytes(tail[-8:]).hex()})")

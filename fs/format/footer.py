@@ -65,9 +65,10 @@ class Footer:
     """Where the TOC (and tar-split) live, as told by the blob's footer.
 
     Offsets are absolute blob offsets of the *payload* (8 bytes past the skippable-frame start); lengths
-    are compressed lengths. ``toc_length``/``toc_uncompressed_length`` are 0 for gzip eStargz (its footer
-    only carries the TOC offset; the TOC then extends up to the footer). Tar-split fields are 0 when the
-    footer does not carry them.
+    are compressed lengths. For gzip eStargz the footer only carries the TOC offset: ``toc_length`` is then
+    derived (the TOC gzip member extends up to the footer) and ``toc_uncompressed_length`` is 0; only
+    ``toc_offset`` is written back by :func:`footer_bytes`. Tar-split fields are 0 when the footer does not
+    carry them.
     """
 
     dialect: Dialect
@@ -80,7 +81,7 @@ class Footer:
 
     @property
     def size(self) -> int:
-        """Bytes the footer occupies at the end of the blob (skippable header included)."""
+        """Bytes the footer occupies at the end of the blob (skippable header included; 51 for gzip)."""
         if self.dialect is Dialect.CSTORAGE:
             return SKIPPABLE_HEADER_SIZE + _V2_PAYLOAD
         if self.dialect is Dialect.ESTARGZ_GZIP:

@@ -119,16 +119,35 @@ def _media_type(response: httpx.Response, data: bytes) -> str:
     return content_type
 
 
+@contextlib.asynccontextmanager
+async def _body(
+    response: httpx.Response, chunk_size: int | None = None
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Iterate a response body; when left before the end, close the connection and then run httpx's
+    chain of async generators to its (failing) end, so none is abandoned half-way (trio warns about
+    those, and finalizes them later in a system task)."""
+    body = response.aiter_bytes(chunk_size)
+    try:
+        yield body
+    finally:
+        if not response.is_closed:
+            await response.aclose()
+            with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
+                async for _ in body:
+                    pass
+
+
 async def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RegistryError(f"{what} is {declared} bytes, more than the {limit}-byte limit")
     chunks, total = [], 0
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > limit:
-            raise RegistryError(f"{what} is more than the {limit}-byte limit")
-        chunks.append(chunk)
+    async with _body(response) as body:
+        async for chunk in body:
+            total += len(chunk)
+            if total > limit:
+                raise RegistryError(f"{what} is more than the {limit}-byte limit")
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -310,24 +329,24 @@ class RegistryClient:
 
         async def chunks() -> AsyncIterator[bytes]:
             hasher = hashlib.sha256()
-            offset, resumes = 0, 0
+            offset = skip = resumes = 0
             response = await self.session.open(self._get(url, _IDENTITY), what=what, scopes=(_scope(repo),))
             try:
                 if response.status_code != 200:
                     raise _unexpected(response, what)
                 while True:
-                    skip = 0
                     try:
                         with map_httpx_errors(f"{self.registry}: {what}"):
-                            async for data in response.aiter_bytes(chunk_size):
-                                if skip:  # a resume answered 200: drop what we already have
-                                    cut = min(skip, len(data))
-                                    data, skip = data[cut:], skip - cut
-                                    if not data:
-                                        continue
-                                hasher.update(data)
-                                offset += len(data)
-                                yield data
+                            async with _body(response, chunk_size) as body:
+                                async for data in body:
+                                    if skip:  # a resume answered 200: drop what we already have
+                                        cut = min(skip, len(data))
+                                        data, skip = data[cut:], skip - cut
+                                        if not data:
+                                            continue
+                                    hasher.update(data)
+                                    offset += len(data)
+                                    yield data
                         break
                     except TransientError as exc:
                         await response.aclose()
@@ -343,10 +362,10 @@ class RegistryClient:
                         response = await self.session.open(
                             self._get(url, headers), what=what, scopes=(_scope(repo),)
                         )
-                        if response.status_code == 200:
-                            skip = offset
-                        elif response.status_code != 206 or (
-                            parse_content_range(response.headers.get("content-range", "")).start != offset
+                        skip = offset if response.status_code == 200 else 0
+                        if response.status_code not in (200, 206) or (
+                            response.status_code == 206
+                            and parse_content_range(response.headers.get("content-range", "")).start != offset
                         ):
                             raise _unexpected(response, what) from exc
             finally:
@@ -406,8 +425,9 @@ class RegistryClient:
             if response.status_code == 200:
                 self._learn_ignores_ranges(what)
                 tail = b""
-                async for chunk in response.aiter_bytes():
-                    tail = (tail + chunk)[-n:]
+                async with _body(response) as body:
+                    async for chunk in body:
+                        tail = (tail + chunk)[-n:]
                 return tail
             raise _unexpected(response, what)
 
@@ -422,10 +442,11 @@ class RegistryClient:
 
     async def _collect_200(self, response: httpx.Response, wanted: Sequence[ByteRange]) -> list[RangePart]:
         collector = SliceCollector(wanted)
-        async for chunk in response.aiter_bytes():
-            collector.feed(chunk)
-            if collector.done:
-                break
+        async with _body(response) as body:
+            async for chunk in body:
+                collector.feed(chunk)
+                if collector.done:
+                    break
         return [RangePart(start, data) for (start, _), data in zip(wanted, collector.results(), strict=True)]
 
     async def _fetch_whole(

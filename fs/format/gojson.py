@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import re
 
 from fs.errors import FormatError
@@ -20,6 +21,7 @@ _RFC3339_RE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)  # layers repeat a handful of timestamps thousands of times
 def rfc3339_to_ns(s: str) -> int:
     """Convert an RFC 3339 time (as Go marshals ``time.Time``) to integer ns since the Unix epoch.
 

@@ -83,6 +83,8 @@ def read_file(layer: Layer, index: LayerIndex, path: str) -> bytes:
     out = bytearray()
     for c in index.chunks_for(node, 0, node.size):
         raw = zstd_stream(layer.blob[c.compressed_offset : c.compressed_end])
+        if layer.variant == SKOPEO:  # c/storage: the range is exactly the chunk's frame(s)
+            assert len(raw) == c.size, f"{path} chunk @{c.file_offset}"
         piece = raw[c.inner_offset : c.inner_offset + c.size]
         assert len(piece) == c.size
         assert sha256_digest(piece) == c.digest, f"{path} chunk @{c.file_offset}"

@@ -1,0 +1,31 @@
+"""The refcounted LMDB store: content-addressed blobs (chunk cache) and named temp objects.
+
+Modules, bottom up::
+
+    holders.py  process identity (pid + start time), liveness
+    index.py    the LMDB environment and the one-transaction-per-operation helper
+    records.py  index rows (blob records, refs, totals) and in-transaction operations on them
+    blobs.py    content-addressed blobs: durable publish, pread through an fd cache, refs, access times
+    temp.py     named temp objects: the multi-process single-flight protocol (documented there)
+    gc.py       collection (LRU under a cap) and crash recovery (orphans, dead holders)
+    stats.py    StoreStats; space.py: free-space checks and sizes
+    store.py    the Store facade
+"""
+
+from .gc import GCReport
+from .space import format_size, free_space, free_space_check, parse_size
+from .stats import StoreStats, TempObjectStats
+from .store import Store
+from .temp import TempHandle
+
+__all__ = [
+    "GCReport",
+    "Store",
+    "StoreStats",
+    "TempHandle",
+    "TempObjectStats",
+    "format_size",
+    "free_space",
+    "free_space_check",
+    "parse_size",
+]

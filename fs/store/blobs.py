@@ -1,0 +1,384 @@
+"""Content-addressed blobs: files under ``data/sha256/<ab>/<hex>``, records in the ``blobs`` table.
+
+Write protocol (a crash at any point leaves the old state or the new one):
+
+1. hash the bytes; refuse them if they do not hash to the digest the caller vouched for;
+2. write them to ``wip/<pid>-<start>-<token>``, ``fdatasync``;
+3. in ONE write transaction (holding LMDB's cross-process writer lock): if the digest is already indexed,
+   drop the wip file (dedup); else ``rename`` it to ``data/sha256/ab/<hex>``, ``fsync`` the directory and
+   put the record; commit.
+
+Renaming inside the writer lock is what makes "files on disk minus keys in LMDB" a safe garbage
+definition: a file in ``data/`` without a record is either a crash leftover or being published by a
+transaction that has not committed yet, and the orphan scan (:mod:`fs.store.gc`) looks at ``data/`` while
+holding the same lock. Removal is the mirror image: drop the record (commit), then, under the writer
+lock again, unlink the file only if no record came back meanwhile.
+
+Reads look the digest up in a read snapshot (~1 µs) and ``pread`` through a small LRU of open file
+descriptors. Files are immutable and content-addressed, so a descriptor kept open across a gc reads the
+same valid bytes (POSIX keeps unlinked open files alive). Last-access times are kept in memory and
+flushed in one transaction every ``ACCESS_FLUSH_SECONDS`` or ``ACCESS_FLUSH_ENTRIES`` reads, and at gc
+and close: a read never writes to the index.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+from fs.errors import NotInStore, StoreError, VerificationError
+
+from .files import FdCache, fsync_dir, os_error, write_all
+from .holders import ProcessId
+from .index import Index
+from .records import (
+    BlobRecord,
+    Counters,
+    add_ref,
+    blob_holders,
+    blob_key,
+    check_holder,
+    holder_refs,
+    read_counters,
+    record_size,
+    remove_ref,
+    write_counters,
+)
+
+__all__ = ["BlobArea"]
+
+ACCESS_FLUSH_SECONDS = 30.0
+ACCESS_FLUSH_ENTRIES = 4096
+FD_CACHE_SIZE = 256
+_COPY_BUFFER = 1 << 20
+_HEX = "0123456789abcdef"
+
+
+class BlobArea:
+    """The content-addressed half of the store. Thread-safe. See the module docstring for protocols."""
+
+    def __init__(self, root: Path, index: Index) -> None:
+        self.data_dir = root / "data" / "sha256"
+        self.wip_dir = root / "wip"
+        self._index = index
+        self._fds = FdCache(FD_CACHE_SIZE)
+        self._atimes: dict[bytes, float] = {}
+        self._last_flush = time.monotonic()
+        self._flush_lock = threading.Lock()
+        self._me = ProcessId.current()
+
+    def make_dirs(self) -> None:
+        """Create ``data/sha256/00..ff`` and ``wip/`` (durably) if missing."""
+        if (self.data_dir / "ff").is_dir() and self.wip_dir.is_dir():
+            return
+        self.wip_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for a in _HEX:
+            for b in _HEX:
+                (self.data_dir / (a + b)).mkdir(exist_ok=True)
+        fsync_dir(self.data_dir)
+        fsync_dir(self.data_dir.parent)
+        fsync_dir(self.wip_dir.parent)
+
+    def path_of(self, digest: str) -> Path:
+        """Where the bytes of ``digest`` live (whether or not they are stored)."""
+        hexpart = digest[7:]
+        return self.data_dir / hexpart[:2] / hexpart
+
+    def key_path(self, key: bytes) -> str:
+        return f"{self.data_dir}/{key[7:9].decode()}/{key[7:].decode()}"
+
+    # -- lookups -------------------------------------------------------------------------------------
+
+    def _lookup(self, digest: str) -> tuple[bytes, bytes]:
+        key = digest.encode() if isinstance(digest, str) else b""
+        with self._index.env.begin(db=self._index.blobs) as txn:
+            raw = txn.get(key)
+        if raw is None:
+            raise NotInStore(f"{digest} is not in the store")
+        return key, raw
+
+    def has(self, digest: str) -> bool:
+        """True if ``digest`` is stored (malformed digests are simply absent)."""
+        key = digest.encode() if isinstance(digest, str) else b""
+        with self._index.env.begin(db=self._index.blobs) as txn:
+            return txn.get(key) is not None
+
+    def size(self, digest: str) -> int:
+        """Size in bytes. Raises NotInStore."""
+        return record_size(self._lookup(digest)[1])
+
+    def pread(self, digest: str, offset: int, length: int) -> bytes:
+        """Read up to ``length`` bytes at ``offset`` (short only at the end of the blob).
+
+        Raises:
+            NotInStore: not stored (or removed by a concurrent gc before the file was opened).
+            ValueError: negative offset or length.
+        """
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative offset/length: {offset}, {length}")
+        key, raw = self._lookup(digest)
+        size = record_size(raw)
+        if offset >= size or length == 0:
+            return b""
+        length = min(length, size - offset)
+        try:
+            entry = self._fds.pin(key, self.key_path(key))
+        except FileNotFoundError:
+            raise NotInStore(f"{digest} is not in the store (removed concurrently)") from None
+        try:
+            data = os.pread(entry[0], length, offset)
+        finally:
+            self._fds.unpin(entry)
+        if len(data) != length:
+            raise StoreError(f"{digest}: data file shorter than its record", path=self.key_path(key))
+        self._touch(key)
+        return data
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A new read-only binary file object over the whole blob; the caller closes it.
+
+        Raises:
+            NotInStore: not stored.
+        """
+        key, _ = self._lookup(digest)
+        try:
+            f = open(self.key_path(key), "rb")  # noqa: SIM115 - handed to the caller
+        except FileNotFoundError:
+            raise NotInStore(f"{digest} is not in the store (removed concurrently)") from None
+        self._touch(key)
+        return f
+
+    # -- access times --------------------------------------------------------------------------------
+
+    def _touch(self, key: bytes) -> None:
+        self._atimes[key] = time.time()
+        if (
+            len(self._atimes) >= ACCESS_FLUSH_ENTRIES
+            or time.monotonic() - self._last_flush > ACCESS_FLUSH_SECONDS
+        ):
+            self.flush_access_times()
+
+    def flush_access_times(self) -> int:
+        """Write buffered last-access times to the index (one transaction). Returns entries written."""
+        if not self._flush_lock.acquire(blocking=False):
+            return 0  # another thread is flushing; these times go out with the next flush
+        try:
+            self._last_flush = time.monotonic()
+            pending, self._atimes = self._atimes, {}
+            if not pending:
+                return 0
+            written = 0
+            with self._index.write() as txn:
+                for key, when in pending.items():
+                    raw = txn.get(key, db=self._index.blobs)
+                    if raw is None:
+                        continue
+                    rec = BlobRecord.unpack(raw)
+                    if when > rec.last_access:
+                        txn.put(key, replace(rec, last_access=when).pack(), db=self._index.blobs)
+                        written += 1
+            return written
+        finally:
+            self._flush_lock.release()
+
+    # -- writes --------------------------------------------------------------------------------------
+
+    def _wip_path(self) -> Path:
+        return self.wip_dir / f"{self._me.pid}-{self._me.start}-{secrets.token_hex(8)}"
+
+    def _write_wip(self, data: bytes | memoryview) -> Path:
+        path = self._wip_path()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise os_error(exc, "create a store file", path, len(data)) from exc
+        try:
+            write_all(fd, data)
+            os.fdatasync(fd)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise os_error(exc, "write a store file", path, len(data)) from exc
+        os.close(fd)
+        return path
+
+    def put(self, data: bytes, *, digest: str | None = None, holder: str | None = None) -> tuple[str, int]:
+        """Store ``data``; returns (digest, blob bytes now in the store). See ``Store.put``."""
+        digests, total = self.put_many([(data, digest)], holder=holder)
+        return digests[0], total
+
+    def put_many(
+        self, items: Iterable[tuple[bytes, str | None]], *, holder: str | None = None
+    ) -> tuple[list[str], int]:
+        """Store several blobs in one index transaction; returns (digests, blob bytes in the store)."""
+        holder_b = check_holder(holder) if holder is not None else None
+        staged: list[list] = []  # [key, wip path | None, size, data]
+        try:
+            for data, claimed in items:
+                digest = "sha256:" + hashlib.sha256(data).hexdigest()
+                if claimed is not None and claimed != digest:
+                    blob_key(claimed)  # a malformed claim is a ValueError, not a mismatch
+                    raise VerificationError(f"bytes hash to {digest}, not to the claimed {claimed}")
+                wip = None if self.has(digest) else self._write_wip(data)
+                staged.append([digest.encode(), wip, len(data), data])
+            try:
+                total = self._publish(staged, holder_b)
+            except _Retry:  # a duplicate we skipped was removed by gc meanwhile: write it after all
+                for entry in staged:
+                    if entry[1] is None:
+                        entry[1] = self._write_wip(entry[3])
+                total = self._publish(staged, holder_b)
+        finally:
+            for entry in staged:
+                if entry[1] is not None:
+                    entry[1].unlink(missing_ok=True)
+        return [entry[0].decode() for entry in staged], total
+
+    def put_file(
+        self, path: Path, *, digest: str | None = None, holder: str | None = None, move: bool = False
+    ) -> tuple[str, int]:
+        """Store the contents of ``path`` (copied, or moved with ``move=True``). See ``Store.put_file``."""
+        holder_b = check_holder(holder) if holder is not None else None
+        if digest is not None and blob_key(digest) and self.has(digest):
+            try:
+                if holder is not None:
+                    self.ref(digest, holder)
+            except NotInStore:
+                pass  # removed by a concurrent gc: copy it in below
+            else:
+                self._touch(digest.encode())
+                if move:
+                    Path(path).unlink(missing_ok=True)
+                with self._index.read() as txn:
+                    return digest, read_counters(txn, self._index).bytes
+        wip = self._wip_path()
+        try:
+            size, actual = self._copy_in(Path(path), wip, move)
+            if digest is not None and actual != digest:
+                raise VerificationError(f"{path} hashes to {actual}, not to the claimed {digest}")
+            total = self._publish([(actual.encode(), wip, size)], holder_b)
+            if move:
+                Path(path).unlink(missing_ok=True)
+        finally:
+            wip.unlink(missing_ok=True)
+        return actual, total
+
+    def _copy_in(self, src: Path, wip: Path, move: bool) -> tuple[int, str]:
+        hasher = hashlib.sha256()
+        size = 0
+        if move:
+            try:
+                os.link(src, wip)  # same file system: no copy; the caller's name goes at the end
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                    raise os_error(exc, "move a file into the store", src) from exc
+            else:
+                with open(wip, "rb") as f:
+                    while block := f.read(_COPY_BUFFER):
+                        hasher.update(block)
+                        size += len(block)
+                    os.fdatasync(f.fileno())
+                return size, "sha256:" + hasher.hexdigest()
+        try:
+            with open(src, "rb") as fin:
+                fd = os.open(wip, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    while block := fin.read(_COPY_BUFFER):
+                        hasher.update(block)
+                        size += len(block)
+                        write_all(fd, block)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        except FileNotFoundError as exc:
+            raise StoreError(f"cannot store {src}: no such file", path=str(src)) from exc
+        except OSError as exc:
+            raise os_error(exc, "copy a file into the store", wip) from exc
+        return size, "sha256:" + hasher.hexdigest()
+
+    def _publish(self, staged: list[list], holder: bytes | None) -> int:
+        """Rename staged wip files into place and index them, in one write transaction."""
+        now = time.time()
+        renamed: list[str] = []
+        dirs: set[str] = set()
+        with self._index.write() as txn:
+            try:
+                delta = Counters()
+                for key, wip, size, _ in staged:
+                    if txn.get(key, db=self._index.blobs) is None:
+                        if wip is None:  # removed since we checked: write it after all
+                            raise _Retry
+                        final = self.key_path(key)
+                        os.rename(wip, final)
+                        renamed.append(final)
+                        dirs.add(os.path.dirname(final))
+                        txn.put(key, BlobRecord(size, now, now).pack(), db=self._index.blobs)
+                        delta = delta.plus(Counters(objects=1, bytes=size))
+                    else:
+                        self._atimes[key] = now
+                    if holder is not None:
+                        delta = delta.plus(add_ref(txn, self._index, key, holder))
+                for d in dirs:
+                    fsync_dir(Path(d))
+                counters = read_counters(txn, self._index).plus(delta)
+                write_counters(txn, self._index, counters)
+            except BaseException:
+                for final in renamed:  # still under the writer lock: nobody indexed these
+                    os.unlink(final)
+                raise
+        return counters.bytes
+
+    # -- refs ----------------------------------------------------------------------------------------
+
+    def ref(self, digest: str, holder: str) -> None:
+        """Add ``holder``'s ref (idempotent). Raises NotInStore, ValueError."""
+        key, holder_b = blob_key(digest), check_holder(holder)
+        with self._index.write() as txn:
+            delta = add_ref(txn, self._index, key, holder_b)
+            write_counters(txn, self._index, read_counters(txn, self._index).plus(delta))
+
+    def unref(self, digest: str, holder: str) -> bool:
+        """Drop ``holder``'s ref; returns False if it held none. The blob stays until gc."""
+        key, holder_b = blob_key(digest), check_holder(holder)
+        with self._index.write() as txn:
+            delta = remove_ref(txn, self._index, key, holder_b)
+            write_counters(txn, self._index, read_counters(txn, self._index).plus(delta))
+        return delta.refs != 0
+
+    def refs(self, digest: str) -> set[str]:
+        """Holders of ``digest`` (empty if unreferenced). Raises NotInStore."""
+        key = blob_key(digest)
+        with self._index.read() as txn:
+            if txn.get(key, db=self._index.blobs) is None:
+                raise NotInStore(f"{digest} is not in the store")
+            return {h.decode() for h in blob_holders(txn, self._index, key)}
+
+    def drop_holder_refs(self, txn, holder: bytes) -> int:
+        """Inside a write txn: drop every ref of ``holder``; returns how many."""
+        delta = Counters()
+        keys = holder_refs(txn, self._index, holder)
+        for key in keys:
+            delta = delta.plus(remove_ref(txn, self._index, key, holder))
+        write_counters(txn, self._index, read_counters(txn, self._index).plus(delta))
+        return len(keys)
+
+    def forget(self, keys: Iterable[bytes]) -> None:
+        """Close cached descriptors of removed blobs (their bytes stay valid for pinned readers)."""
+        self._fds.discard(keys)
+
+    def close(self) -> None:
+        self.flush_access_times()
+        self._fds.clear()
+
+
+class _Retry(Exception):
+    """A blob we skipped writing as a duplicate vanished before the publish transaction."""

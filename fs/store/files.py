@@ -1,0 +1,90 @@
+"""File-level helpers of the blob area: durable writes, OSError translation, the descriptor LRU."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+
+from fs.errors import DiskFull, StoreError
+
+__all__ = ["FdCache", "fsync_dir", "os_error", "write_all"]
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until every byte is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def os_error(exc: OSError, what: str, path: Path, needed: int | None = None) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        need = f"{needed} bytes " if needed is not None else ""
+        return DiskFull(f"no space left to {what}: {need}needed at {path.parent}", path=str(path))
+    return StoreError(f"cannot {what}: {exc.strerror or exc}", path=str(path))
+
+
+class FdCache:
+    """LRU of read-only descriptors, pinned while in use so eviction never closes one mid-pread."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, list] = OrderedDict()  # key -> [fd, pins, evicted]
+
+    def pin(self, key: bytes, path: str) -> list:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                entry[1] += 1
+                return entry
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # FileNotFoundError: caller maps it
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry[1] += 1
+                os.close(fd)
+                return entry
+            entry = self._entries[key] = [fd, 1, False]
+            while len(self._entries) > self._capacity:
+                _, old = self._entries.popitem(last=False)
+                self._retire(old)
+            return entry
+
+    def unpin(self, entry: list) -> None:
+        with self._lock:
+            entry[1] -= 1
+            if entry[2] and entry[1] == 0:
+                os.close(entry[0])
+
+    def _retire(self, entry: list) -> None:
+        entry[2] = True
+        if entry[1] == 0:
+            os.close(entry[0])
+
+    def discard(self, keys: Iterable[bytes]) -> None:
+        with self._lock:
+            for key in keys:
+                entry = self._entries.pop(key, None)
+                if entry is not None:
+                    self._retire(entry)
+
+    def clear(self) -> None:
+        with self._lock:
+            while self._entries:
+                self._retire(self._entries.popitem()[1])
+
+

@@ -1,0 +1,49 @@
+"""``Store.stats()``: a frozen snapshot of what the store holds (feeds ``zsnap store stats``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+__all__ = ["StoreStats", "TempObjectStats"]
+
+
+@dataclass(frozen=True)
+class TempObjectStats:
+    """One temp object: ``state`` is producing, ready or failed; ``holders`` the live claims' holders."""
+
+    name: str
+    state: str
+    size: int | None
+    holders: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Totals of one store.
+
+    Attributes:
+        objects, bytes: content-addressed blobs stored and their total size.
+        refs: (blob, holder) refs; ``referenced_objects`` / ``referenced_bytes``: blobs with ≥ 1 ref.
+        temp_objects: every temp object with its holders; ``temp_bytes``: sizes of the ready ones.
+        holders: holders bound to a live process (``bind_holder``).
+        max_size: the store's configured cap on blob bytes (None: uncapped).
+    """
+
+    root: str
+    objects: int
+    bytes: int
+    refs: int
+    referenced_objects: int
+    referenced_bytes: int
+    temp_objects: tuple[TempObjectStats, ...]
+    temp_bytes: int
+    holders: tuple[str, ...]
+    max_size: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """One JSON object; temp objects as a list of ``{name, state, size, holders}``."""
+        return json.dumps(self.to_dict(), sort_keys=True)

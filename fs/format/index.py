@@ -192,6 +192,10 @@ class _Builder:
             i = j
         if self.index.prefetch_landmark_offset is None:
             self.index.prefetch_paths.clear()  # no landmark: nothing was prioritized
+        if self.toc.prefetch:  # c/storage layers written by zsnap: an explicit, digest-covered list
+            self.index.prefetch_paths = [
+                p for p in (normalize_name(n) for n in self.toc.prefetch) if self.index.lookup(p)
+            ]
         return self.index
 
     def _entry(self, e: TocEntry, i: int, j: int) -> None:

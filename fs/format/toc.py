@@ -40,6 +40,7 @@ __all__ = [
     "CHUNK_TYPE_ZEROS",
     "ENTRY_TYPES",
     "MAX_TOC_SIZE",
+    "PREFETCH_KEY",
     "Toc",
     "TocEntry",
     "ns_to_rfc3339",
@@ -49,6 +50,8 @@ __all__ = [
     "sniff_toc_dialect",
 ]
 
+#: Top-level c/storage TOC key listing the files to prefetch (zsnap's extension; see :class:`Toc`).
+PREFETCH_KEY = "zsnapPrefetch"
 #: Cap on compressed and uncompressed TOC size (c/storage ≥ 1.58 ``maxTocSize``).
 MAX_TOC_SIZE = 150 * 1024 * 1024
 ENTRY_TYPES = frozenset({"reg", "dir", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
@@ -108,11 +111,19 @@ class TocEntry:
 
 @dataclasses.dataclass(slots=True)
 class Toc:
-    """A whole TOC. ``tar_split_digest`` exists only in the c/storage schema ("" = absent)."""
+    """A whole TOC. ``tar_split_digest`` exists only in the c/storage schema ("" = absent).
+
+    ``prefetch`` (c/storage schema only) lists the paths a workload reads at start, in read order, under
+    the top-level key ``zsnapPrefetch``. c/storage's parser skips unknown top-level keys and its
+    TOC/tar-split cross-check compares entries only, so the layer stays a valid c/storage partial-pull
+    layer with an unchanged diff_id, while the list is covered by the TOC digest (trusted like the TOC).
+    eStargz layers express the same thing by entry order and ``.prefetch.landmark``.
+    """
 
     version: int
     entries: list[TocEntry]
     tar_split_digest: str = ""
+    prefetch: list[str] = dataclasses.field(default_factory=list)
 
 
 # (json key, attribute, kind) in Go struct order.
@@ -223,6 +234,7 @@ def parse_toc(data: bytes, dialect: Dialect, *, max_size: int = MAX_TOC_SIZE) ->
     version: Any = 0
     raw_entries: Any = None
     tar_split_digest: Any = ""
+    prefetch: Any = []
     for key, value in top:
         lk = key.lower()
         if lk == "version":
@@ -231,6 +243,8 @@ def parse_toc(data: bytes, dialect: Dialect, *, max_size: int = MAX_TOC_SIZE) ->
             raw_entries = value
         elif lk == "tarsplitdigest" and dialect.is_cstorage:
             tar_split_digest = "" if value is None else value
+        elif lk == PREFETCH_KEY.lower() and dialect.is_cstorage:
+            prefetch = [] if value is None else value
     version = 0 if version is None else version
     if not _is_int(version):
         raise FormatError(f"TOC version must be an integer, got {version!r}")
@@ -244,9 +258,11 @@ def parse_toc(data: bytes, dialect: Dialect, *, max_size: int = MAX_TOC_SIZE) ->
         raise FormatError("TOC 'tarSplitDigest' is not a string")
     if tar_split_digest:
         _check_digest(tar_split_digest, "TOC tarSplitDigest")
+    if not isinstance(prefetch, list) or not all(isinstance(p, str) for p in prefetch):
+        raise FormatError(f"TOC {PREFETCH_KEY!r} is not an array of strings")
     lookup = _LOOKUP[dialect]
     entries = [_parse_entry(i, raw, lookup) for i, raw in enumerate(raw_entries)]
-    return Toc(version=version, entries=entries, tar_split_digest=tar_split_digest)
+    return Toc(version=version, entries=entries, tar_split_digest=tar_split_digest, prefetch=prefetch)
 
 
 def _is_int(v: Any) -> bool:
@@ -375,6 +391,8 @@ def serialize_toc(toc: Toc, dialect: Dialect) -> bytes:
     fields = _fields(dialect)
     if dialect.is_estargz and toc.tar_split_digest:
         raise FormatError("tarSplitDigest cannot be written in an eStargz TOC")
+    if dialect.is_estargz and toc.prefetch:
+        raise FormatError("an eStargz TOC marks prefetch files by order and landmark, not a list")
     entries = [_entry_pairs(e, fields, dialect) for e in toc.entries]
     if dialect.is_cstorage:
         return _compact(toc, entries).encode("utf-8")
@@ -399,6 +417,8 @@ def _compact(toc: Toc, entries: list[list]) -> str:
     parts.append("]")
     if toc.tar_split_digest:
         parts.append(',"tarSplitDigest":' + go_string(toc.tar_split_digest))
+    if toc.prefetch:
+        parts.append(f',"{PREFETCH_KEY}":[' + ",".join(go_string(p) for p in toc.prefetch) + "]")
     parts.append("}")
     return "".join(parts)
 

@@ -130,7 +130,7 @@ async def _body(
     try:
         yield body
     finally:
-        if not response.is_closed:
+        if getattr(body, "ag_frame", None) is not None:  # not run to its end
             await response.aclose()
             with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
                 async for _ in body:
@@ -314,14 +314,15 @@ class RegistryClient:
 
     @contextlib.asynccontextmanager
     async def stream_blob(
-        self, repo: str, digest: str, *, verify: bool = True, chunk_size: int = 1 << 20
+        self, repo: str, digest: str, *, verify: bool = True, chunk_size: int | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Stream a whole blob: ``async with client.stream_blob(r, d) as chunks: async for b in chunks``.
 
         A connection that breaks mid-body is resumed with ``Range: bytes=<offset>-`` (bounded by the retry
         policy). With ``verify`` the digest is checked after the last byte: the iterator raises
         :class:`VerificationError` instead of finishing, so publish nothing before it has finished.
-        The response is closed when the ``async with`` block exits.
+        The response is closed when the ``async with`` block exits. ``chunk_size`` = None yields pieces
+        as they arrive from the network.
         """
         what = self._what(repo, "blob", digest)
         url = self._url(repo, "blobs", digest)

@@ -7,8 +7,9 @@ Layout (imports go downwards only)::
     ranges.py      Range headers, Content-Range, multipart/byteranges, coalescing         pure
     auth.py        WWW-Authenticate, docker config credentials, token cache, auth_flow    pure
     session.py     the request path: retries -> status -> auth -> redirects -> httpx      I/O
+    blob_reads.py  blob streams (resumed) and byte ranges, learned range quirks             I/O
     upload.py      blob upload: exists / cross-repo mount / POST, PATCH…, PUT              I/O
-    client.py      RegistryClient + open_registry_client                                   I/O
+    client.py      RegistryClient (manifests, small blobs) + open_registry_client          I/O
     oci_layout.py  OciLayout: index.json, blobs/sha256, atomic writes                      local files
 """
 

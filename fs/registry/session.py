@@ -23,7 +23,7 @@ import dataclasses
 import ipaddress
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import httpx
@@ -34,18 +34,24 @@ from fs.errors import AuthError, NotFoundError, RegistryError, RegistryUnavailab
 from .auth import TOKEN_REQUEST, RegistryAuth
 
 __all__ = [
+    "IDENTITY",
     "RegistrySession",
     "RetryPolicy",
     "SessionStatistics",
     "TransientError",
     "is_loopback",
     "map_httpx_errors",
+    "read_limited",
+    "response_body",
+    "unexpected_status",
 ]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _REDIRECTS = (301, 302, 303, 307, 308)
+#: blob requests ask for the bytes as stored (no transparent compression on top)
+IDENTITY = {"Accept-Encoding": "identity"}
 _MAX_REDIRECTS = 5
 
 
@@ -105,6 +111,44 @@ def map_httpx_errors(where: str) -> Iterator[None]:
         raise RegistryError(f"{where}: {type(exc).__name__}: {exc}") from exc
     except httpx.InvalidURL as exc:
         raise RegistryError(f"{where}: invalid URL: {exc}") from exc
+
+
+@contextlib.asynccontextmanager
+async def response_body(
+    response: httpx.Response, chunk_size: int | None = None
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Iterate a response body; when left before the end, close the connection and then run httpx's
+    chain of async generators to its (failing) end, so none is abandoned half-way (trio warns about
+    those, and finalizes them later in a system task)."""
+    body = response.aiter_bytes(chunk_size)
+    try:
+        yield body
+    finally:
+        if getattr(body, "ag_frame", None) is not None:  # not run to its end
+            await response.aclose()
+            with contextlib.suppress(httpx.HTTPError, httpx.StreamError):
+                async for _ in body:
+                    pass
+
+
+async def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The whole body, refusing (RegistryError) more than ``limit`` bytes."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RegistryError(f"{what} is {declared} bytes, more than the {limit}-byte limit")
+    chunks, total = [], 0
+    async with response_body(response) as body:
+        async for chunk in body:
+            total += len(chunk)
+            if total > limit:
+                raise RegistryError(f"{what} is more than the {limit}-byte limit")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def unexpected_status(response: httpx.Response, what: str) -> RegistryError:
+    """The error for a status an operation has no use for."""
+    return RegistryError(f"unexpected HTTP {response.status_code} for {what}", status=response.status_code)
 
 
 def is_loopback(registry: str) -> bool:

@@ -308,6 +308,11 @@ class BlobArea:
     def _publish(self, staged: list[list], holder: bytes | None) -> int:
         """Rename staged wip files into place and index them, in one write transaction."""
         now = time.time()
+        if holder is None and all(entry[1] is None for entry in staged):
+            for entry in staged:  # all duplicates: nothing to write (no write transaction)
+                self._touch(entry[0])
+            with self._index.read() as txn:
+                return read_counters(txn, self._index).bytes
         renamed: list[str] = []
         dirs: set[str] = set()
         with self._index.write() as txn:
@@ -330,7 +335,8 @@ class BlobArea:
                 for d in dirs:
                     fsync_dir(Path(d))
                 counters = read_counters(txn, self._index).plus(delta)
-                write_counters(txn, self._index, counters)
+                if delta != Counters():
+                    write_counters(txn, self._index, counters)
             except BaseException:
                 for final in renamed:  # still under the writer lock: nobody indexed these
                     os.unlink(final)

@@ -20,7 +20,7 @@ from fs.errors import ZsnapError
 DEFAULT_ROOT = "/var/lib/zsnap"
 
 # Subcommand modules, in the order `zsnap --help` lists them.
-_COMMAND_MODULES = ["store", "convert", "mount"]
+_COMMAND_MODULES = ["store", "convert", "mount", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``zsnap bench NAME`` (one module per benchmark; see ``snapshotter/cli/bench.py``)."""

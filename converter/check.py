@@ -16,7 +16,6 @@ from pathlib import Path
 
 import trio
 import zstandard
-from fs.store import Store
 
 from converter.cache import ConversionCache
 from converter.convert import _diff_ids
@@ -27,6 +26,7 @@ from converter.progress import Reporter
 from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
 from fs.format import Dialect, build_index, decode_and_verify_toc, toc_location_from_annotations
 from fs.registry import ImageReference
+from fs.store import Store
 
 __all__ = ["LayerCheck", "check_image"]
 
@@ -61,14 +61,17 @@ async def check_image(
     reporter = reporter or Reporter()
     ref = ImageReference.parse(reference)
     worker = LayerWorker(
-        store, ConversionCache(store.root / "convert-cache"), ConvertOptions(), reporter,
+        store,
+        ConversionCache(store.root / "convert-cache"),
+        ConvertOptions(),
+        reporter,
         holder=f"check:{os.getpid()}",
     )
     limit = trio.CapacityLimiter(jobs or os.cpu_count() or 1)
     results: list[LayerCheck] = []
     async with open_endpoint(ref, plain_http=plain_http) as endpoint:
         with error_context(image=reference):
-            layers = await _layers_with_diff_ids(endpoint, ref.reference or "latest")
+            layers = await _layers_with_diff_ids(endpoint, ref.reference)
 
             async def check_one(layer: Descriptor, diff_id: str) -> None:
                 async with limit:
@@ -79,8 +82,12 @@ async def check_image(
                             )
                 results.append(result)
                 reporter.event(
-                    "layer ok", layer=layer.digest, dialect=result.dialect, files=result.files,
-                    chunks=result.chunks, diff_id="checked" if result.diff_id_checked else "skipped",
+                    "layer ok",
+                    layer=layer.digest,
+                    dialect=result.dialect,
+                    files=result.files,
+                    chunks=result.chunks,
+                    diff_id="checked" if result.diff_id_checked else "skipped",
                 )
 
             async with trio.open_nursery() as nursery:
@@ -92,7 +99,7 @@ async def check_image(
     return results
 
 
-async def _layers_with_diff_ids(endpoint: Endpoint, reference: str) -> list[tuple[Descriptor, str]]:
+async def _layers_with_diff_ids(endpoint: Endpoint, reference: str | None) -> list[tuple[Descriptor, str]]:
     data, media_type, _ = await endpoint.get_manifest(reference)
     top = parse_manifest_or_index(data, media_type)
     manifests: Sequence[ImageManifest]
@@ -151,7 +158,7 @@ def _check_chunk(blob, chunk, decompressor: zstandard.ZstdDecompressor, dialect:
     want = chunk.inner_offset + chunk.size
     with decompressor.stream_reader(compressed, read_across_frames=True) as stream:
         data = stream.read(want)
-    data = data[chunk.inner_offset:]
+    data = data[chunk.inner_offset :]
     if len(data) != chunk.size:
         raise VerificationError(
             f"chunk at file offset {chunk.file_offset} decompresses to {len(data)} bytes, "

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
-from fs.store import Store
 
 from converter.cache import ConversionCache, cache_key
 from converter.endpoints import Endpoint, open_endpoint
@@ -42,6 +41,7 @@ from fs.digest import sha256_digest
 from fs.errors import ConversionError, FormatError, error_context
 from fs.format import toc_location_from_annotations
 from fs.registry import ImageReference
+from fs.store import Store
 
 __all__ = ["ConvertRequest", "ConvertResult", "convert_images"]
 
@@ -113,12 +113,12 @@ async def convert_images(
     async with _EndpointPool(plain_http) as pool:
         plans = []
         for request in requests:
-            plans.append(
-                await _plan_image(request, pool, options, layer_jobs, platform, all_platforms)
-            )
+            plans.append(await _plan_image(request, pool, options, layer_jobs, platform, all_platforms))
         endpoints.update(pool.opened)
         reporter.event(
-            "plan", images=len(plans), layers=sum(len(p.manifests) for p in plans),
+            "plan",
+            images=len(plans),
+            layers=sum(len(p.manifests) for p in plans),
             distinct_layers=len(layer_jobs),
         )
 
@@ -176,13 +176,11 @@ async def _plan_image(
     source = await pool.get(src_ref)
     destination = await pool.get(dst_ref)
     with error_context(image=request.source):
-        data, media_type, _ = await source.get_manifest(src_ref.reference or "latest")
+        data, media_type, _ = await source.get_manifest(src_ref.reference)
         top = parse_manifest_or_index(data, media_type)
         plan = _ImagePlan(request, destination, dst_ref.tag, top if isinstance(top, ImageIndex) else None)
         if isinstance(top, ImageIndex):
-            entries = [
-                e for e in top.manifests if all_platforms or platform_matches(e, platform)
-            ]
+            entries = [e for e in top.manifests if all_platforms or platform_matches(e, platform)]
             if not entries:
                 raise FormatError(f"no manifest for platform {platform or 'of this host'} in the index")
             for entry in entries:
@@ -191,8 +189,9 @@ async def _plan_image(
                 if not isinstance(manifest, ImageManifest):
                     raise FormatError(f"index entry {entry.digest} is not an image manifest")
                 plan.manifests.append(
-                    await _plan_manifest(request, source, destination, manifest, entry.platform,
-                                         options, layer_jobs)
+                    await _plan_manifest(
+                        request, source, destination, manifest, entry.platform, options, layer_jobs
+                    )
                 )
         else:
             plan.manifests.append(
@@ -213,9 +212,7 @@ async def _plan_manifest(
     config = await source.get_blob(manifest.config.digest)
     diff_ids = _diff_ids(config)
     if len(diff_ids) != len(manifest.layers):
-        raise FormatError(
-            f"config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers"
-        )
+        raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers")
     plan = _ManifestPlan(request.source, source, destination, manifest, config, platform)
     for layer, diff_id in zip(manifest.layers, diff_ids, strict=True):
         action, compression = layer_action(layer)
@@ -285,9 +282,7 @@ async def _publish(plan: _ImagePlan, worker: LayerWorker, reporter: Reporter) ->
             data, media_type = converted_manifest(mplan.manifest, config_desc, layers)
             tag = plan.tag if plan.index is None else None
             digest = await mplan.destination.push_manifest(tag, data, media_type)
-            manifest_descs.append(
-                Descriptor(media_type, digest, len(data), {}, mplan.platform)
-            )
+            manifest_descs.append(Descriptor(media_type, digest, len(data), {}, mplan.platform))
         if plan.index is not None:
             data, media_type = converted_index(plan.index, manifest_descs)
             top = await plan.destination.push_manifest(plan.tag, data, media_type)
@@ -311,9 +306,7 @@ async def _publish_config(worker: LayerWorker, mplan: _ManifestPlan, new_diff_id
     return desc
 
 
-async def _copy_blob(
-    worker: LayerWorker, source: Endpoint, destination: Endpoint, desc: Descriptor
-) -> None:
+async def _copy_blob(worker: LayerWorker, source: Endpoint, destination: Endpoint, desc: Descriptor) -> None:
     if await destination.has_blob(desc.digest):
         return
     async with worker.staged_source(source, desc) as path:

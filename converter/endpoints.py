@@ -29,8 +29,11 @@ class Endpoint(abc.ABC):
     ref: ImageReference
 
     @abc.abstractmethod
-    async def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
-        """Return ``(bytes, media_type, digest)`` of a manifest or index by tag or digest."""
+    async def get_manifest(self, reference: str | None) -> tuple[bytes, str, str]:
+        """Return ``(bytes, media_type, digest)`` of a manifest or index by tag or digest.
+
+        ``None`` means the default: tag ``latest`` in a registry, the only image of an OCI layout.
+        """
 
     @abc.abstractmethod
     async def get_blob(self, digest: str) -> bytes:
@@ -67,8 +70,8 @@ class RegistryEndpoint(Endpoint):
         # cross-repository mount from there first.
         self.mount_sources: dict[str, str] = {}
 
-    async def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
-        manifest = await self._client.get_manifest(self.ref.repository, reference)
+    async def get_manifest(self, reference: str | None) -> tuple[bytes, str, str]:
+        manifest = await self._client.get_manifest(self.ref.repository, reference or "latest")
         return manifest.data, manifest.media_type, manifest.digest
 
     async def get_blob(self, digest: str) -> bytes:
@@ -111,8 +114,8 @@ class LayoutEndpoint(Endpoint):
         self.ref = ref
         self._layout = layout
 
-    async def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
-        if reference.startswith("sha256:"):
+    async def get_manifest(self, reference: str | None) -> tuple[bytes, str, str]:
+        if reference is not None and reference.startswith("sha256:"):
             data = await trio.to_thread.run_sync(self._layout.read_blob, reference)
             media_type = None
             digest = reference

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import trio
-from fs.store import Store, TempHandle, free_space_check
 
 from converter.cache import CacheRecord, ConversionCache
 from converter.endpoints import Endpoint
@@ -30,6 +29,7 @@ from converter.manifests import Compression, Descriptor
 from converter.progress import Reporter
 from fs.errors import ConversionError, ZsnapError, error_context
 from fs.format import Dialect
+from fs.store import Store, TempHandle, free_space_check
 
 __all__ = ["ConvertOptions", "LayerJob", "LayerWorker"]
 
@@ -128,9 +128,7 @@ class LayerWorker:
         token = trio.lowlevel.current_trio_token()
 
         def download(path: Path) -> None:
-            trio.from_thread.run(
-                source.fetch_blob, desc.digest, desc.size, path, None, trio_token=token
-            )
+            trio.from_thread.run(source.fetch_blob, desc.digest, desc.size, path, None, trio_token=token)
 
         async with self._acquired(f"source/{desc.digest}", download) as path:
             yield path
@@ -163,8 +161,11 @@ class LayerWorker:
         label = _short(job.layer.digest)
         self._reporter.layer_started(job.key, label, job.layer.size)
         try:
-            with open(source_path, "rb") as raw, _decompressed(raw, job.compression) as tar, \
-                    open(out_path, "wb") as out:
+            with (
+                open(source_path, "rb") as raw,
+                _decompressed(raw, job.compression) as tar,
+                open(out_path, "wb") as out,
+            ):
                 result = write_zstd_chunked(
                     tar,
                     out,
@@ -239,4 +240,3 @@ async def _all_have(destinations: list[Endpoint], digest: str) -> bool:
 
 def _short(digest: str) -> str:
     return digest.split(":", 1)[-1][:12]
-

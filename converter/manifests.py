@@ -159,9 +159,7 @@ def parse_manifest_or_index(data: bytes, media_type: str | None = None) -> Image
             raise FormatError("index has no 'manifests' list")
         return ImageIndex(
             media_type=kind,
-            manifests=tuple(
-                Descriptor.from_json(m, where=f"index entry {i}") for i, m in enumerate(entries)
-            ),
+            manifests=tuple(Descriptor.from_json(m, where=f"index entry {i}") for i, m in enumerate(entries)),
             annotations=annotations,
         )
     if kind not in (OCI_MANIFEST, DOCKER_MANIFEST_V2):

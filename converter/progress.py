@@ -100,7 +100,9 @@ class Reporter:
             now = time.monotonic()
             if self._progress is not None and layer.task_id is not None:
                 self._progress.update(
-                    layer.task_id, completed=bytes_in, total=max(layer.total, bytes_in) or None,
+                    layer.task_id,
+                    completed=bytes_in,
+                    total=max(layer.total, bytes_in) or None,
                     out=_human(bytes_out),
                 )
                 return
@@ -109,8 +111,7 @@ class Reporter:
             layer.last_line = now
             rate = bytes_in / max(now - layer.started, 1e-6)
             print(
-                f"convert progress layer={layer.label} in={bytes_in} out={bytes_out} "
-                f"rate={_human(rate)}/s",
+                f"convert progress layer={layer.label} in={bytes_in} out={bytes_out} rate={_human(rate)}/s",
                 file=self._stream,
                 flush=True,
             )
@@ -126,8 +127,13 @@ class Reporter:
         elapsed = time.monotonic() - layer.started
         rate = layer.bytes_in / max(elapsed, 1e-6)
         self.event(
-            f"layer {status}", layer=layer.label, bytes_in=layer.bytes_in, bytes_out=layer.bytes_out,
-            seconds=f"{elapsed:.2f}", rate=f"{_human(rate)}/s", **fields,
+            f"layer {status}",
+            layer=layer.label,
+            bytes_in=layer.bytes_in,
+            bytes_out=layer.bytes_out,
+            seconds=f"{elapsed:.2f}",
+            rate=f"{_human(rate)}/s",
+            **fields,
         )
 
 

@@ -1,0 +1,306 @@
+"""``zsnap convert`` / ``zsnap check`` end to end, against the real registry, zstd CLI and containerd.
+
+Each test runs the real command line in a subprocess with its own ``--root``, so what is asserted is what
+a user sees: exit codes, output lines, the manifests and blobs in the registry, the store afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.images import push
+
+ROOT = Path(__file__).resolve().parents[2]
+ZSTD_CHUNKED_KEYS = (
+    "io.github.containers.zstd-chunked.manifest-checksum",
+    "io.github.containers.zstd-chunked.manifest-position",
+    "io.github.containers.zstd-chunked.tarsplit-position",
+)
+ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+
+
+def zsnap(root: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snapshotter", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"zsnap {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def _get(url: str, accept: str | None = None) -> tuple[bytes, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.read(), response.headers.get("Content-Type", "")
+
+
+def manifest(host: str, repo: str, ref: str) -> dict:
+    return json.loads(_get(f"http://{host}/v2/{repo}/manifests/{ref}", ACCEPT)[0])
+
+
+def blob(host: str, repo: str, digest: str) -> bytes:
+    data = _get(f"http://{host}/v2/{repo}/blobs/{digest}")[0]
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+    return data
+
+
+def zstd_cli_sha256(data: bytes) -> str:
+    """sha256 of what the zstd command-line tool (not our code) decompresses ``data`` to."""
+    out = subprocess.run(["zstd", "-d", "-c", "-q"], input=data, capture_output=True, check=True).stdout
+    return "sha256:" + hashlib.sha256(out).hexdigest()
+
+
+def assert_converted(host: str, repo: str, tag: str, source_diff_ids: list[str]) -> dict:
+    """The image at repo:tag is zstd:chunked and decompresses (zstd CLI) to ``source_diff_ids``."""
+    m = manifest(host, repo, tag)
+    assert m["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    config = json.loads(blob(host, repo, m["config"]["digest"]))
+    assert config["rootfs"]["diff_ids"] == source_diff_ids
+    for layer, diff_id in zip(m["layers"], source_diff_ids, strict=True):
+        assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+        for key in ZSTD_CHUNKED_KEYS:
+            assert key in layer["annotations"], key
+        assert "containerd.io/snapshot/stargz/toc.digest" not in layer["annotations"]
+        data = blob(host, repo, layer["digest"])
+        assert data[-8:] == b"GNUlInUx"
+        assert zstd_cli_sha256(data) == diff_id
+    return m
+
+
+def store_leftovers(root: Path) -> dict:
+    stats = json.loads(zsnap(root, "store", "stats", "--json").stdout)
+    files = [p for area in ("tmp", "wip") for p in (root / area).rglob("*") if p.is_file()]
+    cache_temps = list((root / "convert-cache").glob(".*.tmp"))
+    return {"temp_objects": stats["temp_objects"], "tmp_files": files + cache_temps}
+
+
+def assert_no_leftovers(root: Path) -> None:
+    left = store_leftovers(root)
+    assert not left["temp_objects"] and not left["tmp_files"], left
+
+
+def assert_quiet(proc: subprocess.CompletedProcess) -> None:
+    text = (proc.stdout + proc.stderr).lower()
+    for word in ("warn", "traceback", "failed to remove"):
+        assert word not in text, f"{word!r} in output:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.parametrize("variant", ["gzip", "uncompressed", "zstd", "docker"])
+def test_convert_registry_to_registry_round_trips(variant, registry, test_images, tmp_path):
+    image = test_images[f"features:{variant}"]
+    src = push(image, registry.host, f"conv/src-{variant}:v1")
+    proc = zsnap(tmp_path, "convert", f"docker://{src}", f"docker://{registry.host}/conv/out-{variant}:zc")
+    assert_quiet(proc)
+    source_diff_ids = [layer.diff_id for layer in image.layers]
+    assert_converted(registry.host, f"conv/out-{variant}", "zc", source_diff_ids)
+    check = zsnap(tmp_path, "check", "--full", f"docker://{registry.host}/conv/out-{variant}:zc")
+    assert "OK" in check.stdout
+    assert_no_leftovers(tmp_path)
+
+
+def test_convert_oci_layout_to_oci_layout(test_images, tmp_path):
+    image = test_images["features:gzip"]
+    out = tmp_path / "out"
+    zsnap(tmp_path / "root", "convert", image.ref, f"oci:{out}:converted")
+    index = json.loads((out / "index.json").read_text())
+    (desc,) = [
+        m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "converted"
+    ]
+    m = json.loads((out / "blobs/sha256" / desc["digest"].split(":")[1]).read_bytes())
+    for layer, source in zip(m["layers"], image.layers, strict=True):
+        data = (out / "blobs/sha256" / layer["digest"].split(":")[1]).read_bytes()
+        assert zstd_cli_sha256(data) == source.diff_id
+    zsnap(tmp_path / "root", "check", "--full", f"oci:{out}:converted")
+
+
+def test_duplicate_layers_convert_once_without_warnings(registry, test_images, tmp_path):
+    image = test_images["dups:gzip"]
+    layer_digests = [layer.descriptor.digest for layer in image.layers]
+    assert len(set(layer_digests)) < len(layer_digests), "the dups image must repeat layers"
+    src = push(image, registry.host, "conv/dups:src")
+    proc = zsnap(tmp_path, "convert", "--json", f"docker://{src}", f"docker://{registry.host}/conv/dups:zc")
+    assert_quiet(proc)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["converted"] == len(layer_digests)  # every occurrence got a converted layer ...
+    assert proc.stderr.count("layer converted") == len(set(layer_digests))  # ... each converted once
+    m = assert_converted(registry.host, "conv/dups", "zc", [x.diff_id for x in image.layers])
+    by_source = {}
+    for source, converted in zip(layer_digests, m["layers"], strict=True):
+        by_source.setdefault(source, set()).add(converted["digest"])
+    assert all(len(v) == 1 for v in by_source.values())
+    assert_no_leftovers(tmp_path)
+
+
+def test_second_run_reuses_converted_layers(registry, test_images, tmp_path):
+    src = push(test_images["features:gzip"], registry.host, "conv/reuse:src")
+    dst = f"docker://{registry.host}/conv/reuse:zc"
+    first = json.loads(zsnap(tmp_path, "convert", "--json", f"docker://{src}", dst).stdout.splitlines()[-1])
+    second = json.loads(zsnap(tmp_path, "convert", "--json", f"docker://{src}", dst).stdout.splitlines()[-1])
+    assert first["converted"] > 0 and second["converted"] == 0
+    assert second["reused"] == first["converted"] and second["digest"] == first["digest"]
+
+
+def test_batch_shares_layers_across_images(registry, test_images, tmp_path):
+    dups, dups2 = test_images["dups:gzip"], test_images["dups2:gzip"]
+    src1 = push(dups, registry.host, "batch/dups:src")
+    src2 = push(dups2, registry.host, "batch/dups2:src")
+    listing = tmp_path / "list"
+    listing.write_text(
+        f"# two images sharing layers\ndocker://{src1} docker://{registry.host}/batch/dups:zc\n"
+        f"docker://{src2} docker://{registry.host}/batch/dups2:zc\n"
+    )
+    proc = zsnap(tmp_path / "root", "convert", "--from-file", str(listing))
+    assert_quiet(proc)
+    distinct = {x.descriptor.digest for x in dups.layers} | {x.descriptor.digest for x in dups2.layers}
+    assert proc.stderr.count("layer converted") == len(distinct)
+    assert_converted(registry.host, "batch/dups2", "zc", [x.diff_id for x in dups2.layers])
+
+
+def test_index_all_platforms_and_host_platform(registry, test_images, tmp_path):
+    image = test_images["features:multiarch"]
+    src = push(image, registry.host, "conv/multi:src")
+    zsnap(
+        tmp_path, "convert", "--all-platforms", f"docker://{src}", f"docker://{registry.host}/conv/multi:all"
+    )
+    index = manifest(registry.host, "conv/multi", "all")
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    platforms = sorted(m["platform"]["architecture"] for m in index["manifests"])
+    assert platforms == ["amd64", "arm64"]
+    zsnap(tmp_path, "convert", f"docker://{src}", f"docker://{registry.host}/conv/multi:host")
+    host_index = manifest(registry.host, "conv/multi", "host")
+    assert [m["platform"]["architecture"] for m in host_index["manifests"]] == ["amd64"]
+    zsnap(tmp_path, "check", f"docker://{registry.host}/conv/multi:all")
+
+
+def test_converted_image_runs_in_containerd(registry, test_images, containerd_clean, tmp_path):
+    image = test_images["features:gzip"]
+    src = push(image, registry.host, "conv/run:src")
+    dst = f"{registry.host}/conv/run:zc"
+    zsnap(tmp_path, "convert", f"docker://{src}", f"docker://{dst}")
+    containerd_clean.pull(dst)
+    sums = image.sums_path.read_text()
+    out = containerd_clean.run(dst, ["sh", "-c", f"cd / && printf '%s' '{sums}' | sha256sum -c -"])
+    assert out.count(": OK") == sums.count("\n") and "FAILED" not in out
+
+
+def test_not_enough_disk_space_fails_early_and_names_where(registry, test_images, tmp_path):
+    src = push(test_images["large:gzip"], registry.host, "conv/disk:src")
+    root = tmp_path / "small"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)], check=True)
+    try:
+        proc = zsnap(
+            root, "convert", f"docker://{src}", f"docker://{registry.host}/conv/disk:zc", check=False
+        )
+        assert proc.returncode == 1
+        assert "not enough free space" in proc.stderr and str(root) in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
+def test_registry_dying_mid_conversion_is_a_clear_error(registry_factory, test_images, tmp_path):
+    server = registry_factory(name="dying")
+    src = push(test_images["large:gzip"], server.host, "conv/dying:src")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snapshotter",
+            "--root",
+            str(tmp_path),
+            "convert",
+            f"docker://{src}",
+            f"docker://{server.host}/conv/dying:zc",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    time.sleep(1.0)
+    server.stop()
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        server.start()
+    assert proc.returncode == 1, (out, err)
+    assert "zsnap: error:" in err and "Traceback" not in err
+    assert_no_leftovers(tmp_path)
+
+
+@pytest.mark.slow
+def test_cancelled_run_never_disturbs_a_concurrent_one(registry, test_images, tmp_path):
+    """The original bug: duplicate layers, two images sharing layers converted concurrently, one run
+    cancelled midway. The other must succeed, print no warning, and leave no temp file behind."""
+    dups, dups2 = test_images["dups:gzip"], test_images["large:gzip"]
+    src1 = push(dups, registry.host, "race/dups:src")
+    src2 = push(dups2, registry.host, "race/large:src")
+    root = tmp_path / "shared-root"
+    cmd = [sys.executable, "-m", "snapshotter", "--root", str(root), "convert", "--jobs", "2"]
+    victim = subprocess.Popen(
+        [*cmd, f"docker://{src2}", f"docker://{registry.host}/race/large:zc"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    survivor = subprocess.Popen(
+        [*cmd, f"docker://{src1}", f"docker://{registry.host}/race/dups:zc"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    time.sleep(0.8)
+    victim.send_signal(signal.SIGINT)
+    v_out, v_err = victim.communicate(timeout=120)
+    s_out, s_err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, s_err
+    for text in (s_out + s_err, v_out + v_err):
+        assert "warn" not in text.lower() and "Traceback" not in text
+    assert_converted(registry.host, "race/dups", "zc", [x.diff_id for x in dups.layers])
+    assert_no_leftovers(root)
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_nothing_after_the_next(registry, test_images, tmp_path):
+    image = test_images["large:gzip"]
+    src = push(image, registry.host, "kill/large:src")
+    dst = f"docker://{registry.host}/kill/large:zc"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapshotter", "--root", str(tmp_path), "convert", f"docker://{src}", dst],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc = zsnap(tmp_path, "convert", f"docker://{src}", dst)
+    assert_quiet(proc)
+    assert_converted(registry.host, "kill/large", "zc", [x.diff_id for x in image.layers])
+    assert_no_leftovers(tmp_path)

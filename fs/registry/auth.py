@@ -15,7 +15,9 @@ that feeds it canned responses. One flow, per request:
 
 Whatever comes back after that one retry is the caller's: a 401/403 there means :class:`AuthError`.
 Token requests carry ``request.extensions["zsnap_token_request"] = True``: the driver must read their
-body before sending the response back into the flow.
+body before sending the response back into the flow; a driver running flows concurrently should
+serialize token requests and first offer :meth:`RegistryAuth.cached_token_response`, so that a burst
+of requests needing the same token fetches it once.
 
 Credentials come from docker's ``config.json`` (``$DOCKER_CONFIG/config.json`` or
 ``~/.docker/config.json``): ``auths.<registry>.auth`` (base64 ``user:pass``) or ``username``/``password``.
@@ -54,6 +56,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TOKEN_REQUEST = "zsnap_token_request"
+TOKEN_SCOPES = "zsnap_token_scopes"
 DEFAULT_EXPIRES_IN = 60.0
 
 
@@ -251,8 +254,13 @@ class TokenCache:
         self._tokens[(registry, " ".join(sorted(scopes)))] = (token, expires_in)
         return token
 
-    def invalidate(self, registry: str, scopes: Iterable[str]) -> None:
-        self._tokens.pop((registry, " ".join(sorted(scopes))), None)
+    def invalidate(self, registry: str, scopes: Iterable[str], value: str | None = None) -> None:
+        """Drop the token for these scopes (only if it is ``value``, when given: a token that another
+        task has fetched meanwhile stays)."""
+        key = (registry, " ".join(sorted(scopes)))
+        entry = self._tokens.get(key)
+        if entry is not None and (value is None or entry[0].value == value):
+            del self._tokens[key]
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -313,7 +321,22 @@ class RegistryAuth:
             headers["Authorization"] = self.credentials.basic_header()
         request = httpx.Request("GET", challenge.realm, params=params, headers=headers)
         request.extensions[TOKEN_REQUEST] = True
+        request.extensions[TOKEN_SCOPES] = tuple(scopes)
         return request
+
+    def cached_token_response(self, token_request: httpx.Request) -> httpx.Response | None:
+        """A stand-in answer to ``token_request`` when a valid token for its scopes is cached by now.
+
+        A driver running many flows at once serializes token requests and asks this first, so that
+        concurrent requests needing the same token fetch it once.
+        """
+        token = self.cache.get(self.registry, token_request.extensions.get(TOKEN_SCOPES, ()))
+        if token is None:
+            return None
+        remaining = token.expires_at - self.cache.clock()
+        return httpx.Response(
+            200, json={"token": token.value, "expires_in": remaining}, request=token_request
+        )
 
     def _fetch_token(
         self, challenge: Challenge, scopes: tuple[str, ...]
@@ -334,7 +357,7 @@ class RegistryAuth:
         Raises:
             AuthError: the token service refused or answered nonsense.
         """
-        sent_token = False
+        sent_token: str | None = None
         if self.scheme == "basic" and self.credentials is not None:
             request.headers["Authorization"] = self.credentials.basic_header()
         elif self.scheme == "bearer" and self.bearer is not None:
@@ -344,7 +367,7 @@ class RegistryAuth:
             else:
                 value = token.value
             request.headers["Authorization"] = f"Bearer {value}"
-            sent_token = True
+            sent_token = value
         response = yield request
 
         if response.status_code == 401:
@@ -359,12 +382,13 @@ class RegistryAuth:
                 return
             else:
                 return
-        elif response.status_code == 403 and sent_token and self.bearer is not None:
+        elif response.status_code == 403 and sent_token is not None and self.bearer is not None:
             challenge = self.bearer
         else:
             return
         self.scheme, self.bearer = "bearer", challenge
-        self.cache.invalidate(self.registry, scopes)
+        if sent_token is not None:
+            self.cache.invalidate(self.registry, scopes, sent_token)
         value = yield from self._fetch_token(challenge, scopes)
         request.headers["Authorization"] = f"Bearer {value}"
         yield request

@@ -191,11 +191,12 @@ class RegistrySession:
         self.auth = auth
         self.retry = retry
         self._rng = random.Random()
-        self._requests = self._retries = self._redirects = self._reresolves = 0
+        self._requests = self._retries = self._redirects = self._reresolves = self._token_fetches = 0
+        self._token_lock = trio.Lock()
 
     def statistics(self) -> SessionStatistics:
         return SessionStatistics(
-            self._requests, self._retries, self._redirects, self._reresolves, self.auth.token_requests
+            self._requests, self._retries, self._redirects, self._reresolves, self._token_fetches
         )
 
     # -- public entry points ----------------------------------------------------------------------
@@ -285,19 +286,21 @@ class RegistrySession:
         flow = self.auth.auth_flow(request, scopes)
         request = next(flow)
         while True:
+            if request.extensions.get(TOKEN_REQUEST):
+                # one token fetch at a time, and none when another task has just cached the token;
+                # the flow stores the new token before the lock is released
+                async with self._token_lock:
+                    response = self.auth.cached_token_response(request)
+                    if response is None:
+                        response = await self._fetch_token(request, what=what)
+                    try:
+                        next_request = flow.send(response)
+                    except StopIteration:  # pragma: no cover - a flow always retries after a token
+                        return response
+                request = next_request
+                continue
             response = await self._send_handling_redirects(request, what=what)
-            token_request = bool(request.extensions.get(TOKEN_REQUEST))
             try:
-                if token_request:
-                    with map_httpx_errors(f"token service for {self.registry}"):
-                        await response.aread()
-                    status = response.status_code
-                    if status == 429 or (status >= 500 and status not in (501, 505)):
-                        raise TransientError(
-                            f"token service {request.url.host} answered {status} for {what}",
-                            status=status,
-                            retry_after=_retry_after(response),
-                        )
                 next_request = flow.send(response)
             except StopIteration:
                 return response
@@ -306,6 +309,23 @@ class RegistrySession:
                 raise
             await response.aclose()
             request = next_request
+
+    async def _fetch_token(self, request: httpx.Request, *, what: str) -> httpx.Response:
+        self._token_fetches += 1
+        response = await self._send_handling_redirects(request, what=what)
+        try:
+            with map_httpx_errors(f"token service for {self.registry}"):
+                await response.aread()
+        finally:
+            await response.aclose()
+        status = response.status_code
+        if status == 429 or (status >= 500 and status not in (501, 505)):
+            raise TransientError(
+                f"token service {request.url.host} answered {status} for {what}",
+                status=status,
+                retry_after=_retry_after(response),
+            )
+        return response
 
     async def _send_handling_redirects(self, request: httpx.Request, *, what: str) -> httpx.Response:
         original = request

@@ -223,6 +223,16 @@ async def test_bearer_token_flow(token_registry, layout: OciLayout, tmp_path: Pa
         )
         assert f"repository:{REPO}:pull" in tokens.requests[-1][1]
         assert "repository:tok/other:pull,push" in tokens.requests[-1][1]
+    # a burst of concurrent requests needing the same token fetches it once
+    async with open_registry_client(
+        token_registry.host, docker_config=token_registry.docker_config
+    ) as client:
+        before = len(tokens.requests)
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(client.get_ranges, REPO, SMALL, [(0, 10)])
+        assert len(tokens.requests) - before == 1
+        assert client.statistics().token_requests == 1
     # short-lived tokens are refreshed once they expire
     tokens.expires_in = 2
     try:

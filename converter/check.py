@@ -133,7 +133,11 @@ def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerChec
         index = build_index(toc, location.dialect, size)
         result = LayerCheck(layer.digest, location.dialect.value)
         decompressor = zstandard.ZstdDecompressor()
-        for node in index.files():
+        seen: set[int] = set()
+        for _, node in index:
+            if node.type != "reg" or id(node) in seen:  # hardlinks share one node
+                continue
+            seen.add(id(node))
             with error_context(path=node.path):
                 for chunk in node.chunks:
                     result.bytes_verified += _check_chunk(blob, chunk, decompressor, location.dialect)

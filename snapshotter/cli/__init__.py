@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from fs.errors import ZsnapError
@@ -48,12 +49,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except ZsnapError as exc:
-        print(f"zsnap: error: {exc}", file=sys.stderr)
+    except (ZsnapError, KeyboardInterrupt, BaseExceptionGroup) as exc:
+        leaves = list(_leaves(exc))
+        if not all(isinstance(leaf, ZsnapError | KeyboardInterrupt) for leaf in leaves):
+            raise  # a bug: keep the traceback
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            print("zsnap: interrupted", file=sys.stderr)
+            return 130
+        if args.verbose:
+            traceback.print_exception(exc)
+        for message in dict.fromkeys(str(leaf) for leaf in leaves):
+            print(f"zsnap: error: {message}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("zsnap: interrupted", file=sys.stderr)
-        return 130
+
+
+def _leaves(exc: BaseException):
+    """The individual errors inside (possibly nested) exception groups: concurrent work (several layers
+    at once) can fail in several places, and each deserves its own line."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 if __name__ == "__main__":

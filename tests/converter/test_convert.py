@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.images import push
+from tests.fixtures.images import diff_stat_listing, push, stat_listing_script
 
 ROOT = Path(__file__).resolve().parents[2]
 ZSTD_CHUNKED_KEYS = (
@@ -201,9 +201,15 @@ def test_converted_image_runs_in_containerd(registry, test_images, containerd_cl
     dst = f"{registry.host}/conv/run:zc"
     zsnap(tmp_path, "convert", f"docker://{src}", f"docker://{dst}")
     containerd_clean.pull(dst)
-    sums = image.sums_path.read_text()
-    out = containerd_clean.run(dst, ["sh", "-c", f"cd / && printf '%s' '{sums}' | sha256sum -c -"])
-    assert out.count(": OK") == sums.count("\n") and "FAILED" not in out
+    sums_in_container = "/run/zsnap-check/SHA256SUMS"
+    out = containerd_clean.run(
+        dst,
+        ["sh", "-c", stat_listing_script(image.spec, sums_in_container)],
+        mounts=[(str(image.sums_path), sums_in_container)],
+    )
+    assert "SUMS-OK" in out
+    problems = diff_stat_listing(image.spec, out)
+    assert not problems, "\n".join(problems)
 
 
 def test_not_enough_disk_space_fails_early_and_names_where(registry, test_images, tmp_path):

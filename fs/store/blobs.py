@@ -265,7 +265,7 @@ class BlobArea:
             size, actual = self._copy_in(Path(path), wip, move)
             if digest is not None and actual != digest:
                 raise VerificationError(f"{path} hashes to {actual}, not to the claimed {digest}")
-            total = self._publish([(actual.encode(), wip, size)], holder_b)
+            total = self._publish([[actual.encode(), wip, size, None]], holder_b)
             if move:
                 Path(path).unlink(missing_ok=True)
         finally:

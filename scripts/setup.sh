@@ -8,7 +8,7 @@ APT_PACKAGES=(
   docker-registry containerd runc       # the real registry and runtime the tests use
   skopeo stargz-snapshotter umoci       # peers: zstd:chunked producers (skopeo, ctr-remote)
   busybox-static zstd nginx-light       # demo image content, CLI round trips, range-quirk proxy
-  apache2-utils iproute2 psmisc         # htpasswd for auth tests, netns shaping, fuser
+  apache2-utils openssl iproute2 psmisc # htpasswd + token keys for auth tests, netns shaping, fuser
   python3-venv python3-dev gcc
 )
 

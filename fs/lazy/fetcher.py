@@ -19,10 +19,11 @@ One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazil
 Fetch tasks live in the fetcher's nursery, not in the reader's task, so a reader that gives up (timeout) does
 not cancel a fetch another reader shares. Every fetch and every wait is bounded by ``fetch_timeout``.
 
-Store references: a chunk this mount *fetched* is put with ``holder=<holder>`` (``mount:<id>``) and unref'd by
-:meth:`ChunkFetcher.release_refs` at unmount, after which it stays cached but evictable. Hits on chunks
-already in the store take no ref (a write transaction per hit would cost more than the read); should GC
-evict one mid-mount, the next read refetches it transparently (``NotInStore`` -> miss).
+Store references: a chunk this mount *fetched* is put with ``holder=<holder>`` (``mount:<id>``, bound to the
+serving process so a crash releases it at the next store open) and :meth:`ChunkFetcher.release_refs` drops
+the holder at unmount, after which the chunks stay cached but evictable. Hits on chunks already in the
+store take no ref (a write transaction per hit would cost more than the read); should GC evict one
+mid-mount, the next read refetches it transparently (``NotInStore`` -> miss).
 """
 
 from __future__ import annotations
@@ -250,7 +251,6 @@ class ChunkFetcher:
         self.readahead = readahead
         self._nursery = nursery
         self._inflight: dict[str, _Flight] = {}
-        self._held: set[str] = set()
         self._cpu = cpu_limiter or trio.CapacityLimiter(2)
 
     # -- reads ------------------------------------------------------------------------------------------
@@ -403,7 +403,9 @@ class ChunkFetcher:
                     data = (await source.client.get_ranges(source.repository, source.digest, [(start, end)]))[
                         0
                     ]
-                    self.stats.record_fetch(len(data), trio.current_time() - t0)
+                    self.stats.record_fetch(
+                        len(data), trio.current_time() - t0, priority=ticket.priority.name
+                    )
                 if len(data) != end - start:
                     raise RegistryUnavailable(
                         f"range {start}-{end} returned {len(data)} bytes", layer=source.label
@@ -419,7 +421,6 @@ class ChunkFetcher:
             for fl, res in zip(flights, results, strict=True):
                 if res is None:
                     self.stats.chunks_verified += 1
-                    self._held.add(fl.chunk.digest)
                 else:
                     if isinstance(res, VerificationError):
                         self.stats.verify_failures += 1
@@ -446,10 +447,14 @@ class ChunkFetcher:
     def _decode_verify_put(
         self, codec: str, data: bytes, start: int, chunks: list[ChunkLike]
     ) -> list[BaseException | None]:
-        """Worker thread: decode, verify and store each chunk; return None or the error per chunk."""
+        """Worker thread: decode and verify each chunk, store the good ones in one transaction.
+
+        Returns None (stored) or the error for each chunk.
+        """
         view = memoryview(data)
         results: list[BaseException | None] = []
         done: dict[str, BaseException | None] = {}
+        good: list[tuple[bytes, str | None]] = []
         for c in chunks:
             if c.digest in done:
                 results.append(done[c.digest])
@@ -467,25 +472,28 @@ class ChunkFetcher:
                         f"chunk at compressed offset {c.compressed_offset}: digest mismatch: "
                         f"expected {c.digest}, got {actual}"
                     )
-                self.store.put(raw, digest=c.digest, holder=self.holder)
+                good.append((raw, c.digest))
                 res: BaseException | None = None
             except ZsnapError as exc:
                 res = exc
             results.append(res)
             done[c.digest] = res
+        if good:
+            try:
+                self.store.put_many(good, holder=self.holder)
+            except ZsnapError as exc:  # disk full, store failure: every verified chunk fails with it
+                results = [exc if r is None else r for r in results]
         return results
 
     # -- life cycle -------------------------------------------------------------------------------------
 
     def release_refs(self) -> int:
-        """Drop this mount's refs on the chunks it fetched (they stay cached, evictable). Idempotent."""
-        n = 0
-        for digest in sorted(self._held):
-            with contextlib.suppress(ZsnapError):
-                self.store.unref(digest, self.holder)
-                n += 1
-        self._held.clear()
-        return n
+        """Drop every ref of this mount's holder (fetched chunks stay cached, evictable). Idempotent."""
+        try:
+            return int(self.store.drop_holder(self.holder))
+        except ZsnapError as exc:
+            log.info("could not drop the refs of %s: %s", self.holder, exc)
+            return 0
 
 
 @contextlib.asynccontextmanager

@@ -273,7 +273,9 @@ async def _open_whole(
             stats.record_fetch(n, trio.current_time() - t0)
             if n != desc.size:
                 raise VerificationError(f"blob is {n} bytes, the manifest says {desc.size}")
-            await trio.to_thread.run_sync(lambda: store.put_file(tmp, digest=desc.digest, holder=holder))
+            await trio.to_thread.run_sync(
+                lambda: store.put_file(tmp, digest=desc.digest, holder=holder, move=True)
+            )
         finally:
             tmp.unlink(missing_ok=True)
     else:
@@ -307,7 +309,7 @@ def _decompress_into_store(
             raise VerificationError(
                 f"layer decompresses to {diff_id}, the image config says {desc.diff_id}", layer=desc.digest
             )
-        store.put_file(tmp, digest=diff_id, holder=holder)
+        store.put_file(tmp, digest=diff_id, holder=holder, move=True)
         return diff_id
     except (OSError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:
         raise FormatError(f"layer does not decompress: {exc}", layer=desc.digest) from exc

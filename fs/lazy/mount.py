@@ -2,10 +2,10 @@
 
 Layout on disk::
 
-    <root>/store/                  the content-addressed store (chunks, whole blobs, uncompressed tars)
+    <root>/{index,data,...}        the content-addressed store (chunks, whole blobs, uncompressed tars)
     <root>/mnt/<mount-id>/         the pyfuse3 mount: one directory per layer, named by digest hex
     <root>/mounts/<mount-id>.json  the mount record (pid, mountpoint, ...) used by ``zsnap umount``
-    <root>/tmp/                    download / decompression scratch files
+    <root>/scratch/<mount-id>/     download / decompression scratch files (removed at exit)
 
 Sequence (:func:`run_mount`): open the store; resolve the image (manifest, config); open every layer
 (TOC fetched and verified, or whole layer into the store); build the inode table (layers named by digest,
@@ -17,8 +17,9 @@ then prefetch / background-fetch, write stats every second, and wait for SIGINT/
 mount to go away. Shutdown unmounts the overlay (lazily if busy), stops FUSE and unmounts it, drops the
 mount's store refs, writes the final stats and removes the record.
 
-Store references (holder ``mount:<id>``): whole blobs/tars and the chunks this mount fetched are ref'd while
-it runs and unref'd at exit; they stay in the store as evictable cache for the next mount.
+Store references (holder ``mount:<id>``, bound to this process so that a crash releases them at the next
+store open): whole blobs/tars and the chunks this mount fetched are ref'd while it runs and released at
+exit; they stay in the store as evictable cache for the next mount.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -135,7 +137,7 @@ async def _open_layers(
 def _open_store(root: Path) -> Any:
     from fs.store import Store
 
-    return Store.open(root / "store")
+    return Store.open(root)
 
 
 class _Mount:
@@ -146,6 +148,7 @@ class _Mount:
         self.mount_id = cfg.mount_id or system.new_mount_id()
         self.holder = f"mount:{self.mount_id}"
         self.fuse_dir = cfg.root / "mnt" / self.mount_id
+        self.scratch = cfg.root / "scratch" / self.mount_id
         self.mountpoint = os.path.abspath(cfg.mountpoint)
         self.stats = MountStats()
         self.stop = _Stop()
@@ -171,6 +174,7 @@ class _Mount:
         cfg = self.cfg
         ref = ImageReference.parse(cfg.image)
         self.store = await trio.to_thread.run_sync(_open_store, cfg.root)
+        self.store.bind_holder(self.holder)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as receiver:
             async with trio.open_nursery() as outer:
                 outer.start_soon(_watch_signals, self.stop, receiver)
@@ -181,7 +185,7 @@ class _Mount:
                     with self.stop.startup:
                         image = await resolve_image(client, ref)
                         layers = await _open_layers(
-                            client, image, self.store, self.stats, self.holder, cfg.root / "tmp"
+                            client, image, self.store, self.stats, self.holder, self.scratch
                         )
                     if self.stop.event.is_set():
                         raise ZsnapError(f"interrupted by {self.stop.reason} before the mount was ready")
@@ -247,7 +251,10 @@ class _Mount:
             if self.cfg.stats_file:
                 with contextlib.suppress(OSError):
                     self.stats.write(self.cfg.stats_file, mount_id=self.mount_id, done=True)
+            shutil.rmtree(self.scratch, ignore_errors=True)
             if self.store is not None:
+                with contextlib.suppress(ZsnapError):
+                    self.store.drop_holder(self.holder)  # whole layers' refs (the fetcher drops its own)
                 await trio.to_thread.run_sync(self.store.close)
 
 
@@ -296,6 +303,6 @@ def run_mount(cfg: MountConfig, on_ready: Callable[[str], None]) -> None:
     """
     if not cfg.mountpoint.is_dir():
         raise ZsnapError(f"mountpoint {cfg.mountpoint} is not a directory")
-    for sub in ("mnt", "mounts", "tmp"):
+    for sub in ("mnt", "mounts", "scratch"):
         (cfg.root / sub).mkdir(parents=True, exist_ok=True)
     trio.run(_serve, cfg, on_ready)

@@ -171,11 +171,13 @@ class LazyOperations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Entries are ``.``, ``..``, then the children in layer order; ``start_id`` is the index."""
         listing = self._dirlists.get(fh)
         if listing is None:
-            entries = self._node(fh).entries
-            assert entries is not None
-            listing = self._dirlists[fh] = list(entries.items())
+            node = self._node(fh)
+            assert node.entries is not None
+            listing = [(b".", fh), (b"..", node.parent), *node.entries.items()]
+            self._dirlists[fh] = listing
         for i in range(start_id, len(listing)):
             name, inode = listing[i]
             if not pyfuse3.readdir_reply(token, name, self._entry(self.table.get(inode)), i + 1):

@@ -2,7 +2,9 @@
 
 Fields (all cumulative since the mount started):
 
-* ``bytes_fetched``: compressed bytes received from the registry for chunks, TOCs and whole blobs.
+* ``bytes_fetched``: compressed bytes received from the registry for chunks, TOCs and whole blobs;
+  ``toc_bytes`` of them for footers/TOCs, ``bytes_by_priority`` splits chunk bytes into ``on_demand``,
+  ``prefetch`` and ``background``.
 * ``requests``: HTTP range/blob requests issued (a multi-range request counts once).
 * ``cache_hits`` / ``cache_misses``: chunk lookups served from the store vs. needing a fetch.
 * ``chunks_verified``: fetched chunks whose sha256 matched the TOC digest (then cached).
@@ -49,13 +51,17 @@ class MountStats:
     toc_bytes: int = 0
     prefetch_done: bool = False
     background_done: bool = False
+    bytes_by_priority: dict[str, int] = field(default_factory=dict)
     _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000), repr=False)
     _latency_count: int = 0
     _latency_max: float = 0.0
 
-    def record_fetch(self, nbytes: int, seconds: float, *, requests: int = 1) -> None:
-        """Account one completed registry request of ``nbytes`` taking ``seconds``."""
+    def record_fetch(self, nbytes: int, seconds: float, *, requests: int = 1, priority: str = "") -> None:
+        """Account one completed registry request of ``nbytes`` taking ``seconds`` (at ``priority``)."""
         self.bytes_fetched += nbytes
+        if priority:
+            key = priority.lower()
+            self.bytes_by_priority[key] = self.bytes_by_priority.get(key, 0) + nbytes
         self.requests += requests
         self._latencies.append(seconds)
         self._latency_count += 1
@@ -73,6 +79,7 @@ class MountStats:
             "fetch_errors": self.fetch_errors,
             "eio": self.eio,
             "toc_bytes": self.toc_bytes,
+            "bytes_by_priority": dict(self.bytes_by_priority),
             "prefetch_done": self.prefetch_done,
             "background_done": self.background_done,
             "fetch_latency": {

@@ -4,7 +4,8 @@ Modes (each prints one status line per event on stdout, flushed):
 
 * ``acquire NAME``: acquire temp object NAME; the producer appends ``<pid>`` to ``--count`` then sleeps
   ``--produce-seconds`` then writes ``--content`` (or raises with ``--fail``). Prints ``READY <path>
-  <content>`` or ``FAILED <message>``, holds for ``--hold-seconds``, releases, prints ``RELEASED``.
+  <content>`` or ``FAILED <message>``, holds for ``--hold-seconds`` (-1: until stdin closes), releases,
+  prints ``RELEASED``.
 * ``hold NAME``: like acquire, then holds forever (to be SIGKILLed).
 * ``produce-forever NAME``: appends to ``--count``, prints ``PRODUCING`` and never finishes (SIGKILL it).
 * ``bind HOLDER``: bind HOLDER to this process, put + ref one blob (``--content``), print ``READY
@@ -31,10 +32,14 @@ from fs.store import Store
 WORKER = Path(__file__).resolve()
 
 
-def spawn(mode: str, root: Path, *args: str) -> subprocess.Popen:
-    """Start a worker (unbuffered binary stdout, so :func:`expect` can select() on it)."""
+def spawn(mode: str, root: Path, *args: str, stdin: bool = False) -> subprocess.Popen:
+    """Start a worker (unbuffered binary stdout, so :func:`expect` can select() on it).
+
+    With ``stdin=True`` the worker gets a pipe; ``--hold-seconds -1`` then holds until it is closed.
+    """
     return subprocess.Popen(
         [sys.executable, str(WORKER), mode, str(root), *args],
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         bufsize=0,
         cwd=WORKER.parents[2],
@@ -108,7 +113,10 @@ def main() -> int:
             if args.mode == "hold":
                 while True:
                     time.sleep(60)
-            time.sleep(args.hold_seconds)
+            if args.hold_seconds < 0:
+                sys.stdin.read()  # hold until the test closes our stdin
+            else:
+                time.sleep(args.hold_seconds)
             handle.release()
             _say("RELEASED")
         elif args.mode == "produce-forever":

@@ -86,5 +86,3 @@ class FdCache:
         with self._lock:
             while self._entries:
                 self._retire(self._entries.popitem()[1])
-
-

@@ -33,6 +33,7 @@ from .gc import (
     open_session,
     recover,
     remove_blobs,
+    verify,
 )
 from .holders import AliveCache, ProcessId
 from .index import Index
@@ -281,6 +282,13 @@ class Store:
         cap = max_size if max_size is not None else self.max_size
         return collect(self._index, self._blobs, self._temps, cap)
 
+    def verify(self, *, full: bool = True) -> list[str]:
+        """Check invariants (every record has its complete file, hashing to its digest with ``full``;
+        every data file has a record; refcounts and totals agree). Returns problems; empty = consistent.
+        Reads every blob with ``full``: meant for tests and ``fsck``-style checks of a quiet store."""
+        self._check()
+        return verify(self._index, self._blobs, full=full)
+
     def stats(self) -> StoreStats:
         """A snapshot of totals, temp objects and live bound holders."""
         self._check()
@@ -288,9 +296,7 @@ class Store:
         with self._index.read() as txn:
             counters = read_counters(txn, self._index)
             with txn.cursor(db=self._index.holders) as cur:
-                holders = tuple(
-                    sorted(k.decode() for k, v in cur if alive(*ProcessId.decode(v).to_list()))
-                )
+                holders = tuple(sorted(k.decode() for k, v in cur if alive(*ProcessId.decode(v).to_list())))
         temps = []
         for name, rec in self._temps.records():
             rec.prune(alive)

@@ -72,6 +72,7 @@ __all__ = ["READY", "TempArea", "TempHandle"]
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class _Claim:
     cid: str

@@ -140,5 +140,3 @@ class NameLock:
                 os.close(fd)
             await trio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
-
-

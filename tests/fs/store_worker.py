@@ -11,7 +11,8 @@ Modes (each prints one status line per event on stdout, flushed):
 * ``bind HOLDER``: bind HOLDER to this process, put + ref one blob (``--content``), print ``READY
   <digest>``, hold forever.
 * ``put-loop``: put, ref, unref and gc random chunks forever, printing ``PUT <digest>`` after each put
-  returned (the crash test SIGKILLs it at random points).
+  returned (the crash test SIGKILLs it at random points; ``--slow-publish`` widens the window between
+  renaming a file into ``data/`` and committing its record, so kills land there often).
 """
 
 from __future__ import annotations
@@ -100,7 +101,20 @@ def main() -> int:
     parser.add_argument("--hold-seconds", type=float, default=0.0)
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--slow-publish", action="store_true", help="widen the rename -> commit window (fault injection)"
+    )
     args = parser.parse_args()
+    if args.slow_publish:
+        import fs.store.blobs as blobs
+
+        real_fsync_dir = blobs.fsync_dir
+
+        def slow_fsync_dir(path: Path) -> None:
+            time.sleep(0.003)  # between the rename into data/ and the index commit
+            real_fsync_dir(path)
+
+        blobs.fsync_dir = slow_fsync_dir
 
     with Store.open(args.root) as store:
         if args.mode in ("acquire", "hold"):

@@ -68,7 +68,7 @@ def _stats(args: argparse.Namespace) -> int:
     console = Console()
     table = Table(title="zsnap store", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", overflow="fold")
     table.add_row("root", stats.root)
     table.add_row("blobs", f"{stats.objects:,}")
     table.add_row("blob bytes", format_size(stats.bytes))
@@ -80,7 +80,7 @@ def _stats(args: argparse.Namespace) -> int:
     console.print(table)
     if stats.temp_objects:
         temps = Table(title="temp objects", title_justify="left")
-        temps.add_column("name")
+        temps.add_column("name", overflow="fold")
         temps.add_column("state")
         temps.add_column("size", justify="right")
         temps.add_column("holders")

@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.containerd",
     "tests.fixtures.images",
+    "tests.fixtures.fuse",
 ]
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"

@@ -178,7 +178,8 @@ class BlobArea:
                 return 0
             written = 0
             with self._index.write() as txn:
-                for key, when in pending.items():
+                # list(): a reader that fetched the old dict just before the swap may still add to it
+                for key, when in list(pending.items()):
                     raw = txn.get(key, db=self._index.blobs)
                     if raw is None:
                         continue

@@ -7,6 +7,8 @@ Modules, bottom up::
     records.py  index rows (blob records, refs, totals) and in-transaction operations on them
     blobs.py    content-addressed blobs: durable publish, pread through an fd cache, refs, access times
     temp.py     named temp objects: the multi-process single-flight protocol (documented there)
+    tempstate.py  temp records, naming, the per-name flock, TempHandle
+    files.py    durable writes, OSError -> StoreError/DiskFull, the descriptor LRU
     gc.py       collection (LRU under a cap) and crash recovery (orphans, dead holders)
     stats.py    StoreStats; space.py: free-space checks and sizes
     store.py    the Store facade
@@ -16,7 +18,7 @@ from .gc import GCReport
 from .space import format_size, free_space, free_space_check, parse_size
 from .stats import StoreStats, TempObjectStats
 from .store import Store
-from .temp import TempHandle
+from .tempstate import TempHandle
 
 __all__ = [
     "GCReport",

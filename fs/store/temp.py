@@ -49,9 +49,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from fs.errors import ProducerFailed, StoreError
 
@@ -61,7 +59,9 @@ from .tempstate import (
     FAILED,
     PRODUCING,
     READY,
+    Claim,
     NameLock,
+    TempHandle,
     TempRecord,
     base_name,
     check_name,
@@ -71,59 +71,6 @@ from .tempstate import (
 __all__ = ["READY", "TempArea", "TempHandle"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _Claim:
-    cid: str
-    holder: str
-    proc: ProcessId
-
-    def entry(self) -> list:
-        return [self.holder, self.proc.pid, self.proc.start]
-
-
-class TempHandle:
-    """One claim on a ready temp object. Read ``path``; do not modify the file (others share it).
-
-    ``release()`` drops this claim (idempotent); the last release deletes the file. Use as a context
-    manager to release on exit. Handles still held when their Store closes are released by ``close()``.
-    """
-
-    def __init__(self, area: TempArea, name: str, path: Path, claim: _Claim, size: int | None) -> None:
-        self._area = area
-        self.name = name
-        self.path = path
-        self.holder = claim.holder
-        self.size = size
-        self._claim = claim
-        self._released = False
-        self._lock = threading.Lock()
-
-    @property
-    def released(self) -> bool:
-        return self._released
-
-    def release(self) -> None:
-        """Drop this handle's claim; no-op when already released."""
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
-        self._area._handles.discard(self)
-        self._area.drop_claim(self.name, self._claim)
-
-    def __enter__(self) -> TempHandle:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
-    def __repr__(self) -> str:
-        state = "released" if self._released else "held"
-        return f"<TempHandle {self.name!r} {state} by {self.holder!r}>"
 
 
 class TempArea:
@@ -145,13 +92,13 @@ class TempArea:
     def _lock(self, name: str) -> NameLock:
         return NameLock(self.lock_dir / f"{base_name(name)}.lock")
 
-    def _new_claim(self, name: str, holder: str | None) -> _Claim:
+    def _new_claim(self, name: str, holder: str | None) -> Claim:
         check_name(name)
         me = ProcessId.current()
         holder = holder if holder is not None else f"pid:{me.pid}"
         if not holder or "\0" in holder:
             raise ValueError(f"invalid holder name: {holder!r}")
-        return _Claim(f"{me.pid}.{me.start}.{secrets.token_hex(6)}", holder, me)
+        return Claim(f"{me.pid}.{me.start}.{secrets.token_hex(6)}", holder, me)
 
     # -- protocol steps (each one write transaction) -------------------------------------------------
 
@@ -178,7 +125,7 @@ class TempArea:
         self._save(txn, name, rec)
         return None
 
-    def _try(self, name: str, claim: _Claim) -> tuple[str, object]:
+    def _try(self, name: str, claim: Claim) -> tuple[str, object]:
         lock = self._lock(name)
         got = lock.try_exclusive()
         stale: Path | None = None
@@ -216,7 +163,7 @@ class TempArea:
             remove_path(stale)
         return outcome
 
-    def _finish(self, name: str, claim: _Claim, gen: str, lock: NameLock) -> TempHandle:
+    def _finish(self, name: str, claim: Claim, gen: str, lock: NameLock) -> TempHandle:
         path = self.path_of(name, gen)
         try:
             size = os.stat(path).st_size
@@ -231,7 +178,7 @@ class TempArea:
         lock.release()
         return self._handle(name, path, claim, size)
 
-    def _fail(self, name: str, claim: _Claim, gen: str, lock: NameLock, reason: str) -> None:
+    def _fail(self, name: str, claim: Claim, gen: str, lock: NameLock, reason: str) -> None:
         try:
             with self._index.write() as txn:
                 rec = self._load(txn, name)
@@ -246,7 +193,7 @@ class TempArea:
             remove_path(self.path_of(name, gen))
             lock.release()
 
-    def drop_claim(self, name: str, claim: _Claim) -> None:
+    def drop_claim(self, name: str, claim: Claim) -> None:
         """Remove one claim (a released handle or a cancelled waiter); never disturbs a producer."""
         remove = None
         with self._index.write() as txn:
@@ -260,7 +207,7 @@ class TempArea:
         if remove is not None:
             remove_path(remove)
 
-    def _handle(self, name: str, path: Path, claim: _Claim, size: int | None) -> TempHandle:
+    def _handle(self, name: str, path: Path, claim: Claim, size: int | None) -> TempHandle:
         handle = TempHandle(self, name, path, claim, size)
         self._handles.add(handle)
         return handle

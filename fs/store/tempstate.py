@@ -1,4 +1,4 @@
-"""Temp-object state that needs no protocol: the record, file naming, and the per-name flock.
+"""Temp-object pieces outside the protocol: the record, naming, the per-name flock, claims and handles.
 
 See :mod:`fs.store.temp` for the protocol that uses them.
 """
@@ -10,14 +10,31 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from .holders import AliveCache
+from .holders import AliveCache, ProcessId
 
-__all__ = ["FAILED", "PRODUCING", "READY", "NameLock", "TempRecord", "base_name", "check_name", "remove_path"]
+if TYPE_CHECKING:
+    from .temp import TempArea
+
+__all__ = [
+    "FAILED",
+    "PRODUCING",
+    "READY",
+    "Claim",
+    "NameLock",
+    "TempHandle",
+    "TempRecord",
+    "base_name",
+    "check_name",
+    "remove_path",
+]
 
 PRODUCING, READY, FAILED = "producing", "ready", "failed"
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
@@ -140,3 +157,56 @@ class NameLock:
                 os.close(fd)
             await trio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    cid: str
+    holder: str
+    proc: ProcessId
+
+    def entry(self) -> list:
+        return [self.holder, self.proc.pid, self.proc.start]
+
+
+class TempHandle:
+    """One claim on a ready temp object. Read ``path``; do not modify the file (others share it).
+
+    ``release()`` drops this claim (idempotent); the last release deletes the file. Use as a context
+    manager to release on exit. Handles still held when their Store closes are released by ``close()``.
+    """
+
+    def __init__(self, area: TempArea, name: str, path: Path, claim: Claim, size: int | None) -> None:
+        self._area = area
+        self.name = name
+        self.path = path
+        self.holder = claim.holder
+        self.size = size
+        self._claim = claim
+        self._released = False
+        self._lock = threading.Lock()
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> None:
+        """Drop this handle's claim; no-op when already released."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._area._handles.discard(self)
+        self._area.drop_claim(self.name, self._claim)
+
+    def __enter__(self) -> TempHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<TempHandle {self.name!r} {state} by {self.holder!r}>"

@@ -60,6 +60,7 @@ ACCESS_FLUSH_ENTRIES = 4096
 FD_CACHE_SIZE = 256
 _COPY_BUFFER = 1 << 20
 _HEX = "0123456789abcdef"
+_KEY_LEN = len("sha256:") + 64
 
 
 class BlobArea:
@@ -100,8 +101,10 @@ class BlobArea:
 
     def _lookup(self, digest: str) -> tuple[bytes, bytes]:
         key = digest.encode() if isinstance(digest, str) else b""
-        with self._index.env.begin(db=self._index.blobs) as txn:
-            raw = txn.get(key)
+        raw = None
+        if len(key) == _KEY_LEN:  # anything else is malformed, hence not stored
+            with self._index.env.begin(db=self._index.blobs) as txn:
+                raw = txn.get(key)
         if raw is None:
             raise NotInStore(f"{digest} is not in the store")
         return key, raw
@@ -109,6 +112,8 @@ class BlobArea:
     def has(self, digest: str) -> bool:
         """True if ``digest`` is stored (malformed digests are simply absent)."""
         key = digest.encode() if isinstance(digest, str) else b""
+        if len(key) != _KEY_LEN:
+            return False
         with self._index.env.begin(db=self._index.blobs) as txn:
             return txn.get(key) is not None
 

@@ -54,6 +54,9 @@ def test_put_then_read_ranges(store: Store) -> None:
 def test_missing_blob_raises_not_in_store(store: Store) -> None:
     missing = sha(b"never stored")
     assert not store.has(missing)
+    assert not store.has("") and not store.has("sha256:" + "a" * 600)  # malformed: simply absent
+    with pytest.raises(NotInStore):
+        store.pread("sha256:short", 0, 1)
     with pytest.raises(NotInStore):
         store.pread(missing, 0, 1)
     with pytest.raises(NotInStore):

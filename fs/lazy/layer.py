@@ -3,8 +3,8 @@
 Lazy layers (zstd:chunked of either dialect, gzip eStargz) are opened with at most two small requests:
 
 1. the TOC position comes from the descriptor annotations (``manifest-position``) or, when they name a TOC
-   digest but no position (eStargz), from the blob footer (one tail request of up to 512 KiB, which
-   usually contains the TOC as well);
+   digest but no position (eStargz), from the blob footer (one tail request of 16 KiB, which contains
+   small TOCs as well);
 2. the TOC bytes are verified against the digest **in the manifest annotations** before a single byte is
    parsed (:func:`fs.format.verify.decode_and_verify_toc`), then :func:`fs.format.index.build_index` resolves
    and validates the tree (names escaping the layer are a :class:`~fs.errors.FormatError`).
@@ -37,7 +37,7 @@ from fs.format.annotations import (
     toc_location_from_annotations,
 )
 from fs.format.dialect import Dialect
-from fs.format.footer import TAIL_PREFETCH_SIZE, parse_footer
+from fs.format.footer import FOOTER_FETCH_SIZE, parse_footer
 from fs.format.index import build_index
 from fs.format.tree import Chunk, LayerIndex
 from fs.format.verify import decode_and_verify_toc
@@ -49,6 +49,9 @@ from fs.lazy.tarindex import index_tar
 __all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
 
 log = logging.getLogger(__name__)
+
+#: Blob tail fetched when the footer must locate the TOC: the footer plus, often, a small TOC with it.
+TAIL_SIZE = max(FOOTER_FETCH_SIZE, 16 * 1024)
 
 _UNCOMPRESSED_TYPES = frozenset(
     {
@@ -202,7 +205,7 @@ async def _open_lazy(
     tail_start = size
     tail = b""
     if loc.needs_footer:
-        tail_start = max(0, size - TAIL_PREFETCH_SIZE)
+        tail_start = max(0, size - TAIL_SIZE)
         tail = await _fetch(client, repository, desc.digest, (tail_start, size), stats)
         footer = parse_footer(tail, size)
         if footer.dialect is Dialect.ESTARGZ_GZIP:

@@ -201,7 +201,8 @@ class BlobArea:
     def _wip_path(self) -> Path:
         return self.wip_dir / f"{self._me.pid}-{self._me.start}-{secrets.token_hex(8)}"
 
-    def _write_wip(self, data: bytes | memoryview) -> Path:
+    def _write_wip(self, data: bytes | memoryview) -> tuple[Path, int]:
+        """Write ``data`` to a new wip file; returns (path, open fd). Not yet synced: see _sync_wip."""
         path = self._wip_path()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -209,13 +210,28 @@ class BlobArea:
             raise os_error(exc, "create a store file", path, len(data)) from exc
         try:
             write_all(fd, data)
-            os.fdatasync(fd)
         except OSError as exc:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise os_error(exc, "write a store file", path, len(data)) from exc
-        os.close(fd)
-        return path
+        return path, fd
+
+    @staticmethod
+    def _sync_wip(pending: list[tuple[Path, int]]) -> None:
+        """fdatasync then close every written wip file; all writes come first so that one journal
+        commit covers a whole batch (later fdatasyncs find their data already on disk)."""
+        error = None
+        for path, fd in pending:
+            try:
+                if error is None:
+                    os.fdatasync(fd)
+            except OSError as exc:
+                error = os_error(exc, "write a store file", path)
+            finally:
+                os.close(fd)
+        pending.clear()
+        if error is not None:
+            raise error
 
     def put(self, data: bytes, *, digest: str | None = None, holder: str | None = None) -> tuple[str, int]:
         """Store ``data``; returns (digest, blob bytes now in the store). See ``Store.put``."""
@@ -228,22 +244,33 @@ class BlobArea:
         """Store several blobs in one index transaction; returns (digests, blob bytes in the store)."""
         holder_b = check_holder(holder) if holder is not None else None
         staged: list[list] = []  # [key, wip path | None, size, data]
+        pending: list[tuple[Path, int]] = []  # written, not yet synced
+        writing: set[str] = set()
         try:
             for data, claimed in items:
                 digest = "sha256:" + hashlib.sha256(data).hexdigest()
                 if claimed is not None and claimed != digest:
                     blob_key(claimed)  # a malformed claim is a ValueError, not a mismatch
                     raise VerificationError(f"bytes hash to {digest}, not to the claimed {claimed}")
-                wip = None if self.has(digest) else self._write_wip(data)
+                wip = None
+                if digest not in writing and not self.has(digest):
+                    writing.add(digest)
+                    pending.append(self._write_wip(data))
+                    wip = pending[-1][0]
                 staged.append([digest.encode(), wip, len(data), data])
+            self._sync_wip(pending)
             try:
                 total = self._publish(staged, holder_b)
             except _Retry:  # a duplicate we skipped was removed by gc meanwhile: write it after all
                 for entry in staged:
                     if entry[1] is None:
-                        entry[1] = self._write_wip(entry[3])
+                        pending.append(self._write_wip(entry[3]))
+                        entry[1] = pending[-1][0]
+                self._sync_wip(pending)
                 total = self._publish(staged, holder_b)
         finally:
+            for _, fd in pending:
+                os.close(fd)
             for entry in staged:
                 if entry[1] is not None:
                     entry[1].unlink(missing_ok=True)

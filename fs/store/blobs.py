@@ -23,7 +23,6 @@ and close: a read never writes to the index.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import secrets
@@ -36,7 +35,7 @@ from typing import BinaryIO
 
 from fs.errors import NotInStore, StoreError, VerificationError
 
-from .files import FdCache, fsync_dir, os_error, write_all
+from .files import FdCache, copy_in, fsync_dir, os_error, write_all
 from .holders import ProcessId
 from .index import Index
 from .records import (
@@ -58,7 +57,6 @@ __all__ = ["BlobArea"]
 ACCESS_FLUSH_SECONDS = 30.0
 ACCESS_FLUSH_ENTRIES = 4096
 FD_CACHE_SIZE = 256
-_COPY_BUFFER = 1 << 20
 _HEX = "0123456789abcdef"
 _KEY_LEN = len("sha256:") + 64
 
@@ -295,7 +293,7 @@ class BlobArea:
                     return digest, read_counters(txn, self._index).bytes
         wip = self._wip_path()
         try:
-            size, actual = self._copy_in(Path(path), wip, move)
+            size, actual = copy_in(Path(path), wip, move)
             if digest is not None and actual != digest:
                 raise VerificationError(f"{path} hashes to {actual}, not to the claimed {digest}")
             total = self._publish([[actual.encode(), wip, size, None]], holder_b)
@@ -304,39 +302,6 @@ class BlobArea:
         finally:
             wip.unlink(missing_ok=True)
         return actual, total
-
-    def _copy_in(self, src: Path, wip: Path, move: bool) -> tuple[int, str]:
-        hasher = hashlib.sha256()
-        size = 0
-        if move:
-            try:
-                os.link(src, wip)  # same file system: no copy; the caller's name goes at the end
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise os_error(exc, "move a file into the store", src) from exc
-            else:
-                with open(wip, "rb") as f:
-                    while block := f.read(_COPY_BUFFER):
-                        hasher.update(block)
-                        size += len(block)
-                    os.fdatasync(f.fileno())
-                return size, "sha256:" + hasher.hexdigest()
-        try:
-            with open(src, "rb") as fin:
-                fd = os.open(wip, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    while block := fin.read(_COPY_BUFFER):
-                        hasher.update(block)
-                        size += len(block)
-                        write_all(fd, block)
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
-        except FileNotFoundError as exc:
-            raise StoreError(f"cannot store {src}: no such file", path=str(src)) from exc
-        except OSError as exc:
-            raise os_error(exc, "copy a file into the store", wip) from exc
-        return size, "sha256:" + hasher.hexdigest()
 
     def _publish(self, staged: list[list], holder: bytes | None) -> int:
         """Rename staged wip files into place and index them, in one write transaction."""

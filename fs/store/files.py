@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -11,7 +12,9 @@ from pathlib import Path
 
 from fs.errors import DiskFull, StoreError
 
-__all__ = ["FdCache", "fsync_dir", "os_error", "write_all"]
+__all__ = ["FdCache", "copy_in", "fsync_dir", "os_error", "write_all"]
+
+_COPY_BUFFER = 1 << 20
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -86,3 +89,38 @@ class FdCache:
         with self._lock:
             while self._entries:
                 self._retire(self._entries.popitem()[1])
+
+
+def copy_in(src: Path, wip: Path, move: bool) -> tuple[int, str]:
+    """Copy (or, with ``move``, hard-link) ``src`` to the new file ``wip``, synced; returns (size, digest)."""
+    hasher = hashlib.sha256()
+    size = 0
+    if move:
+        try:
+            os.link(src, wip)  # same file system: no copy; the caller's name goes at the end
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise os_error(exc, "move a file into the store", src) from exc
+        else:
+            with open(wip, "rb") as f:
+                while block := f.read(_COPY_BUFFER):
+                    hasher.update(block)
+                    size += len(block)
+                os.fdatasync(f.fileno())
+            return size, "sha256:" + hasher.hexdigest()
+    try:
+        with open(src, "rb") as fin:
+            fd = os.open(wip, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                while block := fin.read(_COPY_BUFFER):
+                    hasher.update(block)
+                    size += len(block)
+                    write_all(fd, block)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+    except FileNotFoundError as exc:
+        raise StoreError(f"cannot store {src}: no such file", path=str(src)) from exc
+    except OSError as exc:
+        raise os_error(exc, "copy a file into the store", wip) from exc
+    return size, "sha256:" + hasher.hexdigest()

@@ -1,0 +1,160 @@
+"""ChunkFetcher against the real store and real peer layers (a local OCI layout as the blob source)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import trio
+
+from fs.errors import FormatError, RegistryUnavailable, VerificationError
+from fs.lazy.fetcher import open_fetcher
+from fs.lazy.image import LayoutClient, resolve_image
+from fs.lazy.layer import OpenedLayer, open_layer
+from fs.lazy.scheduler import FetchScheduler, Priority
+from fs.lazy.stats import MountStats
+from fs.registry import ImageReference, OciLayout
+from fs.store import Store
+
+HOLDER = "mount:test"
+
+
+class CountingClient(LayoutClient):
+    """The layout client, counting range requests; optionally corrupting or stalling them."""
+
+    def __init__(self, layout: OciLayout) -> None:
+        super().__init__(layout)
+        self.calls: list[list[tuple[int, int]]] = []
+        self.corrupt = False
+        self.stall = False
+        self.delay = 0.0
+
+    async def get_ranges(self, repo, digest, ranges):
+        self.calls.append(list(ranges))
+        if self.stall:
+            await trio.sleep_forever()
+        await trio.sleep(self.delay)
+        out = await super().get_ranges(repo, digest, ranges)
+        if self.corrupt:
+            out = [bytes(b ^ 0x01 if i == len(d) // 2 else b for i, b in enumerate(d)) for d in out]
+        return out
+
+
+@pytest.fixture
+async def feat_layer(vectors_dir: Path, tmp_path: Path):
+    """(client, store, top layer of the skopeo vector opened lazily)."""
+    layout = OciLayout(vectors_dir / "skopeo-1.9.3-zstd-chunked")
+    client = CountingClient(layout)
+    ref = ImageReference.parse(f"oci:{layout.path}:features")
+    image = await resolve_image(client, ref)
+    store = Store.open(tmp_path / "store")
+    try:
+        layer = await open_layer(client, "", image.layers[-1], store=store, stats=MountStats(), holder=HOLDER,
+                                 scratch=tmp_path / "scratch")  # fmt: skip
+        client.calls.clear()
+        yield client, store, layer
+    finally:
+        store.close()
+
+
+def _file(layer: OpenedLayer, path: str):
+    assert layer.index is not None
+    node = layer.index.nodes[path]
+    return node, node.chunks
+
+
+async def test_concurrent_reads_share_one_fetch(feat_layer) -> None:
+    client, store, layer = feat_layer
+    client.delay = 0.05
+    node, chunks = _file(layer, "feat/regular.txt")
+    stats = MountStats()
+    results: list[bytes] = []
+    async with open_fetcher(store, FetchScheduler(), stats, holder=HOLDER, fetch_timeout=5) as fetcher:
+
+        async def read() -> None:
+            results.append(await fetcher.read(layer.source, chunks, node.size, 0, 4096))
+
+        async with trio.open_nursery() as n:
+            for _ in range(5):
+                n.start_soon(read)
+        assert len(client.calls) == 1
+        assert all(r == results[0] for r in results) and len(results[0]) == node.size
+        assert "sha256:" + hashlib.sha256(results[0]).hexdigest() == node.digest
+        assert stats.chunks_verified == 1 and stats.cache_misses == 5
+        assert store.refs(chunks[0].digest) == {HOLDER}
+        # now a hit: no request, served by pread
+        assert await fetcher.read(layer.source, chunks, node.size, 10, 5) == results[0][10:15]
+        assert len(client.calls) == 1 and stats.cache_hits == 1
+    assert store.has(chunks[0].digest) and store.refs(chunks[0].digest) == set()  # released at exit
+
+
+async def test_multi_chunk_file_with_zeros_and_readahead(feat_layer) -> None:
+    client, store, layer = feat_layer
+    node, chunks = _file(layer, "feat/sparse-8M")
+    assert any(c.zeros for c in chunks) and len(chunks) > 3
+    async with open_fetcher(store, FetchScheduler(), MountStats(), holder=HOLDER, fetch_timeout=5) as fetcher:
+        data = bytearray()
+        for off in range(0, node.size, 1 << 20):
+            data += await fetcher.read(layer.source, chunks, node.size, off, 1 << 20)
+        assert await fetcher.read(layer.source, chunks, node.size, node.size, 10) == b""
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == node.digest
+    assert len(client.calls) < len([c for c in chunks if not c.zeros])  # coalesced + read ahead
+
+
+async def test_bad_bytes_are_never_cached(feat_layer) -> None:
+    client, store, layer = feat_layer
+    node, chunks = _file(layer, "feat/text-2M")
+    stats = MountStats()
+    client.corrupt = True
+    async with open_fetcher(
+        store, FetchScheduler(), stats, holder=HOLDER, fetch_timeout=5, readahead=0
+    ) as fetcher:
+        with pytest.raises((VerificationError, FormatError)):
+            await fetcher.read(layer.source, chunks, node.size, 0, 4096)
+        assert not store.has(chunks[0].digest)
+        assert stats.verify_failures == 1 or stats.fetch_errors == 0
+        client.corrupt = False
+        data = await fetcher.read(layer.source, chunks, node.size, 0, 4096)
+        assert len(data) == 4096 and store.has(chunks[0].digest)
+
+
+async def test_stalled_registry_times_out_then_recovers(feat_layer) -> None:
+    client, store, layer = feat_layer
+    node, chunks = _file(layer, "feat/random-3M")
+    stats = MountStats()
+    client.stall = True
+    async with open_fetcher(store, FetchScheduler(), stats, holder=HOLDER, fetch_timeout=0.3) as fetcher:
+        t0 = trio.current_time()
+        with pytest.raises(RegistryUnavailable):
+            await fetcher.read(layer.source, chunks, node.size, 0, 4096)
+        assert trio.current_time() - t0 < 1.0
+        client.stall = False
+        await trio.sleep(0.2)  # the stalled fetch itself gives up at its own deadline
+        data = await fetcher.read(layer.source, chunks, node.size, 0, 4096)
+        assert len(data) == 4096
+    assert stats.fetch_errors >= 1
+
+
+async def test_on_demand_read_promotes_a_queued_background_fetch(feat_layer) -> None:
+    client, store, layer = feat_layer
+    a_node, a_chunks = _file(layer, "feat/text-2M")
+    b_node, b_chunks = _file(layer, "feat/regular.txt")
+    client.delay = 0.6
+    sched = FetchScheduler()
+    async with open_fetcher(
+        store, sched, MountStats(), holder=HOLDER, fetch_timeout=5, readahead=0
+    ) as fetcher:
+        async with trio.open_nursery() as n:
+            n.start_soon(fetcher.read, layer.source, a_chunks, a_node.size, 0, 10)  # on demand, 0.6 s
+            await trio.sleep(0.05)
+            n.start_soon(fetcher.ensure, layer.source, b_chunks, Priority.BACKGROUND)
+            await trio.sleep(0.05)
+            assert sched.statistics().waiting == (0, 0, 1)  # background waits for the on-demand fetch
+            t0 = trio.current_time()
+            data = await fetcher.read(layer.source, b_chunks, b_node.size, 0, 4096)
+            elapsed = trio.current_time() - t0
+        assert len(data) == b_node.size
+        assert elapsed < 0.95  # started at once (promoted), did not wait for the first fetch to end
+        assert len(client.calls) == 2  # and was not fetched twice
+        assert sched.statistics().granted == (2, 0, 0)

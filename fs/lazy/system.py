@@ -117,12 +117,16 @@ def set_read_ahead(dev: str, kib: int = 1024) -> bool:
 
 
 def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of ``pid`` from ``/proc/<pid>/stat``; None if gone."""
+    """The start time (clock ticks since boot) of ``pid`` from ``/proc/<pid>/stat``; None if gone or a
+    zombie (a dead process nobody has reaped yet)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
 
 
 def pid_alive(pid: int, start_time: int | None = None) -> bool:

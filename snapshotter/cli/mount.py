@@ -154,8 +154,7 @@ def _umount(args: argparse.Namespace) -> int:
             time.sleep(0.05)
         if record.alive:
             raise ZsnapError(f"mount process {record.pid} did not exit within {args.timeout:g}s")
-        return 0
-    # the server died: clean up what it left behind
+    # normally the server cleaned up; if it died (kill -9, crash), clean up what it left behind
     for path in (record.mountpoint, record.fuse_dir):
         if system.is_mounted(path):
             rc, _ = system.run_quiet(system.unmount_command(path))

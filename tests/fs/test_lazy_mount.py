@@ -256,3 +256,30 @@ def test_sigterm_cleans_up_everything(vector_refs: dict[str, str], tmp_path: Pat
     assert not os.path.ismount(tmp_path / "a")
     assert list((root / "mnt").iterdir()) == [] and list((root / "mounts").glob("*.json")) == []
     assert m.stats()["done"] is True
+
+
+def test_umount_cleans_up_after_a_killed_server(vector_refs: dict[str, str], tmp_path: Path) -> None:
+    root, mp = tmp_path / "root", tmp_path / "mnt"
+    mp.mkdir()
+    try:
+        cmd = zsnap_command(
+            root, "mount", "--daemon", "--no-background-fetch", vector_refs["skopeo"], str(mp)
+        )
+        assert subprocess.run(cmd, capture_output=True, timeout=60, check=False).returncode == 0
+        (record,) = (root / "mounts").glob("*.json")
+        os.kill(json.loads(record.read_text())["pid"], 9)
+        time.sleep(0.2)
+        with pytest.raises(OSError) as info:
+            os.listdir(mp)
+        assert info.value.errno == errno.ENOTCONN
+        done = subprocess.run(zsnap_command(root, "umount", str(mp)), capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert not os.path.ismount(mp) and os.listdir(mp) == []
+        assert list((root / "mounts").glob("*.json")) == [] and list((root / "mnt").iterdir()) == []
+        # the dead mount's store refs are reclaimed by the next open
+        listing = subprocess.run(zsnap_command(root, "store", "stats"), capture_output=True, text=True,
+                                 timeout=60, check=False)  # fmt: skip
+        assert "holder:mount:" in listing.stdout + listing.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mp)], capture_output=True, check=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,13 +106,19 @@ class LayerWorker:
         async with self.staged_source(job.source, job.layer) as source_path:
             needed = _output_estimate(job)
             await trio.to_thread.run_sync(free_space_check, self._store.root, needed)
-            async with self._acquired(
-                f"converted/{job.key}", lambda path: self._produce(job, source_path, path)
-            ) as path:
-                record = self._cache.get(job.key)
-                if record is None:  # the producer publishes the record before the file counts as done
-                    raise ConversionError("converted layer has no cache record")
-                yield record, path
+            # A worker thread cannot be killed: if this task is cancelled while it produces, the flag
+            # makes the writer stop at its next progress report instead of converting to the end.
+            stop = threading.Event()
+            try:
+                async with self._acquired(
+                    f"converted/{job.key}", lambda path: self._produce(job, source_path, path, stop)
+                ) as path:
+                    record = self._cache.get(job.key)
+                    if record is None:  # the producer publishes the record before the file is done
+                        raise ConversionError("converted layer has no cache record")
+                    yield record, path
+            finally:
+                stop.set()
 
     @contextlib.asynccontextmanager
     async def staged_source(self, source: Endpoint, desc: Descriptor) -> AsyncIterator[Path]:
@@ -154,12 +161,18 @@ class LayerWorker:
         finally:
             handle.release()
 
-    def _produce(self, job: LayerJob, source_path: Path, out_path: Path) -> None:
+    def _produce(self, job: LayerJob, source_path: Path, out_path: Path, stop: threading.Event) -> None:
         """Runs in a worker thread: decompress the source and write the zstd:chunked blob."""
         from converter.chunked import write_zstd_chunked
 
         label = _short(job.layer.digest)
         self._reporter.layer_started(job.key, label, job.layer.size)
+
+        def progress(bytes_in: int, bytes_out: int) -> None:
+            if stop.is_set():
+                raise ConversionError("conversion cancelled")
+            self._reporter.layer_progress(job.key, raw.tell(), bytes_out)
+
         try:
             with (
                 open(source_path, "rb") as raw,
@@ -172,7 +185,7 @@ class LayerWorker:
                     level=self._options.level,
                     dialect=self._options.dialect,
                     prefetch=self._options.prefetch,
-                    progress=lambda i, o: self._reporter.layer_progress(job.key, i, o),
+                    progress=progress,
                 )
                 out.flush()
                 os.fsync(out.fileno())

@@ -91,7 +91,7 @@ class Reporter:
         self.event("convert start", layer=label, size=total)
 
     def layer_progress(self, key: str, bytes_in: int, bytes_out: int) -> None:
-        """Absolute counters so far (uncompressed bytes read, compressed bytes written)."""
+        """Absolute counters so far (source blob bytes read, converted bytes written)."""
         with self._lock:
             layer = self._layers.get(key)
             if layer is None:

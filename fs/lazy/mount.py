@@ -208,15 +208,16 @@ class _Mount:
             self.fuse_started = True
             async with trio.open_nursery() as inner:
                 inner.start_soon(_run_fuse, self.stop)
-                dev = system.mount_source_dev(self.fuse_dir)
-                if dev and cfg.read_ahead_kb:
-                    system.set_read_ahead(dev, cfg.read_ahead_kb)
                 top_down = [la.desc.hex for la in reversed(layers)]
                 cmd = system.overlay_mount_command(top_down, self.mountpoint)
                 rc, err = await _run_cmd(cmd, cwd=str(self.fuse_dir))
                 if rc != 0:
                     raise ZsnapError(f"mounting the image at {self.mountpoint} failed: {err}")
                 self.overlay_mounted = True
+                # after the overlay mount, so FUSE INIT is done: its reply would cap read-ahead again
+                dev = system.mount_source_dev(self.fuse_dir)
+                if dev and cfg.read_ahead_kb:
+                    system.set_read_ahead(dev, cfg.read_ahead_kb)
                 lazy = sum(1 for la in layers if la.lazy)
                 on_ready(
                     f"zsnap: mounted {cfg.image} at {self.mountpoint} ({len(layers)} layers, {lazy} lazy; "

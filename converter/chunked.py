@@ -28,9 +28,13 @@ from __future__ import annotations
 
 import codecs
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 import zstandard
@@ -64,8 +68,6 @@ _HEADER_FRAME_LIMIT = 4 << 20
 _PROGRESS_STEP = 8 << 20
 _TARSPLIT_STEP = 1 << 20
 
-# roles of a payload frame (see _Writer.on_frame)
-_SINGLE, _FIRST, _MIDDLE, _LAST = range(4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,20 +136,89 @@ class _TimeText:
         return text
 
 
-def _on_frame(tag: tuple, start: int, end: int, digest: str | None) -> None:
-    """Writer-thread callback: fill compressed offsets and digests into the TOC entries of a payload."""
-    role, entry, reg, hasher, data = tag
-    if role == _SINGLE:
-        entry.offset = start
-        entry.end_offset = end
-        entry.digest = "sha256:" + digest  # type: ignore[operator]
-        return
+def _on_frame(tag: tuple[TocEntry, TocEntry | None], start: int, end: int, _digest: str | None) -> None:
+    """Writer-thread callback: a payload frame's compressed offset; ``reg`` set on a file's last frame."""
+    entry, reg = tag
     entry.offset = start
-    entry.chunk_digest = "sha256:" + digest  # type: ignore[operator]
-    hasher.update(data)
-    if role == _LAST:
+    if reg is not None:
         reg.end_offset = end
-        reg.digest = "sha256:" + hasher.hexdigest()
+
+
+_TOC_SLICE = 2048
+
+
+def compress_toc(toc: Toc, dialect: Dialect, level: int) -> tuple[bytes, int, str]:
+    """Serialize ``toc`` with :func:`fs.format.serialize_toc` and zstd-compress it, in bounded memory.
+
+    The entries are serialized ``_TOC_SLICE`` at a time and spliced into the document layout (compact
+    or tab-indented, as the empty document shows it), streaming into one zstd frame; the result is
+    byte-identical to compressing ``serialize_toc(toc, dialect)`` (checked slice by slice; any surprise
+    falls back to serializing the whole TOC at once).
+
+    Returns:
+        (compressed TOC, uncompressed length, ``sha256:`` of the uncompressed JSON).
+    """
+    cctx = zstandard.ZstdCompressor(level=level)
+    entries = toc.entries
+    if len(entries) <= _TOC_SLICE:
+        data = serialize_toc(toc, dialect)
+        return cctx.compress(data), len(data), "sha256:" + hashlib.sha256(data).hexdigest()
+    empty = serialize_toc(Toc(toc.version, [], ""), dialect)
+    head0, sep, tail0 = empty.partition(b"[]")
+    final = serialize_toc(Toc(toc.version, [], toc.tar_split_digest), dialect)
+    head, _, tail = final.partition(b"[]")
+    indented = dialect.is_estargz
+    pieces: list[bytes] = [head + b"["]
+    for start in range(0, len(entries), _TOC_SLICE):
+        part = serialize_toc(Toc(toc.version, entries[start : start + _TOC_SLICE], ""), dialect)
+        if not sep or not part.startswith(head0 + b"[") or not part.endswith(b"]" + tail0):
+            data = serialize_toc(toc, dialect)  # unexpected layout: do it the simple way
+            return cctx.compress(data), len(data), "sha256:" + hashlib.sha256(data).hexdigest()
+        middle = part[len(head0) + 1 : len(part) - len(tail0) - 1]
+        if indented:  # "\n" + entries + "\n\t"
+            middle = middle[1:-2]
+            pieces.append(b"\n" + middle if start == 0 else b",\n" + middle)
+        else:
+            pieces.append(middle if start == 0 else b"," + middle)
+    pieces.append(b"\n\t]" + tail if indented else b"]" + tail)
+    cobj = cctx.compressobj(size=sum(map(len, pieces)))
+    out = []
+    digest = hashlib.sha256()
+    length = 0
+    for piece in pieces:
+        out.append(cobj.compress(piece))
+        digest.update(piece)
+        length += len(piece)
+    out.append(cobj.flush())
+    return b"".join(out), length, "sha256:" + digest.hexdigest()
+
+
+class _InputHasher:
+    """sha256 of the input stream, computed on a helper thread from the pieces the reader reads."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._thread = threading.Thread(target=self._run, name="zsnap-diffid", daemon=True)
+        self._thread.start()
+
+    def __call__(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def _run(self) -> None:
+        update = self._hash.update
+        get = self._queue.get
+        while (data := get()) is not None:
+            update(data)
+            self.size += len(data)
+
+    def close(self) -> str:
+        """Wait for the hashing to finish; return ``sha256:<hex>`` (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return "sha256:" + self._hash.hexdigest()
 
 
 class _TarSplitSink:
@@ -199,7 +270,8 @@ class _Writer:
         threads: int,
         progress: Callable[[int, int], None] | None,
     ) -> None:
-        self.reader = TarStreamReader(src)
+        self.input_hash = _InputHasher()
+        self.reader = TarStreamReader(src, on_read=self.input_hash)
         self.dialect = dialect
         self.level = level
         self.progress = progress
@@ -239,11 +311,11 @@ class _Writer:
             )
         if self.progress:
             self.progress(reader.offset, totals.compressed_size)
+        diff_id = self.input_hash.close()
+        if self.input_hash.size != reader.offset:
+            raise ConversionError(f"internal error: hashed {self.input_hash.size} of {reader.offset} bytes")
         return dataclasses.replace(
-            layer,
-            digest=totals.compressed_sha256,
-            size=totals.compressed_size,
-            diff_id=totals.uncompressed_sha256,
+            layer, digest=totals.compressed_sha256, size=totals.compressed_size, diff_id=diff_id
         )
 
     def _header(self, raw: bytes) -> None:
@@ -289,23 +361,31 @@ class _Writer:
             self.tar_split.add(self.packer.file(e.name_raw, e.size, crc))  # type: ignore[union-attr]
 
     def _payload(self, e: TarEntry, reg: TocEntry) -> int:
-        """Chunk and queue the payload of ``reg``; return its CRC-64/ISO."""
+        """Chunk, hash and queue the payload of ``reg``; return its CRC-64/ISO.
+
+        Digests are computed on this thread, not on the compression pool: a pool thread that released
+        the GIL for every chunk would wait for this thread's Python stretches to get it back (up to the
+        interpreter's switch interval each time), while this thread gets it back from the other threads
+        within microseconds. The pool then needs the GIL once per batch.
+        """
         frame = self.pipe.frame
+        sha256 = hashlib.sha256
         pieces = self.chunker.stream(self.reader.read_payload, e.payload_size)
         prev, prev_zeros = next(pieces)
         crc = crc64_iso(prev)
         position = 0
-        hasher = None
+        file_hash = None
         entry = reg
         for data, zeros in pieces:
             size = len(prev)
-            if hasher is None:  # the first chunk of a multi-chunk file
-                hasher = hashlib.sha256()
+            if file_hash is None:  # the first chunk of a multi-chunk file
+                file_hash = sha256(prev)
                 reg.chunk_size = size
                 reg.chunk_type = "zeros" if prev_zeros else ""
-                frame(prev, (_FIRST, reg, reg, hasher, prev), digest=True)
             else:
-                frame(prev, (_MIDDLE, entry, reg, hasher, prev), digest=True)
+                file_hash.update(prev)
+            entry.chunk_digest = "sha256:" + sha256(prev).hexdigest()
+            frame(prev, (entry, None))
             position += size
             entry = TocEntry(
                 type="chunk",
@@ -317,10 +397,13 @@ class _Writer:
             self.entries.append(entry)
             crc = crc64_iso(data, crc)
             prev, prev_zeros = data, zeros
-        if hasher is None:
-            frame(prev, (_SINGLE, reg, reg, None, None), digest=True)
+        if file_hash is None:
+            reg.digest = "sha256:" + sha256(prev).hexdigest()
         else:
-            frame(prev, (_LAST, entry, reg, hasher, prev), digest=True)
+            file_hash.update(prev)
+            entry.chunk_digest = "sha256:" + sha256(prev).hexdigest()
+            reg.digest = "sha256:" + file_hash.hexdigest()
+        frame(prev, (entry, reg))
         return crc
 
     # ------------------------------------------------------------------------------------- trailer
@@ -332,8 +415,7 @@ class _Writer:
         tar_split_len = self.tar_split.size if self.tar_split else 0
         tar_split_digest = "sha256:" + hashlib.sha256(tar_split_c).hexdigest() if self.tar_split else ""
         toc = Toc(version=1, entries=self.entries, tar_split_digest=tar_split_digest)
-        toc_json = serialize_toc(toc, self.dialect)
-        toc_c = zstandard.ZstdCompressor(level=self.level).compress(toc_json)
+        toc_c, toc_len, _ = compress_toc(toc, self.dialect, self.level)
         toc_digest = "sha256:" + hashlib.sha256(toc_c).hexdigest()
         toc_offset = data_size + 8
         tail = [skippable_frame(toc_c)]
@@ -341,11 +423,11 @@ class _Writer:
             ts_offset = toc_offset + len(toc_c) + 8
             tail.append(skippable_frame(tar_split_c))
             footer = Footer(
-                Dialect.CSTORAGE, toc_offset, len(toc_c), len(toc_json), ts_offset, len(tar_split_c),
+                Dialect.CSTORAGE, toc_offset, len(toc_c), toc_len, ts_offset, len(tar_split_c),
                 tar_split_len,
             )  # fmt: skip
         else:
-            footer = Footer(self.dialect, toc_offset, len(toc_c), len(toc_json))
+            footer = Footer(self.dialect, toc_offset, len(toc_c), toc_len)
         tail.append(footer_bytes(footer))
         annotations = annotations_for(self.dialect, footer, toc_digest)
         layer = ChunkedLayer(
@@ -364,8 +446,36 @@ class _Writer:
 
     def abort(self) -> None:
         self.pipe.abort()
+        self.input_hash.close()
         if self.tar_split:
             self.tar_split.abort()
+
+
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.0
+#: While conversions run, the interpreter switches threads at least this often (default 5 ms). The
+#: compression and writer threads need the GIL briefly once per batch; with the default interval they
+#: can wait up to 5 ms behind the parsing thread each time, which starves the pipeline.
+SWITCH_INTERVAL = 0.001
+
+
+@contextlib.contextmanager
+def _short_switch_interval() -> Iterator[None]:
+    """Lower ``sys.setswitchinterval`` while at least one conversion runs in this process."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
 def write_zstd_chunked(
@@ -413,12 +523,13 @@ def write_zstd_chunked(
         )  # fmt: skip
     if dialect not in (Dialect.CSTORAGE, Dialect.CSTORAGE_V1):
         raise ConversionError(f"write_zstd_chunked cannot write the {dialect.value} dialect")
-    writer = _Writer(src, dst, level=level, dialect=dialect, threads=threads, progress=progress)
-    try:
-        layer = writer.run()
-    except BaseException as exc:
-        writer.abort()
-        if isinstance(exc, zstandard.ZstdError):
-            raise ConversionError(f"zstd compression failed: {exc}") from exc
-        raise
+    with _short_switch_interval():
+        writer = _Writer(src, dst, level=level, dialect=dialect, threads=threads, progress=progress)
+        try:
+            layer = writer.run()
+        except BaseException as exc:
+            writer.abort()
+            if isinstance(exc, zstandard.ZstdError):
+                raise ConversionError(f"zstd compression failed: {exc}") from exc
+            raise
     return dataclasses.replace(layer, prefetch=tuple(prefetch))

@@ -5,9 +5,9 @@
     caller thread            compression pool (N threads)         writer thread
     frame(data, tag) ─┐
     frame(...)        ├─ batch (~1 MiB) ──► compress each frame ──► in submission order:
-    ...               ┘                     sha256 if asked           write, hash output, hash input
-                                                                      (diff_id), on_frame(tag, start,
-                                                                      end, digest) for tagged frames
+    ...               ┘                     sha256 if asked           write, hash the output,
+                                                                      on_frame(tag, start, end, digest)
+                                                                      for tagged frames
 
 Every frame is an independent zstd frame (content size in its header, no checksum), so frames compress
 in parallel; ``zstandard`` and ``hashlib`` release the GIL while they work. Memory is bounded: the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import itertools
 import queue
 import threading
 from collections.abc import Callable
@@ -45,32 +46,29 @@ _WRITE_CHUNK = 4 << 20
 
 
 class PipelineTotals:
-    """What the pipeline wrote: compressed size and sha256, and the sha256/size of the frames' input."""
+    """What the pipeline wrote: compressed size and sha256, and the uncompressed bytes of its frames."""
 
-    __slots__ = ("compressed_sha256", "compressed_size", "uncompressed_sha256", "uncompressed_size")
+    __slots__ = ("compressed_sha256", "compressed_size", "uncompressed_size")
 
-    def __init__(self, csize: int, csha: str, usize: int, usha: str) -> None:
+    def __init__(self, csize: int, csha: str, usize: int) -> None:
         self.compressed_size = csize
         self.compressed_sha256 = csha
         self.uncompressed_size = usize
-        self.uncompressed_sha256 = usha
 
 
 def _compress_batch(local: threading.local, level: int, items: list[tuple[Buffer, bool]]) -> tuple:
+    """Compress a batch (one GIL release for all its frames) and hash the frames that asked for it."""
     cctx = getattr(local, "cctx", None)
     if cctx is None:
         cctx = local.cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    compress = cctx.compress
-    sha = hashlib.sha256
-    outs = []
-    sizes = []
-    digests = []
-    for data, want in items:
-        out = compress(data)
-        outs.append(out)
-        sizes.append(len(out))
-        digests.append(sha(data).hexdigest() if want else None)
-    return b"".join(outs), sizes, digests
+    frames = cctx.multi_compress_to_buffer([data for data, _ in items], threads=0)
+    sizes = [len(f) for f in frames]
+    if any(want for _, want in items):
+        sha = hashlib.sha256
+        digests = [sha(data).hexdigest() if want else None for data, want in items]
+    else:
+        digests = [None] * len(items)
+    return b"".join(frames), sizes, digests
 
 
 class FramePipeline:
@@ -94,7 +92,7 @@ class FramePipeline:
         level: int = 3,
         threads: int = 2,
         on_frame: OnFrame | None = None,
-        max_inflight: int = 64 << 20,
+        max_inflight: int = 32 << 20,
     ) -> None:
         self._dst = dst
         self._level = level
@@ -109,10 +107,10 @@ class FramePipeline:
         self._stop = False
         self._items: list[tuple[Buffer, bool]] = []
         self._tags: list[Any] = []
+        self._tagged: list[int] = []
         self._batch_bytes = 0
         # writer-thread state
         self._out_hash = hashlib.sha256()
-        self._in_hash = hashlib.sha256()
         self.written = 0  #: compressed bytes written so far (updated by the writer thread)
         self.consumed = 0  #: uncompressed frame bytes written so far
         self._writer = threading.Thread(target=self._write_loop, name="zsnap-writer", daemon=True)
@@ -122,6 +120,8 @@ class FramePipeline:
 
     def frame(self, data: Buffer, tag: Any = None, *, digest: bool = False) -> None:
         """Queue one frame holding ``data`` (non-empty). ``digest``: compute its sha256 for ``on_frame``."""
+        if tag is not None:
+            self._tagged.append(len(self._items))
         self._items.append((data, digest))
         self._tags.append(tag)
         self._batch_bytes += len(data)
@@ -138,11 +138,11 @@ class FramePipeline:
         """Submit the pending batch."""
         if not self._items:
             return
-        items, tags, nbytes = self._items, self._tags, self._batch_bytes
-        self._items, self._tags, self._batch_bytes = [], [], 0
+        items, tags, tagged, nbytes = self._items, self._tags, self._tagged, self._batch_bytes
+        self._items, self._tags, self._tagged, self._batch_bytes = [], [], [], 0
         self._reserve(nbytes)
         future = self._pool.submit(_compress_batch, self._local, self._level, items)
-        self._queue.put(("frames", future, items, tags, nbytes))
+        self._queue.put(("frames", future, tagged if self._on_frame else None, tags, nbytes))
 
     def _reserve(self, nbytes: int) -> None:
         with self._cond:
@@ -186,10 +186,7 @@ class FramePipeline:
         self._pool.shutdown(wait=True)
         with self._cond:
             self._raise_if_failed()
-        return PipelineTotals(
-            self.written, "sha256:" + self._out_hash.hexdigest(), self.consumed,
-            "sha256:" + self._in_hash.hexdigest(),
-        )  # fmt: skip
+        return PipelineTotals(self.written, "sha256:" + self._out_hash.hexdigest(), self.consumed)
 
     def abort(self) -> None:
         """Stop everything without writing more; safe to call at any time, more than once."""
@@ -217,25 +214,19 @@ class FramePipeline:
                     self._out_hash.update(data)
                     self.written += len(data)
                 else:
-                    _, future, items, tags, nbytes = item
+                    _, future, tagged, tags, nbytes = item
                     blob, sizes, digests = future.result()
                     pending.append(blob)
                     pending_len += len(blob)
                     self._out_hash.update(blob)
-                    in_hash = self._in_hash.update
-                    on_frame = self._on_frame
-                    pos = self.written
-                    consumed = 0
-                    for i, (data, _) in enumerate(items):
-                        in_hash(data)
-                        consumed += len(data)
-                        end = pos + sizes[i]
-                        tag = tags[i]
-                        if tag is not None and on_frame is not None:
-                            on_frame(tag, pos, end, digests[i])
-                        pos = end
-                    self.written = pos
-                    self.consumed += consumed
+                    base = self.written
+                    if tagged:
+                        offsets = list(itertools.accumulate(sizes, initial=base))
+                        on_frame = self._on_frame
+                        for i in tagged:
+                            on_frame(tags[i], offsets[i], offsets[i + 1], digests[i])  # type: ignore[misc]
+                    self.written = base + len(blob)
+                    self.consumed += nbytes
                 if pending_len >= _WRITE_CHUNK:
                     self._dst.write(b"".join(pending))
                     pending, pending_len = [], 0

@@ -25,187 +25,34 @@ entry name (when known) and the input offset of the offending header.
 
 from __future__ import annotations
 
-import dataclasses
-import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from converter.tarheader import (
+    BLOCK_SIZE,
+    TarEntry,
+    checksum_ok,
+    cstr,
+    fsdecode,
+    numeric,
+    parse_entry,
+    parse_pax,
+)
 from fs.errors import FormatError, UnsupportedFormat
 
 __all__ = [
     "BLOCK_SIZE",
+    "TRAILER_PIECE",
     "TarEntry",
     "TarStreamReader",
 ]
 
-BLOCK_SIZE = 512
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
 #: Go's ``maxSpecialFileSize``: cap on PAX / GNU long-name payloads.
 _MAX_SPECIAL = 1 << 20
 #: Trailing data after the end-of-archive marker is handed out in pieces of at most this size
 #: (tar-split's ``paddingChunkSize``).
 TRAILER_PIECE = 1 << 20
-
-# v7/ustar header layout: name mode uid gid size mtime chksum typeflag linkname magic version
-# uname gname devmajor devminor prefix(155) pad(12)
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
-
-_TYPES = {
-    b"0": "reg",
-    b"\x00": "reg",  # TypeRegA (a trailing "/" makes it a directory, as in Go)
-    b"1": "hardlink",
-    b"2": "symlink",
-    b"3": "char",
-    b"4": "block",
-    b"5": "dir",
-    b"6": "fifo",
-}
-#: Go's isHeaderOnlyType: these never carry payload whatever their size field says.
-_HEADER_ONLY = frozenset({"hardlink", "symlink", "char", "block", "dir", "fifo"})
-_UNSUPPORTED = {
-    b"S": "GNU sparse file",
-    b"g": "PAX global header",
-    b"7": "contiguous file",
-    b"V": "GNU volume header",
-    b"M": "GNU multi-volume continuation",
-    b"N": "GNU old long name",
-    b"D": "GNU dump directory",
-}
-
-_FMT_V7, _FMT_USTAR, _FMT_GNU, _FMT_STAR = range(4)
-
-
-@dataclasses.dataclass(slots=True)
-class TarEntry:
-    """One tar entry as parsed, plus the raw bytes that preceded its payload.
-
-    Names are decoded as UTF-8 with ``surrogateescape`` (so ``os.fsencode(name) == name_raw``); the raw
-    bytes are kept for tar-split (``name_raw``) and for exact round trips.
-
-    Times are integer nanoseconds since the Unix epoch; ``atime_ns``/``ctime_ns`` are None when the tar
-    does not carry them (Go's zero ``time.Time``).
-    """
-
-    raw: bytes
-    offset: int
-    header_offset: int
-    type: str
-    typeflag: bytes
-    name: str
-    name_raw: bytes
-    link_name: str
-    link_name_raw: bytes
-    mode: int
-    uid: int
-    gid: int
-    uname: str
-    gname: str
-    mtime_ns: int
-    atime_ns: int | None
-    ctime_ns: int | None
-    dev_major: int
-    dev_minor: int
-    size: int
-    payload_size: int
-    xattrs: dict[str, bytes]
-    pax: dict[str, bytes]
-
-    @property
-    def payload_offset(self) -> int:
-        """Input offset of the first payload byte (= end of :attr:`raw`)."""
-        return self.offset + len(self.raw)
-
-
-def _fs(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _cstr(field: bytes) -> bytes:
-    """Go ``parseString``: the field up to its first NUL."""
-    nul = field.find(b"\x00")
-    return field if nul < 0 else field[:nul]
-
-
-_OCTAL_DIGITS = frozenset(b"01234567")
-
-
-def _numeric(field: bytes) -> int:
-    """Go ``parseNumeric``: base-256 when the top bit of the first byte is set, else octal.
-
-    Raises:
-        ValueError: not a number (the caller adds context).
-    """
-    if field and field[0] & 0x80:
-        value = int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
-        if field[0] & 0x40:  # negative, two's complement over the remaining bits
-            value -= 1 << (8 * len(field) - 1)
-        if not -(1 << 63) <= value < (1 << 63):
-            raise ValueError("base-256 number overflows int64")
-        return value
-    text = _cstr(field.strip(b" \x00"))
-    if not text:
-        return 0
-    if not _OCTAL_DIGITS.issuperset(text):
-        raise ValueError(f"invalid octal number {field!r}")
-    return int(text, 8)
-
-
-def _checksum_ok(block: bytes, chksum_field: bytes) -> bool:
-    try:
-        value = _numeric(chksum_field)
-    except ValueError:
-        return False
-    # unsigned sum with the checksum field counted as 8 spaces; Go also accepts the signed sum
-    unsigned = sum(block) - sum(chksum_field) + 8 * 0x20
-    if value == unsigned:
-        return True
-    high = sum(1 for b in block[:148] + block[156:] if b & 0x80)
-    return value == unsigned - 256 * high
-
-
-def _parse_pax_time(value: bytes) -> int:
-    """Go ``parsePAXTime``: ``[-]seconds[.fraction]`` → ns (fraction truncated to 9 digits)."""
-    text = value.decode("ascii")
-    secs, _, frac = text.partition(".")
-    if not secs or not secs.lstrip("-+").isdigit() or secs.count("-") + secs.count("+") > 1:
-        raise ValueError(f"invalid PAX time {text!r}")
-    seconds = int(secs)
-    if not frac:
-        return seconds * 1_000_000_000
-    if not frac.isdigit() or not frac.isascii():
-        raise ValueError(f"invalid PAX time {text!r}")
-    nanos = int(frac[:9].ljust(9, "0"))
-    if secs.startswith("-"):
-        nanos = -nanos
-    return seconds * 1_000_000_000 + nanos
-
-
-def _parse_pax(data: bytes) -> dict[bytes, bytes]:
-    """Go ``parsePAX`` / ``parsePAXRecord``: ``"%d %s=%s\\n"`` records; later records win."""
-    records: dict[bytes, bytes] = {}
-    pos = 0
-    end = len(data)
-    while pos < end:
-        space = data.find(b" ", pos, min(end, pos + 32))
-        if space < 0:
-            raise ValueError("PAX record without a length")
-        length_text = data[pos:space]
-        if not length_text.isdigit():
-            raise ValueError(f"invalid PAX record length {length_text!r}")
-        length = int(length_text)
-        if length < 5 or pos + length > end or length <= len(length_text) + 1:
-            raise ValueError(f"PAX record length {length} out of range")
-        record = data[space + 1 : pos + length]
-        if not record.endswith(b"\n"):
-            raise ValueError("PAX record does not end with a newline")
-        key, eq, value = record[:-1].partition(b"=")
-        if not eq or not key:
-            raise ValueError(f"PAX record without key=value: {record[:64]!r}")
-        if key in (b"path", b"linkpath", b"uname", b"gname") and b"\x00" in value:
-            raise ValueError(f"PAX record {key.decode(errors='replace')} contains NUL")
-        records[key] = value
-        pos += length
-    return records
 
 
 class TarStreamReader:
@@ -221,16 +68,24 @@ class TarStreamReader:
             ...
 
     Payload not read before advancing to the next entry is skipped (and then missing from the byte-exact
-    concatenation). The reader buffers the stream in blocks of ``read_size`` bytes; :attr:`offset` is the
-    input position of the next byte it will hand out.
+    concatenation). ``on_read`` (optional) sees every byte read from the stream, in order, in the pieces
+    the stream returned (e.g. to hash the input on another thread). The reader buffers the stream in
+    blocks of ``read_size`` bytes; :attr:`offset` is the input position of the next byte it hands out.
 
     Raises (from iteration / ``read_payload`` / ``trailer``):
         FormatError: bad checksum, malformed number or PAX record, truncated input.
         UnsupportedFormat: a typeflag zsnap cannot convert faithfully (see module docstring).
     """
 
-    def __init__(self, stream: BinaryIO, *, read_size: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO,
+        *,
+        read_size: int = 1 << 20,
+        on_read: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._stream = stream
+        self._on_read = on_read
         self._read_size = read_size
         self._buf = b""
         self._pos = 0
@@ -261,6 +116,8 @@ class TarStreamReader:
             if not data:
                 self._stream_eof = True
                 break
+            if self._on_read is not None:
+                self._on_read(data)
             parts.append(data)
             have += len(data)
         self._buf = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -291,6 +148,8 @@ class TarStreamReader:
             if not data:
                 self._stream_eof = True
                 break
+            if self._on_read is not None:
+                self._on_read(data)
             parts.append(data)
             have += len(data)
         out = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -344,192 +203,65 @@ class TarStreamReader:
                 raise FormatError(
                     f"tar header at offset {header_offset + BLOCK_SIZE} follows a single zero block"
                 )
-            fields = _HEADER.unpack(block)
-            typeflag = fields[7]
-            name_field = _cstr(fields[0])
-            label = long_name or pax.get(b"path") or name_field
-            if not _checksum_ok(block, fields[6]):
+            typeflag = block[156:157]
+            if not checksum_ok(block):
+                label = long_name or pax.get(b"path") or cstr(block[:100])
                 raise FormatError(
-                    f"tar header checksum mismatch at offset {header_offset}", path=_fs(label) or None
+                    f"tar header checksum mismatch at offset {header_offset}", path=fsdecode(label) or None
                 )
             if typeflag in (b"x", b"L", b"K"):
-                content = self._special(fields, header_offset, _fs(label))
-                raw_parts.append(content[1])
+                content, padded = self._special(block, header_offset, long_name or pax.get(b"path"))
+                raw_parts.append(padded)
                 if typeflag == b"x":
-                    try:
-                        pax = _parse_pax(content[0])
-                    except ValueError as exc:
-                        raise FormatError(
-                            f"malformed PAX header at offset {header_offset}: {exc}", path=_fs(label) or None
-                        ) from None
-                    self._check_pax(pax, header_offset)
+                    pax = self._pax(content, header_offset, long_name)
                 elif typeflag == b"L":
-                    long_name = _cstr(content[0])
+                    long_name = cstr(content)
                 else:
-                    long_link = _cstr(content[0])
+                    long_link = cstr(content)
                 continue
-            entry = self._entry(block, fields, pax, long_name, long_link, raw_parts, start, header_offset)
+            raw = raw_parts[0] if len(raw_parts) == 1 else b"".join(raw_parts)
+            entry = parse_entry(block, pax, long_name, long_link, raw, start, header_offset)
             self._current = entry
-            self._remaining = entry.payload_size
-            self._pad = -entry.payload_size % BLOCK_SIZE
+            self._remaining = size = entry.payload_size
+            self._pad = -size % BLOCK_SIZE
             return entry
 
-    def _check_pax(self, pax: dict[bytes, bytes], header_offset: int) -> None:
+    @staticmethod
+    def _pax(content: bytes, header_offset: int, long_name: bytes | None) -> dict[bytes, bytes]:
+        try:
+            pax = parse_pax(content)
+        except ValueError as exc:
+            raise FormatError(
+                f"malformed PAX header at offset {header_offset}: {exc}",
+                path=fsdecode(long_name) if long_name else None,
+            ) from None
         for key in pax:
             if key.startswith(b"GNU.sparse."):
-                name = pax.get(b"path", b"")
+                name = long_name or pax.get(b"path", b"")
                 raise UnsupportedFormat(
                     f"GNU sparse file (PAX {key.decode(errors='replace')}) at offset {header_offset} "
                     "cannot be converted",
-                    path=_fs(name) or None,
+                    path=fsdecode(name) or None,
                 )
+        return pax
 
-    def _special(self, fields: tuple, header_offset: int, label: str) -> tuple[bytes, bytes]:
+    def _special(self, block: bytes, header_offset: int, name: bytes | None) -> tuple[bytes, bytes]:
         """Read the content of a PAX / GNU long-name header; return (content, content + padding)."""
+        label = fsdecode(name) if name else None
         try:
-            size = _numeric(fields[4])
+            size = numeric(block[124:136])
         except ValueError as exc:
             raise FormatError(f"tar header at offset {header_offset}: size: {exc}", path=label) from None
         if not 0 <= size <= _MAX_SPECIAL:
             raise FormatError(
                 f"extension header at offset {header_offset} has size {size} (limit {_MAX_SPECIAL})",
-                path=label or None,
+                path=label,
             )
         padded = size + (-size % BLOCK_SIZE)
         data = self._take(padded)
         if len(data) < padded:
-            raise self._truncated("an extension header", label or None, header_offset)
+            raise self._truncated("an extension header", label, header_offset)
         return data[:size], data
-
-    def _entry(
-        self,
-        block: bytes,
-        fields: tuple,
-        pax: dict[bytes, bytes],
-        long_name: bytes | None,
-        long_link: bytes | None,
-        raw_parts: list[bytes],
-        start: int,
-        header_offset: int,
-    ) -> TarEntry:
-        (name_f, mode_f, uid_f, gid_f, size_f, mtime_f, _, typeflag, link_f, magic, version,
-         uname_f, gname_f, major_f, minor_f, prefix_f, _) = fields  # fmt: skip
-        name = _cstr(name_f)
-        if magic == b"ustar\x00":
-            fmt = _FMT_STAR if block[508:512] == b"tar\x00" else _FMT_USTAR
-        elif magic == b"ustar " and version == b" \x00":
-            fmt = _FMT_GNU
-        else:
-            fmt = _FMT_V7
-        label = _fs(long_name or pax.get(b"path") or name)
-        atime_ns: int | None = None
-        ctime_ns: int | None = None
-        try:
-            mode = _numeric(mode_f)
-            uid = _numeric(uid_f)
-            gid = _numeric(gid_f)
-            size = _numeric(size_f)
-            mtime_ns = _numeric(mtime_f) * 1_000_000_000
-            uname = gname = b""
-            dev_major = dev_minor = 0
-            if fmt != _FMT_V7:
-                uname = _cstr(uname_f)
-                gname = _cstr(gname_f)
-                dev_major = _numeric(major_f)
-                dev_minor = _numeric(minor_f)
-            if fmt == _FMT_USTAR:
-                prefix = _cstr(prefix_f)
-                if prefix:
-                    name = prefix + b"/" + name
-            elif fmt == _FMT_STAR:
-                prefix = _cstr(block[345:476])
-                if prefix:
-                    name = prefix + b"/" + name
-                atime_ns = _numeric(block[476:488]) * 1_000_000_000
-                ctime_ns = _numeric(block[488:500]) * 1_000_000_000
-            elif fmt == _FMT_GNU:
-                if block[345]:
-                    atime_ns = _numeric(block[345:357]) * 1_000_000_000
-                if block[357]:
-                    ctime_ns = _numeric(block[357:369]) * 1_000_000_000
-        except ValueError as exc:
-            raise FormatError(f"malformed tar header at offset {header_offset}: {exc}", path=label) from None
-        link = _cstr(link_f)
-        xattrs: dict[str, bytes] = {}
-        if pax:
-            try:
-                for key, value in pax.items():
-                    if not value:
-                        if key.startswith(b"SCHILY.xattr."):
-                            xattrs[_fs(key[13:])] = b""
-                        continue  # an empty record keeps the header value (Go mergePAX)
-                    if key == b"path":
-                        name = value
-                    elif key == b"linkpath":
-                        link = value
-                    elif key == b"uname":
-                        uname = value
-                    elif key == b"gname":
-                        gname = value
-                    elif key == b"uid":
-                        uid = int(value)
-                    elif key == b"gid":
-                        gid = int(value)
-                    elif key == b"size":
-                        size = int(value)
-                    elif key == b"mtime":
-                        mtime_ns = _parse_pax_time(value)
-                    elif key == b"atime":
-                        atime_ns = _parse_pax_time(value)
-                    elif key == b"ctime":
-                        ctime_ns = _parse_pax_time(value)
-                    elif key.startswith(b"SCHILY.xattr."):
-                        xattrs[_fs(key[13:])] = value
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise FormatError(
-                    f"malformed PAX record for the entry at offset {header_offset}: {exc}", path=label
-                ) from None
-        if long_name is not None:
-            name = long_name
-        if long_link is not None:
-            link = long_link
-        kind = _TYPES.get(typeflag)
-        if kind is None:
-            what = _UNSUPPORTED.get(typeflag, f"tar typeflag {typeflag!r}")
-            raise UnsupportedFormat(
-                f"{what} at offset {header_offset} cannot be converted", path=_fs(name) or None
-            )
-        if typeflag == b"\x00" and name.endswith(b"/"):
-            kind = "dir"
-        if size < 0:
-            raise FormatError(f"negative size {size} in tar header at offset {header_offset}", path=_fs(name))
-        payload = 0 if kind in _HEADER_ONLY else size
-        raw = raw_parts[0] if len(raw_parts) == 1 else b"".join(raw_parts)
-        return TarEntry(
-            raw=raw,
-            offset=start,
-            header_offset=header_offset,
-            type=kind,
-            typeflag=typeflag,
-            name=_fs(name),
-            name_raw=name,
-            link_name=_fs(link),
-            link_name_raw=link,
-            mode=mode,
-            uid=uid,
-            gid=gid,
-            uname=_fs(uname),
-            gname=_fs(gname),
-            mtime_ns=mtime_ns,
-            atime_ns=atime_ns,
-            ctime_ns=ctime_ns,
-            dev_major=dev_major,
-            dev_minor=dev_minor,
-            size=size,
-            payload_size=payload,
-            xattrs=xattrs,
-            pax=pax,
-        )
 
     def _finish(self, raw_parts: list[bytes]) -> None:
         self._done = True

@@ -69,7 +69,6 @@ _PROGRESS_STEP = 8 << 20
 _TARSPLIT_STEP = 1 << 20
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ChunkedLayer:
     """The result of converting one layer.

@@ -12,9 +12,11 @@ One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazil
    small), each fetched by its own task with one range GET, several in flight, gated by the
    :class:`~fs.lazy.scheduler.FetchScheduler` at the caller's priority;
 6. in a worker thread each chunk's compressed slice is decoded (zstd across frames / gzip members, skipping
-   ``inner_offset`` and taking exactly ``size`` bytes), hashed, compared with the TOC's chunk digest and only
-   then put in the store. A chunk that fails verification is never cached: its readers get
-   :class:`~fs.errors.VerificationError` (EIO at the FUSE boundary); other chunks of the group are unaffected.
+   ``inner_offset`` and taking exactly ``size`` bytes), hashed and compared with the TOC's chunk digest;
+   waiting readers are answered from the verified bytes at once, while the group's good chunks are put in
+   the store (one transaction) behind them. A chunk that fails verification is never served or cached: its
+   readers get :class:`~fs.errors.VerificationError` (EIO at the FUSE boundary); other chunks of the group
+   are unaffected.
 
 Fetch tasks live in the fetcher's nursery, not in the reader's task, so a reader that gives up (timeout) does
 not cancel a fetch another reader shares. Every fetch and every wait is bounded by ``fetch_timeout``.
@@ -205,18 +207,54 @@ def decode_chunk(codec: str, data: bytes | memoryview, inner_offset: int, size: 
     return bytes(memoryview(out)[inner_offset:need])
 
 
+def _decode_verify(
+    codec: str, data: bytes, start: int, chunks: list[ChunkLike]
+) -> list[bytes | BaseException]:
+    """Worker thread: decode and verify each chunk of a fetched range; its bytes or its error."""
+    view = memoryview(data)
+    results: list[bytes | BaseException] = []
+    done: dict[str, bytes | BaseException] = {}
+    for c in chunks:
+        if c.digest in done:
+            results.append(done[c.digest])
+            continue
+        res: bytes | BaseException
+        try:
+            raw = decode_chunk(
+                codec, view[c.compressed_offset - start : c.compressed_end - start], c.inner_offset, c.size
+            )
+            actual = "sha256:" + hashlib.sha256(raw).hexdigest()
+            if actual != c.digest:
+                raise VerificationError(
+                    f"chunk at compressed offset {c.compressed_offset}: digest mismatch: "
+                    f"expected {c.digest}, got {actual}"
+                )
+            res = raw
+        except ZsnapError as exc:
+            res = exc
+        results.append(res)
+        done[c.digest] = res
+    return results
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The fetcher
 
 
 class _Flight:
-    """One chunk being fetched; readers of the same digest share it."""
+    """One chunk being fetched; readers of the same digest share it.
 
-    __slots__ = ("chunk", "done", "error", "ticket")
+    ``ready`` is set once the outcome is known: ``data`` (verified bytes, possibly not yet stored) or
+    ``error``. The flight leaves the in-flight map only after the store put finished, so a reader arriving
+    in between is served from ``data`` instead of missing the store.
+    """
+
+    __slots__ = ("chunk", "data", "error", "ready", "ticket")
 
     def __init__(self, chunk: ChunkLike, ticket: Ticket) -> None:
         self.chunk = chunk
-        self.done = trio.Event()
+        self.ready = trio.Event()
+        self.data: bytes | None = None
         self.error: BaseException | None = None
         self.ticket = ticket
 
@@ -270,7 +308,7 @@ class ChunkFetcher:
             return b""
         first = max(0, bisect.bisect_right(chunks, off, key=lambda c: c.file_offset) - 1)
         pieces: list[bytes] = []
-        missing: list[ChunkLike] = []
+        missing: list[tuple[int, ChunkLike, int, int]] = []  # (index in pieces, chunk, lo, hi)
         idx = first
         while idx < len(chunks) and chunks[idx].file_offset < end:
             c = chunks[idx]
@@ -289,25 +327,17 @@ class ChunkFetcher:
                     continue
                 except NotInStore:
                     pass
-            missing.append(c)
-            pieces.append(b"")  # placeholder, filled below
-        if not missing:
-            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self.stats.cache_misses += len(missing)
-        extra = self._readahead(chunks, idx)
-        await self.ensure(source, missing, Priority.ON_DEMAND, also=extra)
-        # second pass: everything is in the store now
-        out: list[bytes] = []
-        for c in chunks[first:idx]:
-            lo = max(off, c.file_offset) - c.file_offset
-            hi = min(end, c.file_offset + c.size) - c.file_offset
-            if hi <= lo:
-                continue
-            if c.zeros:
-                out.append(bytes(hi - lo))
-            else:
-                out.append(self.store.pread(c.digest, lo, hi - lo))
-        return b"".join(out)
+            missing.append((len(pieces), c, lo, hi))
+            pieces.append(b"")
+        if missing:
+            self.stats.cache_misses += len(missing)
+            got = await self.ensure(
+                source, [m[1] for m in missing], Priority.ON_DEMAND, also=self._readahead(chunks, idx)
+            )
+            for i, c, lo, hi in missing:
+                data = got.get(c.digest)
+                pieces[i] = data[lo:hi] if data is not None else self.store.pread(c.digest, lo, hi - lo)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _readahead(self, chunks: Sequence[ChunkLike], idx: int) -> list[ChunkLike]:
         extra: list[ChunkLike] = []
@@ -321,6 +351,11 @@ class ChunkFetcher:
             extra.append(c)
         return extra
 
+    async def wait_idle(self) -> None:
+        """Return once no fetch is in flight (every fetched chunk is stored or failed)."""
+        while self._inflight:
+            await trio.sleep(0.005)
+
     def is_cached(self, chunk: ChunkLike) -> bool:
         """True when ``chunk`` needs no fetch (zeros, or in the store and not being fetched)."""
         return chunk.zeros or (chunk.digest not in self._inflight and self.store.has(chunk.digest))
@@ -332,11 +367,15 @@ class ChunkFetcher:
         priority: Priority,
         *,
         also: Sequence[ChunkLike] = (),
-    ) -> None:
-        """Make sure ``chunks`` are in the store, fetching what is missing at ``priority``.
+    ) -> dict[str, bytes]:
+        """Make sure ``chunks`` are available, fetching what is missing at ``priority``.
 
         ``also`` are fetched opportunistically in the same requests (read-ahead) but not waited for.
         Waits at most ``fetch_timeout`` seconds.
+
+        Returns:
+            The verified bytes of the chunks this call waited for (by digest); chunks absent from it were
+            already in the store.
 
         Raises:
             the first chunk's error (VerificationError, RegistryError, FormatError); RegistryUnavailable
@@ -355,19 +394,23 @@ class ChunkFetcher:
         if new:
             self._start(source, new, priority)
         if not waits:
-            return
+            return {}
         with trio.move_on_after(self.fetch_timeout) as scope:
             for fl in waits:
-                await fl.done.wait()
+                await fl.ready.wait()
         if scope.cancelled_caught:
             raise RegistryUnavailable(
                 f"fetch did not complete within {self.fetch_timeout:g}s", layer=source.label
             )
+        got: dict[str, bytes] = {}
         for fl in waits:
             if fl.error is not None:
                 if isinstance(fl.error, ZsnapError):
                     raise fl.error
                 raise RegistryUnavailable(f"fetch failed: {fl.error!r}", layer=source.label)
+            if fl.data is not None:
+                got[fl.chunk.digest] = fl.data
+        return got
 
     def _claim(self, c: ChunkLike, priority: Priority, new: list[_Flight]) -> _Flight | None:
         if c.zeros:
@@ -395,6 +438,7 @@ class ChunkFetcher:
     async def _fetch_group(
         self, source: BlobSource, start: int, end: int, flights: list[_Flight], ticket: Ticket
     ) -> None:
+        """Fetch one coalesced range, decode + verify its chunks, release readers, then store them."""
         error: BaseException | None = None
         try:
             with trio.fail_after(self.fetch_timeout):
@@ -411,20 +455,8 @@ class ChunkFetcher:
                         f"range {start}-{end} returned {len(data)} bytes", layer=source.label
                     )
                 results = await trio.to_thread.run_sync(
-                    self._decode_verify_put,
-                    source.codec,
-                    data,
-                    start,
-                    [f.chunk for f in flights],
-                    limiter=self._cpu,
+                    _decode_verify, source.codec, data, start, [f.chunk for f in flights], limiter=self._cpu
                 )
-            for fl, res in zip(flights, results, strict=True):
-                if res is None:
-                    self.stats.chunks_verified += 1
-                else:
-                    if isinstance(res, VerificationError):
-                        self.stats.verify_failures += 1
-                    fl.error = res
         except trio.TooSlowError:
             error = RegistryUnavailable(
                 f"fetching bytes {start}-{end} took longer than {self.fetch_timeout:g}s", layer=source.label
@@ -433,57 +465,43 @@ class ChunkFetcher:
             error = exc
         except Exception as exc:  # a foreign error escaping the client: report, never crash the mount
             error = RegistryUnavailable(f"fetching bytes {start}-{end} failed: {exc!r}", layer=source.label)
-        finally:
-            if error is not None:
-                self.stats.fetch_errors += 1
-                log.info("fetch of %s bytes %d-%d failed: %s", source.label, start, end, error)
-            for fl in flights:
-                if error is not None and fl.error is None:
-                    fl.error = error
+        if error is not None:
+            self.stats.fetch_errors += 1
+            log.info("fetch of %s bytes %d-%d failed: %s", source.label, start, end, error)
+            self._finish(flights, error)
+            return
+        good: dict[str, bytes] = {}
+        for fl, res in zip(flights, results, strict=True):
+            if isinstance(res, bytes):
+                fl.data = res
+                good[fl.chunk.digest] = res
+            else:
+                if isinstance(res, VerificationError):
+                    self.stats.verify_failures += 1
+                fl.error = res
                 if self._inflight.get(fl.chunk.digest) is fl:
-                    del self._inflight[fl.chunk.digest]
-                fl.done.set()
+                    del self._inflight[fl.chunk.digest]  # nothing to store: the next reader fetches again
+            fl.ready.set()  # readers go on with the verified bytes while they are stored
+        self.stats.chunks_verified += len(good)
+        try:
+            if good:
+                await trio.to_thread.run_sync(self._put, list(good.items()), limiter=self._cpu)
+        except ZsnapError as exc:  # disk full, store failure: the bytes were served, just not cached
+            log.info("could not store %d chunks of %s: %s", len(good), source.label, exc)
+        finally:
+            self._finish(flights, None)
 
-    def _decode_verify_put(
-        self, codec: str, data: bytes, start: int, chunks: list[ChunkLike]
-    ) -> list[BaseException | None]:
-        """Worker thread: decode and verify each chunk, store the good ones in one transaction.
+    def _finish(self, flights: list[_Flight], error: BaseException | None) -> None:
+        for fl in flights:
+            if error is not None and fl.error is None and fl.data is None:
+                fl.error = error
+            if self._inflight.get(fl.chunk.digest) is fl:
+                del self._inflight[fl.chunk.digest]
+            fl.ready.set()
 
-        Returns None (stored) or the error for each chunk.
-        """
-        view = memoryview(data)
-        results: list[BaseException | None] = []
-        done: dict[str, BaseException | None] = {}
-        good: list[tuple[bytes, str | None]] = []
-        for c in chunks:
-            if c.digest in done:
-                results.append(done[c.digest])
-                continue
-            try:
-                raw = decode_chunk(
-                    codec,
-                    view[c.compressed_offset - start : c.compressed_end - start],
-                    c.inner_offset,
-                    c.size,
-                )
-                actual = "sha256:" + hashlib.sha256(raw).hexdigest()
-                if actual != c.digest:
-                    raise VerificationError(
-                        f"chunk at compressed offset {c.compressed_offset}: digest mismatch: "
-                        f"expected {c.digest}, got {actual}"
-                    )
-                good.append((raw, c.digest))
-                res: BaseException | None = None
-            except ZsnapError as exc:
-                res = exc
-            results.append(res)
-            done[c.digest] = res
-        if good:
-            try:
-                self.store.put_many(good, holder=self.holder)
-            except ZsnapError as exc:  # disk full, store failure: every verified chunk fails with it
-                results = [exc if r is None else r for r in results]
-        return results
+    def _put(self, items: list[tuple[str, bytes]]) -> None:
+        """Worker thread: store verified chunks in one transaction."""
+        self.store.put_many([(data, digest) for digest, data in items], holder=self.holder)
 
     # -- life cycle -------------------------------------------------------------------------------------
 

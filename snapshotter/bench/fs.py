@@ -70,10 +70,12 @@ def _build_tree(args: argparse.Namespace, native: Path) -> None:
     """The layer's files on the native file system (also the native side of every comparison)."""
     (native / "big").mkdir(parents=True)
     with open(native / "big/file.bin", "wb") as f:
-        block = os.urandom(MiB)
+        words = [os.urandom(4).hex().encode() for _ in range(4096)]
         for i in range(args.big_mib):
             # half random, half text-like: realistic compression, no two chunks alike
-            f.write(block[: MiB // 2] + (b"%08d " % i) * (MiB // 18) + os.urandom(MiB // 2 - 9 * (MiB // 18)))
+            rnd = os.urandom(MiB // 2)
+            text = b" ".join(words[b % 4096] for b in rnd[: MiB // 18]) + b"%08d" % i
+            f.write(rnd + text[: MiB // 2].ljust(MiB // 2, b"."))
     for i in range(args.small):
         d = native / "small" / f"d{i // 1000:02d}"
         if i % 1000 == 0:

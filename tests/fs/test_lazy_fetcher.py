@@ -82,6 +82,7 @@ async def test_concurrent_reads_share_one_fetch(feat_layer) -> None:
         assert all(r == results[0] for r in results) and len(results[0]) == node.size
         assert "sha256:" + hashlib.sha256(results[0]).hexdigest() == node.digest
         assert stats.chunks_verified == 1 and stats.cache_misses == 5
+        await fetcher.wait_idle()
         assert store.refs(chunks[0].digest) == {HOLDER}
         # now a hit: no request, served by pread
         assert await fetcher.read(layer.source, chunks, node.size, 10, 5) == results[0][10:15]
@@ -116,6 +117,7 @@ async def test_bad_bytes_are_never_cached(feat_layer) -> None:
         assert stats.verify_failures == 1 or stats.fetch_errors == 0
         client.corrupt = False
         data = await fetcher.read(layer.source, chunks, node.size, 0, 4096)
+        await fetcher.wait_idle()
         assert len(data) == 4096 and store.has(chunks[0].digest)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -39,16 +40,20 @@ from fs.format.annotations import (
 from fs.format.dialect import Dialect
 from fs.format.footer import FOOTER_FETCH_SIZE, parse_footer
 from fs.format.index import build_index
-from fs.format.tree import Chunk, LayerIndex
+from fs.format.tree import Chunk, LayerIndex, normalize_name
 from fs.format.verify import decode_and_verify_toc
 from fs.lazy.fetcher import BlobSource
 from fs.lazy.inodes import Item
 from fs.lazy.stats import MountStats
 from fs.lazy.tarindex import index_tar
 
-__all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
+__all__ = ["PREFETCH_ANNOTATION", "LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
 
 log = logging.getLogger(__name__)
+
+#: Layer annotation naming files to prefetch (JSON array of paths), for dialects without eStargz landmarks
+#: (``zsnap convert --prefetch-list`` for c/storage layers). Honored for every dialect.
+PREFETCH_ANNOTATION = "dev.zsnap.prefetch"
 
 #: Blob tail fetched when the footer must locate the TOC: the footer plus, often, a small TOC with it.
 TAIL_SIZE = max(FOOTER_FETCH_SIZE, 16 * 1024)
@@ -115,8 +120,9 @@ class OpenedLayer:
         return out
 
     def prefetch_chunks(self) -> list[Chunk]:
-        """Chunks the image marks as needed first: everything before ``.prefetch.landmark`` (eStargz) and
-        the files of the TOC's prefetch list; [] with ``.no.prefetch.landmark`` or without a marker."""
+        """Chunks the image marks as needed first: everything before ``.prefetch.landmark`` (eStargz), the
+        files prioritized before it, and the files of the :data:`PREFETCH_ANNOTATION` list; [] with
+        ``.no.prefetch.landmark`` or without any marker."""
         idx = self.index
         if idx is None or idx.no_prefetch:
             return []
@@ -125,12 +131,24 @@ class OpenedLayer:
             for c in self.chunks_by_offset():
                 if c.compressed_offset < idx.prefetch_landmark_offset:
                     chosen.setdefault(c.digest, c)
-        for path in idx.prefetch_paths:
+        for path in [*idx.prefetch_paths, *_annotated_prefetch(self.desc.annotations)]:
             node = idx.nodes.get(path)
             for c in node.chunks if node is not None else ():
                 if not c.zeros:
                     chosen.setdefault(c.digest, c)
         return sorted(chosen.values(), key=lambda c: c.compressed_offset)
+
+
+def _annotated_prefetch(annotations: dict[str, str]) -> list[str]:
+    raw = annotations.get(PREFETCH_ANNOTATION)
+    if not raw:
+        return []
+    try:
+        paths = json.loads(raw)
+        return [normalize_name(p) for p in paths if isinstance(p, str) and p.strip("/.")]
+    except (ValueError, FormatError) as exc:
+        log.info("ignoring malformed %s annotation: %s", PREFETCH_ANNOTATION, exc)
+        return []
 
 
 def index_items(index: LayerIndex) -> list[Item]:

@@ -160,3 +160,26 @@ async def test_on_demand_read_promotes_a_queued_background_fetch(feat_layer) -> 
         assert elapsed < 0.95  # started at once (promoted), did not wait for the first fetch to end
         assert len(client.calls) == 2  # and was not fetched twice
         assert sched.statistics().granted == (2, 0, 0)
+
+
+async def test_prefetch_sets_from_landmarks_and_annotation(vectors_dir: Path, feat_layer) -> None:
+    import dataclasses
+
+    from fs.lazy.layer import PREFETCH_ANNOTATION
+
+    _, _, layer = feat_layer
+    assert layer.prefetch_chunks() == []  # c/storage layer without a list: nothing marked
+    desc = dataclasses.replace(
+        layer.desc, annotations={PREFETCH_ANNOTATION: '["/feat/text-2M", "feat/empty"]'}
+    )
+    marked = dataclasses.replace(layer, desc=desc).prefetch_chunks()
+    assert {c.digest for c in marked} == {c.digest for c in _file(layer, "feat/text-2M")[1]}
+    bad = dataclasses.replace(layer.desc, annotations={PREFETCH_ANNOTATION: "not json"})
+    assert dataclasses.replace(layer, desc=bad).prefetch_chunks() == []
+    # ctr-remote layers carry .no.prefetch.landmark: no prefetch at all
+    client = LayoutClient(OciLayout(vectors_dir / "ctr-remote-0.12-zstdchunked"))
+    image = await resolve_image(client, ImageReference.parse(f"oci:{client.layout.path}:features"))
+    top = await open_layer(client, "", image.layers[-1], store=None, stats=MountStats(), holder=HOLDER,
+                           scratch=Path("/nonexistent"))  # fmt: skip
+    assert top.index is not None and top.index.no_prefetch and top.prefetch_chunks() == []
+    assert len(top.chunks_by_offset()) > 0

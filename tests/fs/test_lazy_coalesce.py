@@ -9,7 +9,8 @@ import pytest
 import zstandard
 
 from fs.errors import FormatError
-from fs.lazy.fetcher import coalesce, decode_chunk
+from fs.lazy.decode import decode_chunk
+from fs.lazy.fetcher import coalesce
 
 
 def _ranges(groups):

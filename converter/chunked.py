@@ -59,6 +59,10 @@ from fs.format.annotations import annotations_for
 __all__ = [
     "LAYER_MEDIA_TYPE",
     "ChunkedLayer",
+    "InputHasher",
+    "compress_toc",
+    "go_text",
+    "short_switch_interval",
     "write_zstd_chunked",
 ]
 
@@ -192,7 +196,7 @@ def compress_toc(toc: Toc, dialect: Dialect, level: int) -> tuple[bytes, int, st
     return b"".join(out), length, "sha256:" + digest.hexdigest()
 
 
-class _InputHasher:
+class InputHasher:
     """sha256 of the input stream, computed on a helper thread from the pieces the reader reads."""
 
     def __init__(self) -> None:
@@ -269,7 +273,7 @@ class _Writer:
         threads: int,
         progress: Callable[[int, int], None] | None,
     ) -> None:
-        self.input_hash = _InputHasher()
+        self.input_hash = InputHasher()
         self.reader = TarStreamReader(src, on_read=self.input_hash)
         self.dialect = dialect
         self.level = level
@@ -460,7 +464,7 @@ SWITCH_INTERVAL = 0.001
 
 
 @contextlib.contextmanager
-def _short_switch_interval() -> Iterator[None]:
+def short_switch_interval() -> Iterator[None]:
     """Lower ``sys.setswitchinterval`` while at least one conversion runs in this process."""
     global _switch_users, _switch_saved
     with _switch_lock:
@@ -522,7 +526,7 @@ def write_zstd_chunked(
         )  # fmt: skip
     if dialect not in (Dialect.CSTORAGE, Dialect.CSTORAGE_V1):
         raise ConversionError(f"write_zstd_chunked cannot write the {dialect.value} dialect")
-    with _short_switch_interval():
+    with short_switch_interval():
         writer = _Writer(src, dst, level=level, dialect=dialect, threads=threads, progress=progress)
         try:
             layer = writer.run()

@@ -149,6 +149,7 @@ class _Mount:
         self.holder = f"mount:{self.mount_id}"
         self.fuse_dir = cfg.root / "mnt" / self.mount_id
         self.scratch = cfg.root / "scratch" / self.mount_id
+        self.links = cfg.root / "mnt" / f"{self.mount_id}.layers"
         self.mountpoint = os.path.abspath(cfg.mountpoint)
         self.stats = MountStats()
         self.stop = _Stop()
@@ -194,6 +195,8 @@ class _Mount:
 
     async def _serve_layers(self, layers: list[OpenedLayer], on_ready: Callable[[str], None]) -> None:
         cfg = self.cfg
+        if not layers:
+            raise ZsnapError(f"{cfg.image} has no layers to mount")
         table = InodeTable(now_ns=time.time_ns())
         for layer in layers:
             table.add_layer(layer.desc.hex, layer.items, overlay=len(layers) > 1)
@@ -208,9 +211,8 @@ class _Mount:
             self.fuse_started = True
             async with trio.open_nursery() as inner:
                 inner.start_soon(_run_fuse, self.stop)
-                top_down = [la.desc.hex for la in reversed(layers)]
-                cmd = system.overlay_mount_command(top_down, self.mountpoint)
-                rc, err = await _run_cmd(cmd, cwd=str(self.fuse_dir))
+                cmd, cwd = self._overlay_plan([la.desc.hex for la in reversed(layers)])
+                rc, err = await _run_cmd(cmd, cwd=cwd)
                 if rc != 0:
                     raise ZsnapError(f"mounting the image at {self.mountpoint} failed: {err}")
                 self.overlay_mounted = True
@@ -237,6 +239,20 @@ class _Mount:
                 pyfuse3.terminate()
                 inner.cancel_scope.cancel()
 
+    def _overlay_plan(self, top_down: list[str]) -> tuple[list[str], str]:
+        """The overlay mount command and its cwd. Layer dirs are named relative to the FUSE root; when
+        that does not fit one page (about 60 layers), short symlinks ``0``, ``1``… name them instead."""
+        try:
+            return system.overlay_mount_command(top_down, self.mountpoint), str(self.fuse_dir)
+        except ValueError:
+            if len(top_down) < 2:
+                raise
+        self.links.mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(top_down):
+            os.symlink(self.fuse_dir / name, self.links / str(i))
+        short = [str(i) for i in range(len(top_down))]
+        return system.overlay_mount_command(short, self.mountpoint), str(self.links)
+
     async def cleanup(self) -> None:
         """Undo whatever was set up (shielded; safe after any failure)."""
         with trio.CancelScope(shield=True):
@@ -253,6 +269,7 @@ class _Mount:
                 with contextlib.suppress(OSError):
                     self.stats.write(self.cfg.stats_file, mount_id=self.mount_id, done=True)
             shutil.rmtree(self.scratch, ignore_errors=True)
+            shutil.rmtree(self.links, ignore_errors=True)
             if self.store is not None:
                 with contextlib.suppress(ZsnapError):
                     self.store.drop_holder(self.holder)  # whole layers' refs (the fetcher drops its own)

@@ -172,3 +172,22 @@ def test_toc_names_escaping_the_layer_are_rejected_at_mount(tmp_path: Path) -> N
     assert "escapes the layer" in done.stderr and "../evil" in done.stderr
     assert done.stdout == ""
     assert not (tmp_path / "evil").exists()
+
+
+def test_many_layers_fit_the_overlay_options(tmp_path: Path, zsnap_mount) -> None:
+    """80 layers: the lowerdir list no longer fits one page, short symlinks name the layer dirs instead."""
+    from tests.fixtures.images import ImageSpec, LayerSpec, LayoutWriter, build_image, d, f, whiteout
+
+    layers = [LayerSpec((d("many"), f(f"many/l{i:02d}", f"layer {i}\n".encode()))) for i in range(80)]
+    layers.append(LayerSpec((d("many"), whiteout("many/l00"), f("many/l01", b"overwritten on top\n"))))
+    spec = ImageSpec("many", tuple(layers), top_dirs=("many",))
+    writer = LayoutWriter(tmp_path / "layout")
+    try:
+        image = build_image(writer, spec, "many", compression="uncompressed")
+    finally:
+        writer.close()
+    m = zsnap_mount(image.ref, *LAZY_ONLY)
+    assert "81 layers" in m.ready_line
+    _check_tree(m, image)
+    assert (m.mountpoint / "many/l01").read_bytes() == b"overwritten on top\n"
+    assert not (m.mountpoint / "many/l00").exists()

@@ -126,18 +126,26 @@ def _daemonize(cfg) -> int:  # type: ignore[no-untyped-def]
         try:
             run_mount(cfg, ready)
             code = 0
-        except ZsnapError as exc:
-            with contextlib.suppress(OSError):
-                os.write(write_fd, f"error {exc}\n".encode())
-            print(f"zsnap: error: {exc}", file=sys.stderr)
         except BaseException as exc:  # the daemon must report, never hang its parent
+            leaves = list(_leaves(exc))
+            if all(isinstance(leaf, ZsnapError) for leaf in leaves):
+                message = "; ".join(dict.fromkeys(str(leaf) for leaf in leaves))
+            else:
+                message = repr(exc)
+                logging.getLogger(__name__).error("mount daemon failed", exc_info=exc)
             with contextlib.suppress(OSError):
-                os.write(write_fd, f"error {exc!r}\n".encode())
-            logging.getLogger(__name__).exception("mount daemon failed")
+                os.write(write_fd, f"error {message}\n".encode())
+            print(f"zsnap: error: {message}", file=sys.stderr)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _umount(args: argparse.Namespace) -> int:

@@ -157,12 +157,13 @@ def _evil_layout(path: Path) -> str:
     return f"oci:{path}:evil"
 
 
-def test_toc_names_escaping_the_layer_are_rejected_at_mount(tmp_path: Path) -> None:
+@pytest.mark.parametrize("daemon", [False, True])
+def test_toc_names_escaping_the_layer_are_rejected_at_mount(daemon: bool, tmp_path: Path) -> None:
     ref = _evil_layout(tmp_path / "layout")
     mp = tmp_path / "mnt"
     mp.mkdir()
     done = subprocess.run(
-        zsnap_command(tmp_path / "root", "mount", ref, str(mp)),
+        zsnap_command(tmp_path / "root", "mount", *(["--daemon"] if daemon else []), ref, str(mp)),
         capture_output=True,
         text=True,
         timeout=60,

@@ -223,3 +223,32 @@ def test_prefetch_list_is_fetched_first(fmt: str, test_images, registry, zsnap_m
     assert (m.mountpoint / "etc/passwd").read_bytes().startswith(b"root:")
     time.sleep(1.1)
     assert m.stats()["bytes_fetched"] == before
+
+
+@pytest.mark.slow
+def test_estargz_prefetch_landmark_is_fetched_first(
+    peer_images, registry, containerd, zsnap_mount, tmp_path: Path
+) -> None:
+    """ctr-remote eStargz with a record-in list: files before ``.prefetch.landmark`` arrive at mount."""
+    source = peer_images["features:gzip"]
+    record = tmp_path / "record.json"
+    lines = [{"path": p, "manifestDigest": peer_images.digests["features:gzip"], "layerIndex": 1}
+             for p in ("feat/text-2M", "feat/regular.txt")]  # fmt: skip
+    record.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    target = f"{registry.host}/lazy/landmark:estargz"
+    containerd.pull(source)
+    try:
+        containerd.ctr_remote("images", "convert", "--estargz", "--oci", "--estargz-record-in", str(record),
+                              source, target)  # fmt: skip
+        containerd.push(target)
+    finally:
+        for ref in (source, target):
+            containerd.remove_image(ref)
+    m = zsnap_mount(f"docker://{target}", "--no-background-fetch")
+    s = m.wait_stats(lambda s: s["prefetch_done"])
+    assert s["bytes_by_priority"].get("prefetch", 0) > 0 and not s["bytes_by_priority"].get("on_demand")
+    time.sleep(1.1)
+    before = m.stats()["bytes_fetched"]
+    assert len((m.mountpoint / "feat/text-2M").read_bytes()) == 2 << 20
+    time.sleep(1.1)
+    assert m.stats()["bytes_fetched"] == before  # prefetched: no fetch on first read

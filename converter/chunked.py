@@ -39,11 +39,11 @@ from typing import BinaryIO
 
 import zstandard
 
-from converter.chunker import Chunker
+from converter.chunker import SINGLE_CHUNK_MAX, Chunker
 from converter.frames_pipeline import FramePipeline
 from converter.tarsplit import TarSplitPacker, crc64_iso
 from converter.tarstream import TarEntry, TarStreamReader
-from fs.errors import ConversionError, error_context
+from fs.errors import ConversionError, ZsnapError
 from fs.format import (
     Dialect,
     Footer,
@@ -293,8 +293,12 @@ class _Writer:
     def run(self) -> ChunkedLayer:
         reader = self.reader
         for entry in reader:
-            with error_context(path=entry.name):
+            try:
                 self._entry(entry)
+            except ZsnapError as exc:  # error_context(path=...), without a generator per entry
+                if not exc.path:
+                    exc.path = entry.name
+                raise
             if reader.offset >= self._next_progress and self.progress:
                 self._next_progress = reader.offset + _PROGRESS_STEP
                 self.progress(reader.offset, self.pipe.written)
@@ -335,8 +339,6 @@ class _Writer:
 
     def _entry(self, e: TarEntry) -> None:
         self._header(e.raw)
-        if self.packer:
-            self.tar_split.add(self.packer.segment(e.raw))  # type: ignore[union-attr]
         time = self.time
         toc = TocEntry(
             type=e.type,
@@ -361,7 +363,8 @@ class _Writer:
         elif e.size:
             crc = 0  # header-only type with a size field: tar-split checksums the (empty) payload
         if self.packer:
-            self.tar_split.add(self.packer.file(e.name_raw, e.size, crc))  # type: ignore[union-attr]
+            packer = self.packer
+            self.tar_split.add(packer.segment(e.raw) + packer.file(e.name_raw, e.size, crc))  # type: ignore[union-attr]
 
     def _payload(self, e: TarEntry, reg: TocEntry) -> int:
         """Chunk, hash and queue the payload of ``reg``; return its CRC-64/ISO.
@@ -373,7 +376,20 @@ class _Writer:
         """
         frame = self.pipe.frame
         sha256 = hashlib.sha256
-        pieces = self.chunker.stream(self.reader.read_payload, e.payload_size)
+        size = e.payload_size
+        if size <= SINGLE_CHUNK_MAX:  # small file: one read, usually one chunk
+            data = self.reader.read_payload(size)
+            bounds = self.chunker.split(data)
+            if len(bounds) == 1:
+                reg.digest = "sha256:" + sha256(data).hexdigest()
+                frame(data, (reg, reg))
+                return crc64_iso(data)
+            view = memoryview(data)
+            pieces: Iterator[tuple[bytes | memoryview, bool]] = iter(
+                [(view[start:end], zeros) for start, end, zeros in bounds]
+            )
+        else:
+            pieces = self.chunker.stream(self.reader.read_payload, size)
         prev, prev_zeros = next(pieces)
         crc = crc64_iso(prev)
         position = 0

@@ -23,6 +23,7 @@ import pyfastcdc
 __all__ = [
     "AVG_SIZE",
     "HOLE_THRESHOLD",
+    "SINGLE_CHUNK_MAX",
     "Chunker",
 ]
 
@@ -32,6 +33,8 @@ HOLE_THRESHOLD = 1024
 AVG_SIZE = 49152
 MIN_SIZE = 12288
 MAX_SIZE = 256 * 1024
+#: Payloads up to this size are not content-chunked (only zero runs split them): one chunk on average.
+SINGLE_CHUNK_MAX = 64 * 1024
 #: A zero run touching the end of a window is carried over only while shorter than this.
 ZERO_CARRY_LIMIT = 1 << 20
 DEFAULT_WINDOW = 8 << 20
@@ -94,15 +97,18 @@ class Chunker:
     def split(self, buf: bytes) -> list[tuple[int, int, bool]]:
         """All chunk boundaries of a complete payload held in memory: ``[(start, end, is_zeros), ...]``."""
         n = len(buf)
-        if n <= MIN_SIZE and (n < HOLE_THRESHOLD or buf.find(_ZEROS_PROBE) < 0):
+        if n < HOLE_THRESHOLD or (n <= SINGLE_CHUNK_MAX and buf.find(_ZEROS_PROBE) < 0):
             return [(0, n, False)] if n else []
-        return self._cut(buf, self.regions(buf))
+        return self._cut(buf, self.regions(buf), MIN_SIZE if n > SINGLE_CHUNK_MAX else SINGLE_CHUNK_MAX)
 
-    def _cut(self, buf: bytes, regions: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
+    def _cut(
+        self, buf: bytes, regions: list[tuple[int, int, bool]], whole: int = MIN_SIZE
+    ) -> list[tuple[int, int, bool]]:
+        """Cut the data regions with FastCDC (regions of at most ``whole`` bytes stay whole)."""
         out: list[tuple[int, int, bool]] = []
         mv = memoryview(buf)
         for start, end, zeros in regions:
-            if zeros or end - start <= MIN_SIZE:
+            if zeros or end - start <= whole:
                 out.append((start, end, zeros))
                 continue
             for c in self._cdc.cut_buf(mv[start:end]):

@@ -12,9 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -92,7 +94,7 @@ def assert_converted(host: str, repo: str, tag: str, source_diff_ids: list[str])
 
 def store_leftovers(root: Path) -> dict:
     stats = json.loads(zsnap(root, "store", "stats", "--json").stdout)
-    files = [p for area in ("tmp", "wip") for p in (root / area).rglob("*") if p.is_file()]
+    files = [p for area in ("tmp", "wip", "locks") for p in (root / area).rglob("*") if p.is_file()]
     cache_temps = list((root / "convert-cache").glob(".*.tmp"))
     return {"temp_objects": stats["temp_objects"], "tmp_files": files + cache_temps}
 
@@ -228,85 +230,118 @@ def test_not_enough_disk_space_fails_early_and_names_where(registry, test_images
         subprocess.run(["umount", str(root)], check=True)
 
 
-def test_registry_dying_mid_conversion_is_a_clear_error(registry_factory, test_images, tmp_path):
+class Running:
+    """A ``zsnap`` run in the background whose output is collected as it comes (for races)."""
+
+    def __init__(self, root: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "snapshotter", "--root", str(root), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _drain(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line)
+
+    def wait_for(self, predicate, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.proc.poll() is None, f"run ended before {what}: {''.join(self.err)}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        code = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return code, "".join(self.out) + "".join(self.err)
+
+
+def _staging(root: Path, kind: str) -> bool:
+    """True while a temp object of ``kind`` (source/converted) is being produced under ``root``."""
+    prefix = quote(f"{kind}/", safe="")  # the store keeps temp object "x/y" as tmp/x%2Fy.<generation>
+    tmp = root / "tmp"
+    return tmp.is_dir() and any(p.name.startswith(prefix) for p in tmp.iterdir())
+
+
+@pytest.fixture(scope="module")
+def big_image(test_images):
+    """~300 MB in 3 layers: big enough that a run is reliably caught mid-way."""
+    return test_images.build_large(300, 3, seed=7)
+
+
+def test_registry_dying_mid_conversion_is_a_clear_error(registry_factory, big_image, tmp_path):
     server = registry_factory(name="dying")
-    src = push(test_images["large:gzip"], server.host, "conv/dying:src")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "snapshotter",
-            "--root",
-            str(tmp_path),
-            "convert",
-            f"docker://{src}",
-            f"docker://{server.host}/conv/dying:zc",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    time.sleep(1.0)
+    src = push(big_image, server.host, "conv/dying:src")
+    run = Running(tmp_path, "convert", f"docker://{src}", f"docker://{server.host}/conv/dying:zc")
+    run.wait_for(lambda: _staging(tmp_path, "source"), "a source blob download")
     server.stop()
     try:
-        out, err = proc.communicate(timeout=240)
+        code, output = run.finish()
     finally:
         server.start()
-    assert proc.returncode == 1, (out, err)
-    assert "zsnap: error:" in err and "Traceback" not in err
+    assert code == 1, output
+    assert "zsnap: error:" in output and "Traceback" not in output
+    assert "sha256:" in output.split("zsnap: error:")[1]  # names the layer
     assert_no_leftovers(tmp_path)
 
 
 @pytest.mark.slow
-def test_cancelled_run_never_disturbs_a_concurrent_one(registry, test_images, tmp_path):
+def test_cancelled_run_never_disturbs_a_concurrent_one(registry, test_images, big_image, tmp_path):
     """The original bug: duplicate layers, two images sharing layers converted concurrently, one run
     cancelled midway. The other must succeed, print no warning, and leave no temp file behind."""
-    dups, dups2 = test_images["dups:gzip"], test_images["large:gzip"]
+    dups = test_images["dups:gzip"]
+    shared = {x.descriptor.digest for x in dups.layers} & {x.descriptor.digest for x in big_image.layers}
+    assert shared, "the two images must share a layer (the busybox base)"
     src1 = push(dups, registry.host, "race/dups:src")
-    src2 = push(dups2, registry.host, "race/large:src")
+    src2 = push(big_image, registry.host, "race/big:src")
     root = tmp_path / "shared-root"
-    cmd = [sys.executable, "-m", "snapshotter", "--root", str(root), "convert", "--jobs", "2"]
-    victim = subprocess.Popen(
-        [*cmd, f"docker://{src2}", f"docker://{registry.host}/race/large:zc"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    victim = Running(
+        root, "convert", "--jobs", "2", f"docker://{src2}", f"docker://{registry.host}/race/big:zc"
     )
-    survivor = subprocess.Popen(
-        [*cmd, f"docker://{src1}", f"docker://{registry.host}/race/dups:zc"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    victim.wait_for(lambda: _staging(root, "converted"), "the victim to be converting")
+    survivor = Running(
+        root, "convert", "--jobs", "2", f"docker://{src1}", f"docker://{registry.host}/race/dups:zc"
     )
-    time.sleep(0.8)
-    victim.send_signal(signal.SIGINT)
-    v_out, v_err = victim.communicate(timeout=120)
-    s_out, s_err = survivor.communicate(timeout=300)
-    assert survivor.returncode == 0, s_err
-    for text in (s_out + s_err, v_out + v_err):
-        assert "warn" not in text.lower() and "Traceback" not in text
+    survivor.wait_for(
+        lambda: any("convert start" in line or "layer" in line for line in survivor.err),
+        "the survivor to be working",
+    )
+    victim.proc.send_signal(signal.SIGINT)
+    v_code, v_output = victim.finish()
+    s_code, s_output = survivor.finish()
+    assert v_code == 130, v_output
+    assert s_code == 0, s_output
+    for text in (s_output, v_output):
+        assert "warn" not in text.lower() and "Traceback" not in text, text
     assert_converted(registry.host, "race/dups", "zc", [x.diff_id for x in dups.layers])
     assert_no_leftovers(root)
 
 
 @pytest.mark.slow
-def test_killed_run_leaves_nothing_after_the_next(registry, test_images, tmp_path):
-    image = test_images["large:gzip"]
-    src = push(image, registry.host, "kill/large:src")
-    dst = f"docker://{registry.host}/kill/large:zc"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snapshotter", "--root", str(tmp_path), "convert", f"docker://{src}", dst],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    time.sleep(1.0)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+def test_killed_run_leaves_nothing_after_the_next(registry, big_image, tmp_path):
+    src = push(big_image, registry.host, "kill/big:src")
+    dst = f"docker://{registry.host}/kill/big:zc"
+    run = Running(tmp_path, "convert", f"docker://{src}", dst)
+    run.wait_for(lambda: _staging(tmp_path, "converted"), "a conversion in progress")
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.finish()
+    assert _staging(tmp_path, "converted"), "the kill must leave a half-written temp object to reclaim"
     proc = zsnap(tmp_path, "convert", f"docker://{src}", dst)
     assert_quiet(proc)
-    assert_converted(registry.host, "kill/large", "zc", [x.diff_id for x in image.layers])
+    assert_converted(registry.host, "kill/big", "zc", [x.diff_id for x in big_image.layers])
     assert_no_leftovers(tmp_path)

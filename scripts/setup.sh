@@ -32,7 +32,10 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.zsnap-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  echo "setup: installing Python dependencies into .venv (log: .venv/install.log)"
+  if ! { .venv/bin/pip install --upgrade pip && .venv/bin/pip install -e '.[test]'; } >.venv/install.log 2>&1; then
+    tail -n 40 .venv/install.log
+    exit 1
+  fi
   touch "$stamp"
 fi

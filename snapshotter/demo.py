@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             print("(lazy mount not available in this build; skipping the start)")
         print(f"\ndemo done: conversion took {convert_s:.1f}s")
         return 0
+    except subprocess.CalledProcessError as exc:
+        print(f"\ndemo failed: {' '.join(map(str, exc.cmd[:6]))} … exited {exc.returncode}", file=sys.stderr)
+        return 1
     finally:
         if registry:
             registry.stop()

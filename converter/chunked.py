@@ -26,14 +26,8 @@ TOC model and the compressed tar-split).
 
 from __future__ import annotations
 
-import codecs
-import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
-import queue
-import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
@@ -43,26 +37,15 @@ from converter.chunker import SINGLE_CHUNK_MAX, Chunker
 from converter.frames_pipeline import FramePipeline
 from converter.tarsplit import TarSplitPacker, crc64_iso
 from converter.tarstream import TarEntry, TarStreamReader
+from converter.tocstream import TimeText, TocStreamer, go_text
+from converter.workers import InputHasher, OrderedCompressor, short_switch_interval
 from fs.errors import ConversionError, ZsnapError
-from fs.format import (
-    Dialect,
-    Footer,
-    Toc,
-    TocEntry,
-    footer_bytes,
-    ns_to_rfc3339,
-    serialize_toc,
-    skippable_frame,
-)
+from fs.format import Dialect, Footer, Toc, TocEntry, footer_bytes, skippable_frame
 from fs.format.annotations import annotations_for
 
 __all__ = [
     "LAYER_MEDIA_TYPE",
     "ChunkedLayer",
-    "InputHasher",
-    "compress_toc",
-    "go_text",
-    "short_switch_interval",
     "write_zstd_chunked",
 ]
 
@@ -70,7 +53,8 @@ LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 _HEADER_FRAME_LIMIT = 4 << 20
 _PROGRESS_STEP = 8 << 20
-_TARSPLIT_STEP = 1 << 20
+#: Entries handed to the background TOC serializer at a time.
+_TOC_SLICE = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,41 +86,8 @@ class ChunkedLayer:
     dialect: Dialect = Dialect.CSTORAGE
 
 
-def _go_replace(exc: UnicodeError) -> tuple[str, int]:
-    """Codec error handler replacing each invalid byte with U+FFFD, like Go's JSON encoder does."""
-    if not isinstance(exc, UnicodeDecodeError):
-        raise exc
-    return "\ufffd" * (exc.end - exc.start), exc.end
-
-
-codecs.register_error("zsnap-go-replace", _go_replace)
-
-
-def go_text(raw: bytes) -> str:
-    """``raw`` as Go's JSON encoder shows a Go string holding those bytes (invalid UTF-8 → U+FFFD)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "zsnap-go-replace")
-
-
 def _go_key(key: str) -> str:
     return key if key.isascii() else go_text(key.encode("utf-8", "surrogateescape"))
-
-
-class _TimeText:
-    """Cache of ns → RFC 3339 text (layers repeat the same few mtimes)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, ns: int) -> str:
-        text = self._cache.get(ns)
-        if text is None:
-            if len(self._cache) > 65536:
-                self._cache.clear()
-            text = self._cache[ns] = ns_to_rfc3339(ns)
-        return text
 
 
 def _on_frame(tag: tuple[TocEntry, TocEntry | None], start: int, end: int, _digest: str | None) -> None:
@@ -145,119 +96,6 @@ def _on_frame(tag: tuple[TocEntry, TocEntry | None], start: int, end: int, _dige
     entry.offset = start
     if reg is not None:
         reg.end_offset = end
-
-
-_TOC_SLICE = 2048
-
-
-def compress_toc(toc: Toc, dialect: Dialect, level: int) -> tuple[bytes, int, str]:
-    """Serialize ``toc`` with :func:`fs.format.serialize_toc` and zstd-compress it, in bounded memory.
-
-    The entries are serialized ``_TOC_SLICE`` at a time and spliced into the document layout (compact
-    or tab-indented, as the empty document shows it), streaming into one zstd frame; the result is
-    byte-identical to compressing ``serialize_toc(toc, dialect)`` (checked slice by slice; any surprise
-    falls back to serializing the whole TOC at once).
-
-    Returns:
-        (compressed TOC, uncompressed length, ``sha256:`` of the uncompressed JSON).
-    """
-    cctx = zstandard.ZstdCompressor(level=level)
-    entries = toc.entries
-    if len(entries) <= _TOC_SLICE:
-        data = serialize_toc(toc, dialect)
-        return cctx.compress(data), len(data), "sha256:" + hashlib.sha256(data).hexdigest()
-    empty = serialize_toc(Toc(toc.version, [], ""), dialect)
-    head0, sep, tail0 = empty.partition(b"[]")
-    final = serialize_toc(Toc(toc.version, [], toc.tar_split_digest), dialect)
-    head, _, tail = final.partition(b"[]")
-    indented = dialect.is_estargz
-    pieces: list[bytes] = [head + b"["]
-    for start in range(0, len(entries), _TOC_SLICE):
-        part = serialize_toc(Toc(toc.version, entries[start : start + _TOC_SLICE], ""), dialect)
-        if not sep or not part.startswith(head0 + b"[") or not part.endswith(b"]" + tail0):
-            data = serialize_toc(toc, dialect)  # unexpected layout: do it the simple way
-            return cctx.compress(data), len(data), "sha256:" + hashlib.sha256(data).hexdigest()
-        middle = part[len(head0) + 1 : len(part) - len(tail0) - 1]
-        if indented:  # "\n" + entries + "\n\t"
-            middle = middle[1:-2]
-            pieces.append(b"\n" + middle if start == 0 else b",\n" + middle)
-        else:
-            pieces.append(middle if start == 0 else b"," + middle)
-    pieces.append(b"\n\t]" + tail if indented else b"]" + tail)
-    cobj = cctx.compressobj(size=sum(map(len, pieces)))
-    out = []
-    digest = hashlib.sha256()
-    length = 0
-    for piece in pieces:
-        out.append(cobj.compress(piece))
-        digest.update(piece)
-        length += len(piece)
-    out.append(cobj.flush())
-    return b"".join(out), length, "sha256:" + digest.hexdigest()
-
-
-class InputHasher:
-    """sha256 of the input stream, computed on a helper thread from the pieces the reader reads."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self._thread = threading.Thread(target=self._run, name="zsnap-diffid", daemon=True)
-        self._thread.start()
-
-    def __call__(self, data: bytes) -> None:
-        self._queue.put(data)
-
-    def _run(self) -> None:
-        update = self._hash.update
-        get = self._queue.get
-        while (data := get()) is not None:
-            update(data)
-            self.size += len(data)
-
-    def close(self) -> str:
-        """Wait for the hashing to finish; return ``sha256:<hex>`` (idempotent)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        return "sha256:" + self._hash.hexdigest()
-
-
-class _TarSplitSink:
-    """Compress tar-split lines as one zstd frame, in order, on a helper thread."""
-
-    def __init__(self, level: int) -> None:
-        self._cobj = zstandard.ZstdCompressor(level=level).compressobj()
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zsnap-tarsplit")
-        self._lines: list[bytes] = []
-        self._pending = 0
-        self._futures: list[concurrent.futures.Future[bytes]] = []
-        self.size = 0
-
-    def add(self, line: bytes) -> None:
-        self._lines.append(line)
-        self._pending += len(line)
-        if self._pending >= _TARSPLIT_STEP:
-            self._submit()
-
-    def _submit(self) -> None:
-        data = b"".join(self._lines)
-        self._lines, self._pending = [], 0
-        self.size += len(data)
-        self._futures.append(self._pool.submit(self._cobj.compress, data))
-
-    def finish(self) -> bytes:
-        if self._lines:
-            self._submit()
-        self._futures.append(self._pool.submit(self._cobj.flush))
-        try:
-            return b"".join(f.result() for f in self._futures)
-        finally:
-            self._pool.shutdown()
-
-    def abort(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
 
 
 class _Writer:
@@ -280,12 +118,14 @@ class _Writer:
         self.progress = progress
         self.pipe = FramePipeline(dst, level=level, threads=threads, on_frame=_on_frame)
         self.packer = TarSplitPacker() if dialect is Dialect.CSTORAGE else None
-        self.tar_split = _TarSplitSink(level) if self.packer else None
+        self.tar_split = OrderedCompressor(level) if self.packer else None
+        self.toc_stream = TocStreamer(dialect, level, background=True)
         self.chunker = Chunker()
         self.entries: list[TocEntry] = []
+        self._toc_fed = 0
         self.header: list[bytes] = []
         self.header_len = 0
-        self.time = _TimeText()
+        self.time = TimeText()
         self._next_progress = _PROGRESS_STEP
 
     # ---------------------------------------------------------------------------------------- data
@@ -299,6 +139,8 @@ class _Writer:
                 if not exc.path:
                     exc.path = entry.name
                 raise
+            if len(self.entries) - self._toc_fed >= _TOC_SLICE:
+                self._feed_toc()
             if reader.offset >= self._next_progress and self.progress:
                 self._next_progress = reader.offset + _PROGRESS_STEP
                 self.progress(reader.offset, self.pipe.written)
@@ -324,6 +166,13 @@ class _Writer:
         return dataclasses.replace(
             layer, digest=totals.compressed_sha256, size=totals.compressed_size, diff_id=diff_id
         )
+
+    def _feed_toc(self) -> None:
+        """Hand the entries queued so far to the TOC serializer once the writer has filled their offsets
+        (the callback runs on the writer thread after their frames)."""
+        pending = self.entries[self._toc_fed :]
+        self._toc_fed = len(self.entries)
+        self.pipe.call(lambda: self.toc_stream.add(pending))
 
     def _header(self, raw: bytes) -> None:
         self.header.append(raw)
@@ -434,7 +283,8 @@ class _Writer:
         tar_split_len = self.tar_split.size if self.tar_split else 0
         tar_split_digest = "sha256:" + hashlib.sha256(tar_split_c).hexdigest() if self.tar_split else ""
         toc = Toc(version=1, entries=self.entries, tar_split_digest=tar_split_digest)
-        toc_c, toc_len, _ = compress_toc(toc, self.dialect, self.level)
+        self.toc_stream.add(self.entries[self._toc_fed :])
+        toc_c, toc_len, _ = self.toc_stream.finish(tar_split_digest, self.entries)
         toc_digest = "sha256:" + hashlib.sha256(toc_c).hexdigest()
         toc_offset = data_size + 8
         tail = [skippable_frame(toc_c)]
@@ -466,35 +316,9 @@ class _Writer:
     def abort(self) -> None:
         self.pipe.abort()
         self.input_hash.close()
+        self.toc_stream.close()
         if self.tar_split:
             self.tar_split.abort()
-
-
-_switch_lock = threading.Lock()
-_switch_users = 0
-_switch_saved = 0.0
-#: While conversions run, the interpreter switches threads at least this often (default 5 ms). The
-#: compression and writer threads need the GIL briefly once per batch; with the default interval they
-#: can wait up to 5 ms behind the parsing thread each time, which starves the pipeline.
-SWITCH_INTERVAL = 0.001
-
-
-@contextlib.contextmanager
-def short_switch_interval() -> Iterator[None]:
-    """Lower ``sys.setswitchinterval`` while at least one conversion runs in this process."""
-    global _switch_users, _switch_saved
-    with _switch_lock:
-        if _switch_users == 0:
-            _switch_saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
-        _switch_users += 1
-    try:
-        yield
-    finally:
-        with _switch_lock:
-            _switch_users -= 1
-            if _switch_users == 0:
-                sys.setswitchinterval(_switch_saved)
 
 
 def write_zstd_chunked(

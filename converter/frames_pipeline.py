@@ -134,6 +134,11 @@ class FramePipeline:
         self._reserve(len(data))
         self._queue.put(("raw", data, len(data)))
 
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the writer thread once every frame queued so far has been written."""
+        self.flush()
+        self._queue.put(("call", fn, 0))
+
     def flush(self) -> None:
         """Submit the pending batch."""
         if not self._items:
@@ -207,6 +212,9 @@ class FramePipeline:
                 item = self._queue.get()
                 if item is None or self._stop:
                     break
+                if item[0] == "call":
+                    item[1]()
+                    continue
                 if item[0] == "raw":
                     data, nbytes = item[1], item[2]
                     pending.append(data)

@@ -36,17 +36,12 @@ import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
-from converter.chunked import (
-    LAYER_MEDIA_TYPE,
-    ChunkedLayer,
-    InputHasher,
-    compress_toc,
-    go_text,
-    short_switch_interval,
-)
+from converter.chunked import LAYER_MEDIA_TYPE, ChunkedLayer
 from converter.frames_pipeline import FramePipeline
 from converter.tarheader import TarEntry
 from converter.tarstream import TarStreamReader
+from converter.tocstream import compress_toc, go_text
+from converter.workers import InputHasher, short_switch_interval
 from fs.digest import EMPTY_SHA256
 from fs.errors import ConversionError, error_context
 from fs.format import Dialect, Footer, Toc, TocEntry, footer_bytes, ns_to_rfc3339, skippable_frame

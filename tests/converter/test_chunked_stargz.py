@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from converter.chunked import LAYER_MEDIA_TYPE, ChunkedLayer, go_text, write_zstd_chunked
+from converter.chunked import LAYER_MEDIA_TYPE, ChunkedLayer, write_zstd_chunked
 from converter.stargz_writer import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     STARGZ_CHUNK_SIZE,
     landmark_header,
 )
+from converter.tocstream import go_text
 from fs.errors import ConversionError
 from fs.format import Dialect, Toc, parse_footer, serialize_toc
 from fs.format.annotations import toc_location_from_annotations

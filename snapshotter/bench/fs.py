@@ -7,7 +7,8 @@ loopback registry, then:
 1. **sequential read of a 1 GiB cached file**: the store already holds every chunk (filled by background
    fetch in an earlier mount); the file is read through a fresh mount with 1 MiB reads, the FUSE page cache
    dropped (``POSIX_FADV_DONTNEED``) before each pass, so every byte goes through ``read`` of the FUSE
-   server; beside the native file read hot from the page cache. Target >= 1.5 GB/s.
+   server; beside the native file read hot from the page cache. One unmeasured first pass (it also brings
+   back store files the kernel evicted meanwhile), then the median of ``--passes``. Target >= 1.5 GB/s.
 2. **stat + open + read + close of 10,000 small cached files** through a fresh mount (kernel caches
    cold, store warm); beside the same on the native file system. Target <= 300 µs/file.
 3. **cold first-read latency of a 4 KiB file in a 1 GB layer**: empty store, no prefetch/background
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--small-size", type=int, default=4096, help="bytes per small file")
     parser.add_argument("--probes", type=int, default=9, help="4 KiB files for the cold-read latency")
-    parser.add_argument("--passes", type=int, default=3, help="repetitions of the sequential read")
+    parser.add_argument("--passes", type=int, default=5, help="measured sequential passes (median)")
     parser.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json-only", action="store_true", help="print only the JSON line")
@@ -255,7 +256,9 @@ def run(args: argparse.Namespace) -> int:
         big_rel = m.mountpoint / "big/file.bin"
         _seq_read(native / "big/file.bin", drop=False)
         seq_n = statistics.median(_seq_read(native / "big/file.bin", drop=False) for _ in range(args.passes))
-        seq_z = statistics.median(_seq_read(big_rel, drop=True) for _ in range(args.passes))
+        seq_first = _seq_read(big_rel, drop=True)  # also pulls store files evicted meanwhile back in
+        seq_passes = [_seq_read(big_rel, drop=True) for _ in range(args.passes)]
+        seq_z, seq_best = statistics.median(seq_passes), max(seq_passes)
         seq_z_cached = _seq_read(big_rel, drop=False)
         time.sleep(1.1)
         warm_stats = m.stats()
@@ -273,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
         "seq_read_gbps": round(seq_z, 3),
         "seq_read_native_gbps": round(seq_n, 3),
         "seq_read_ratio": round(seq_z / seq_n, 3),
+        "seq_read_best_gbps": round(seq_best, 3),
+        "seq_read_first_pass_gbps": round(seq_first, 3),
         "seq_reread_page_cache_gbps": round(seq_z_cached, 3),
         "small_us_per_file": round(small_z, 1),
         "small_us_per_file_warm_kernel": round(small_z2, 1),
@@ -296,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
         rows = [
             ("(1) sequential read, 1 GiB cached", f"{seq_z:.2f} GB/s", f"{seq_n:.2f} GB/s",
              f"{seq_z / seq_n:.2f}x", f">= {TARGETS['seq_gbps']} GB/s", ok["seq"]),
+            ("    first pass / best pass", f"{seq_first:.2f}/{seq_best:.2f}", "", "", "", None),
             ("    re-read from page cache", f"{seq_z_cached:.2f} GB/s", "", "", "", None),
             ("(2) stat+open+read, 10k cached files", f"{small_z:.0f} µs", f"{small_n:.1f} µs",
              f"{small_z / small_n:.0f}x", f"<= {TARGETS['small_us']:.0f} µs", ok["small"]),

@@ -17,11 +17,14 @@ only when the file has more than one chunk, ``chunk`` entries follow it, ``endOf
 c/storage ≤ 1.46 layout (no tar-split, 40-byte footer, ``io.containers.*`` keys). ``Dialect.STARGZ_ZSTD``
 (stargz-snapshotter's ``--zstdchunked``) is written by :mod:`converter.stargz_writer`.
 
-Threads: the calling thread parses the tar, cuts chunks, computes the CRC-64 for tar-split and builds the
-TOC model; a :class:`~converter.frames_pipeline.FramePipeline` compresses frames on ``threads`` workers
-(sha256 of each chunk alongside) and a writer thread writes them in order, hashing the output, the input
-(diff_id) and multi-chunk files. Memory stays bounded (≈ 64 MiB queued data + one chunker window + the
-TOC model and the compressed tar-split).
+Threads (2 cores, the GIL): the calling thread parses the tar, cuts chunks, hashes them (sha256 per chunk
+and per file, CRC-64 for tar-split) and builds the TOC model and tar-split lines; a
+:class:`~converter.frames_pipeline.FramePipeline` compresses ~1 MiB batches of frames on ``threads``
+workers (one GIL release per batch) and a writer thread writes them in order, filling in offsets and
+hashing the output; helper threads hash the input (diff_id), compress the tar-split and serialize the
+TOC in slices. Memory stays bounded: ≤ 32 MiB of queued frame data, one 8 MiB chunker window, the TOC
+model (~0.5 KiB per entry) and the compressed TOC and tar-split. While a conversion runs, the
+interpreter's switch interval is lowered to 1 ms (:func:`converter.workers.short_switch_interval`).
 """
 
 from __future__ import annotations

@@ -59,14 +59,22 @@ class InputHasher:
     Pieces must not change after being fed (bytes, or views of immutable bytes).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_pending: int = 32 << 20) -> None:
         self._queue: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
         self._hash = hashlib.sha256()
         self.size = 0
+        self._max_pending = max_pending
+        self._pending = 0
+        self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="zsnap-hash", daemon=True)
         self._thread.start()
 
     def __call__(self, data: bytes | memoryview) -> None:
+        """Queue ``data``; blocks while more than ``max_pending`` bytes wait to be hashed."""
+        with self._cond:
+            while self._pending > 0 and self._pending + len(data) > self._max_pending:
+                self._cond.wait()
+            self._pending += len(data)
         self._queue.put(data)
 
     def _run(self) -> None:
@@ -75,6 +83,9 @@ class InputHasher:
         while (data := get()) is not None:
             update(data)
             self.size += len(data)
+            with self._cond:
+                self._pending -= len(data)
+                self._cond.notify()
 
     def close(self) -> str:
         """Wait for the hashing to finish; return ``sha256:<hex>`` (idempotent)."""

@@ -410,3 +410,18 @@ def test_tarsplit_packer_shape() -> None:
     assert crc64_iso(b"123456789") == 0xB90956C775A41001 == crc64_go_iso(b"123456789")
     with pytest.raises(UnsupportedFormat):
         packer.file(b"./empty/", 0, None)
+
+
+def test_cancel_from_progress_callback() -> None:
+    """Raising from ``progress`` (how the image pipeline cancels) stops everything cleanly."""
+    before = threading.active_count()
+    image = build_tar([Member(f"f{i}", data=os.urandom(1 << 20)) for i in range(40)])
+
+    def progress(done: int, written: int) -> None:
+        if done > 8 << 20:
+            raise ConversionError("conversion cancelled")
+
+    for dialect in (Dialect.CSTORAGE, Dialect.STARGZ_ZSTD):
+        with pytest.raises(ConversionError, match="cancelled"):
+            write_zstd_chunked(io.BytesIO(image.data), io.BytesIO(), dialect=dialect, progress=progress)
+        assert threading.active_count() == before

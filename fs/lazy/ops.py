@@ -203,10 +203,12 @@ class LazyOperations(pyfuse3.Operations):
         layer = self.layers[node.layer]
         try:
             if layer.source is not None:
-                return await self.fetcher.read(layer.source, node.content, node.size, off, size)
-            n = min(size, node.size - off)
-            data: bytes = self.store.pread(layer.tar_digest, node.content + off, n)
-            self.stats.cache_hits += 1
+                data = await self.fetcher.read(layer.source, node.content, node.size, off, size)
+            else:
+                data = self.store.pread(layer.tar_digest, node.content + off, min(size, node.size - off))
+                self.stats.cache_hits += 1
+            self.stats.reads += 1
+            self.stats.read_bytes += len(data)
             return data
         except ZsnapError as exc:
             raise self._fail(node, exc) from None

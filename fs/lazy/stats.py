@@ -11,6 +11,7 @@ Fields (all cumulative since the mount started):
 * ``verify_failures``: fetched chunks that did not match (never cached, the read got EIO).
 * ``fetch_errors``: fetches that failed (registry unreachable, timeouts, refused).
 * ``eio``: FUSE requests answered with EIO.
+* ``reads`` / ``read_bytes``: FUSE READ requests served and the bytes they returned.
 * ``fetch_latency``: ``{"count", "p50", "p95", "max"}`` in seconds over range GETs (a bounded reservoir of
   the most recent 10,000 samples for the percentiles; ``max`` over all).
 * ``prefetch_done`` / ``background_done``: whether those passes finished.
@@ -48,6 +49,8 @@ class MountStats:
     verify_failures: int = 0
     fetch_errors: int = 0
     eio: int = 0
+    reads: int = 0
+    read_bytes: int = 0
     toc_bytes: int = 0
     prefetch_done: bool = False
     background_done: bool = False
@@ -78,6 +81,8 @@ class MountStats:
             "verify_failures": self.verify_failures,
             "fetch_errors": self.fetch_errors,
             "eio": self.eio,
+            "reads": self.reads,
+            "read_bytes": self.read_bytes,
             "toc_bytes": self.toc_bytes,
             "bytes_by_priority": dict(self.bytes_by_priority),
             "prefetch_done": self.prefetch_done,

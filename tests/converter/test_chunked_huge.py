@@ -19,7 +19,13 @@ HUGE = (4 << 30) + 4097
 REPO = Path(__file__).resolve().parents[2]
 
 _CONVERT = """
-import json, resource, sys
+import json, sys
+
+def hwm_kib():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
 sys.path.insert(0, {repo!r})
 from converter.chunked import write_zstd_chunked
 from tests.converter.tarfactory import StreamingZeroTar
@@ -27,7 +33,7 @@ with open({out!r}, "wb") as dst:
     layer = write_zstd_chunked(StreamingZeroTar({size}), dst)
 print(json.dumps({{"digest": layer.digest, "size": layer.size, "diff_id": layer.diff_id,
                    "uncompressed_size": layer.uncompressed_size, "annotations": layer.annotations,
-                   "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+                   "maxrss_kib": hwm_kib()}}))
 """
 
 

@@ -27,7 +27,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 _MEASURE = """
-import json, os, resource, sys, time
+import json, os, sys, time
+
+def hwm_kib():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
 sys.path.insert(0, {repo!r})
 from converter.chunked import write_zstd_chunked
 path = {path!r}
@@ -40,7 +46,7 @@ with open(path, "rb") as src, open(os.devnull, "wb") as dst:
     wall = time.perf_counter() - start; cpu = time.process_time() - cpu
 print(json.dumps({{"bytes": layer.uncompressed_size, "out": layer.size, "wall": wall, "cpu": cpu,
                    "entries": len(layer.toc.entries),
-                   "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}}))
+                   "rss_mib": hwm_kib() // 1024}}))
 """
 
 

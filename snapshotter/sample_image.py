@@ -18,7 +18,7 @@ from pathlib import Path
 
 from isal import igzip
 
-__all__ = ["bench_layers", "build_image", "demo_layers"]
+__all__ = ["bench_layers", "build_image", "demo_layers", "system_layers"]
 
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ["sh", "cat", "ls", "echo", "sha256sum", "head", "wc", "find", "stat", "true"]
@@ -92,6 +92,51 @@ def bench_layers(total_mb: int, layers: int = 5) -> list[LayerBuilder]:
     return builders
 
 
+def system_layers(total_mb: int, layers: int = 5, roots: tuple[str, ...] = ("/usr",)) -> list[LayerBuilder]:
+    """Layers of real files from this machine (binaries, libraries, text), about ``total_mb`` MB in all.
+
+    Real content is what conversion speed should be measured on: synthetic data is either trivially
+    compressible or incompressible, and zstd is much faster on both than on real binaries. The files are
+    taken in sorted path order, so the image is the same on machines with the same packages.
+    """
+    budget = total_mb << 20
+    per_layer = max(1, budget // max(1, layers - 1))
+    groups: list[list[Path]] = [[]]
+    used = 0
+    for path in _walk_files(roots):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        if used + size > budget:
+            break
+        if sum(p.stat().st_size for p in groups[-1]) + size > per_layer and len(groups) < layers - 1:
+            groups.append([])
+        groups[-1].append(path)
+        used += size
+
+    def build(tar: tarfile.TarFile, paths: list[Path]) -> None:
+        for path in paths:
+            info = tar.gettarinfo(str(path), arcname=str(path).lstrip("/"))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "", ""
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+
+    return [_base_layer] + [lambda tar, paths=paths: build(tar, paths) for paths in groups]
+
+
+def _walk_files(roots: tuple[str, ...]):
+    import os
+
+    for root in roots:
+        for directory, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(directory) / name
+                if path.is_file() and not path.is_symlink():
+                    yield path
+
+
 def _write_blob(blobs: Path, data: bytes, media_type: str) -> dict:
     digest = hashlib.sha256(data).hexdigest()
     (blobs / digest).write_bytes(data)
@@ -137,9 +182,12 @@ def _small_files(tar: tarfile.TarFile, prefix: str, count: int, *, seed: int) ->
 
 
 def _big_file(tar: tarfile.TarFile, name: str, size: int, *, seed: int) -> None:
-    """A file streamed in 64 KiB pieces: half incompressible, half text (never held whole)."""
+    """A file streamed in 64 KiB pieces: half incompressible, half text (never held whole).
+
+    The incompressible halves are fresh random bytes each time (a repeating noise buffer would let a
+    compressor with a long window shrink them, which real weights or binaries do not allow).
+    """
     rng = random.Random(seed)
-    noise = rng.randbytes(1 << 20)
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, MTIME
 
@@ -153,9 +201,8 @@ def _big_file(tar: tarfile.TarFile, name: str, size: int, *, seed: int) -> None:
 
         def readinto(self, buf) -> int:  # type: ignore[override]
             while len(self.pending) < len(buf) and self.produced < size:
-                start = (self.produced * 7919) % ((1 << 20) - (1 << 15))
                 text = (b"weights %07d\n" % (self.produced >> 16))[:16] * 2048
-                piece = (noise[start : start + (1 << 15)] + text)[: size - self.produced]
+                piece = (rng.randbytes(1 << 15) + text)[: size - self.produced]
                 self.produced += len(piece)
                 self.pending += piece
             n = min(len(buf), len(self.pending))

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from snapshotter.sample_image import bench_layers, build_image
+from snapshotter.sample_image import bench_layers, build_image, system_layers
 from snapshotter.services import LocalContainerd, LocalRegistry
 
 __all__ = ["add_arguments", "run"]
@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size-mb", type=int, default=1300, help="uncompressed image size (default %(default)s)"
     )
     parser.add_argument("--layers", type=int, default=5, help="layer count (default %(default)s)")
+    parser.add_argument(
+        "--content",
+        choices=["system", "synthetic"],
+        default="system",
+        help="system: real files from /usr (default; realistic compression speed); synthetic: seeded data",
+    )
     parser.add_argument(
         "--level", type=int, default=3, help="zstd level for every tool (default %(default)s)"
     )
@@ -49,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     registry = containerd = None
     results: dict[str, dict] = {}
     try:
-        _say(f"building a {args.size_mb} MB, {args.layers}-layer image")
+        _say(f"building a {args.size_mb} MB, {args.layers}-layer image ({args.content} content)")
         layout = work / "layout"
-        build_image(layout, bench_layers(args.size_mb, args.layers), tag="bench")
+        builders = (system_layers if args.content == "system" else bench_layers)(args.size_mb, args.layers)
+        build_image(layout, builders, tag="bench")
         uncompressed = _uncompressed_size(layout)
         registry = LocalRegistry(work / "registry")
         src = f"{registry.host}/bench/src:gzip"
@@ -194,6 +201,8 @@ def _blob(layout: Path, digest: str) -> bytes:
 
 
 def _image_size(host: str, repo: str, tag: str) -> int:
+    """Total layer bytes of the tool's output, after checking that it really is zstd:chunked (a tool
+    that silently reused the gzip blobs would otherwise win the benchmark)."""
     request = urllib.request.Request(
         f"http://{host}/v2/{repo}/manifests/{tag}",
         headers={
@@ -203,6 +212,10 @@ def _image_size(host: str, repo: str, tag: str) -> int:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         manifest = json.loads(response.read())
+    for layer in manifest["layers"]:
+        keys = layer.get("annotations", {})
+        if not layer["mediaType"].endswith("+zstd") or not any("zstd-chunked.manifest" in k for k in keys):
+            raise RuntimeError(f"{repo}:{tag} layer {layer['digest']} is not zstd:chunked: {layer}")
     return sum(layer["size"] for layer in manifest["layers"])
 
 

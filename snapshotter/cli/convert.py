@@ -78,12 +78,12 @@ def _requests(args: argparse.Namespace):
 
 def _convert(args: argparse.Namespace) -> int:
     import trio
-    from fs.store import Store
 
     from converter.convert import convert_images
     from converter.layers import ConvertOptions
     from converter.progress import Reporter
     from fs.format import Dialect
+    from fs.store import Store
 
     requests = _requests(args)
     prefetch: tuple[str, ...] = ()
@@ -122,10 +122,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     import trio
-    from fs.store import Store
 
     from converter.check import check_image
     from converter.progress import Reporter
+    from fs.store import Store
 
     reporter = Reporter(quiet=args.json)
     try:

@@ -141,7 +141,10 @@ class _Emitter:
             modtime=_modtime(e.mtime_ns),
             dev_major=e.dev_major if e.type in ("char", "block") else 0,
             dev_minor=e.dev_minor if e.type in ("char", "block") else 0,
-            xattrs=dict(e.xattrs),
+            xattrs={
+                k if k.isascii() else go_text(k.encode("utf-8", "surrogateescape")): v
+                for k, v in e.xattrs.items()
+            },
         )
         self.entries.append(toc)
         self._put(header)

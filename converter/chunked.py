@@ -113,7 +113,9 @@ class _Writer:
         dialect: Dialect,
         threads: int,
         progress: Callable[[int, int], None] | None,
+        prefetch: Sequence[str] = (),
     ) -> None:
+        self.prefetch = list(prefetch)
         self.input_hash = InputHasher()
         self.reader = TarStreamReader(src, on_read=self.input_hash)
         self.dialect = dialect
@@ -285,9 +287,9 @@ class _Writer:
         tar_split_c = self.tar_split.finish() if self.tar_split else b""
         tar_split_len = self.tar_split.size if self.tar_split else 0
         tar_split_digest = "sha256:" + hashlib.sha256(tar_split_c).hexdigest() if self.tar_split else ""
-        toc = Toc(version=1, entries=self.entries, tar_split_digest=tar_split_digest)
+        toc = Toc(version=1, entries=self.entries, tar_split_digest=tar_split_digest, prefetch=self.prefetch)
         self.toc_stream.add(self.entries[self._toc_fed :])
-        toc_c, toc_len, _ = self.toc_stream.finish(tar_split_digest, self.entries)
+        toc_c, toc_len, _ = self.toc_stream.finish(tar_split_digest, self.entries, self.prefetch)
         toc_digest = "sha256:" + hashlib.sha256(toc_c).hexdigest()
         toc_offset = data_size + 8
         tail = [skippable_frame(toc_c)]
@@ -344,7 +346,9 @@ def write_zstd_chunked(
         dialect: ``CSTORAGE`` (default, c/storage ≥ 1.50), ``CSTORAGE_V1`` (c/storage ≤ 1.46) or
             ``STARGZ_ZSTD`` (stargz-snapshotter ``--zstdchunked``; rewrites the tar, see
             :mod:`converter.stargz_writer`).
-        prefetch: paths to put first (``STARGZ_ZSTD`` only; needs ``src_factory``); returned as is.
+        prefetch: paths a workload reads first. c/storage dialects record them in the TOC
+            (``zsnapPrefetch``, see :class:`fs.format.Toc`) and keep the tar order (the diff_id must not
+            change); ``STARGZ_ZSTD`` puts them first, then ``.prefetch.landmark`` (needs ``src_factory``).
         progress: called on this thread as ``progress(input_bytes_read, output_bytes_written)`` every
             few MiB.
         threads: compression threads.
@@ -370,7 +374,9 @@ def write_zstd_chunked(
     if dialect not in (Dialect.CSTORAGE, Dialect.CSTORAGE_V1):
         raise ConversionError(f"write_zstd_chunked cannot write the {dialect.value} dialect")
     with short_switch_interval():
-        writer = _Writer(src, dst, level=level, dialect=dialect, threads=threads, progress=progress)
+        writer = _Writer(
+            src, dst, level=level, dialect=dialect, threads=threads, progress=progress, prefetch=prefetch
+        )
         try:
             layer = writer.run()
         except BaseException as exc:

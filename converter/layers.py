@@ -173,10 +173,14 @@ class LayerWorker:
                 raise ConversionError("conversion cancelled")
             self._reporter.layer_progress(job.key, raw.tell(), bytes_out)
 
+        def reopen() -> BinaryIO:
+            # The stargz writer with a prefetch list reads the source twice (prioritized files first).
+            return _open_decompressed(open(source_path, "rb"), job.compression)
+
         try:
             with (
                 open(source_path, "rb") as raw,
-                _decompressed(raw, job.compression) as tar,
+                _open_decompressed(raw, job.compression) as tar,
                 open(out_path, "wb") as out,
             ):
                 result = write_zstd_chunked(
@@ -186,6 +190,7 @@ class LayerWorker:
                     dialect=self._options.dialect,
                     prefetch=self._options.prefetch,
                     progress=progress,
+                    src_factory=reopen,
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -221,20 +226,17 @@ class LayerWorker:
         self._reporter.layer_done(job.key, "converted", digest=_short(result.digest))
 
 
-@contextlib.contextmanager
-def _decompressed(raw: BinaryIO, compression: Compression):
+def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:
+    """The uncompressed tar stream of ``raw``; closing it closes ``raw``."""
     if compression is Compression.GZIP:
         from isal import igzip
 
-        with igzip.open(raw, "rb") as stream:
-            yield stream
-    elif compression is Compression.ZSTD:
+        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if compression is Compression.ZSTD:
         import zstandard
 
-        with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as stream:
-            yield stream
-    else:
-        yield raw
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+    return raw
 
 
 def _output_estimate(job: LayerJob) -> int:

@@ -124,21 +124,24 @@ class TocStreamer:
             self._emit(middle if not self._slices else b"," + middle)
         self._slices += 1
 
-    def finish(self, tar_split_digest: str, all_entries: Sequence[TocEntry]) -> tuple[bytes, int, str]:
+    def finish(
+        self, tar_split_digest: str, all_entries: Sequence[TocEntry], prefetch: Sequence[str] = ()
+    ) -> tuple[bytes, int, str]:
         """Close the document; return (compressed TOC, uncompressed length, ``sha256:`` of the JSON).
 
-        ``all_entries`` is only used by the fallback (the whole TOC serialized at once).
+        ``all_entries`` is only used by the fallback (the whole TOC serialized at once); ``prefetch`` is
+        the TOC's prefetch list (c/storage schema only).
         """
         try:
             for future in self._futures:
                 future.result()
         finally:
             self.close()
-        head, _, tail = serialize_toc(Toc(self._version, [], tar_split_digest), self._dialect).partition(
-            b"[]"
-        )
+        empty = Toc(self._version, [], tar_split_digest, prefetch=list(prefetch))
+        head, _, tail = serialize_toc(empty, self._dialect).partition(b"[]")
         if self._broken or head + b"[" != self._head0:
-            data = serialize_toc(Toc(self._version, list(all_entries), tar_split_digest), self._dialect)
+            whole = Toc(self._version, list(all_entries), tar_split_digest, prefetch=list(prefetch))
+            data = serialize_toc(whole, self._dialect)
             compressed = zstandard.ZstdCompressor(level=self._level).compress(data)
             return compressed, len(data), "sha256:" + hashlib.sha256(data).hexdigest()
         self._emit(b"\n\t]" + tail if self._indented and self._slices else b"]" + tail)
@@ -159,4 +162,4 @@ def compress_toc(toc: Toc, dialect: Dialect, level: int) -> tuple[bytes, int, st
     streamer = TocStreamer(dialect, level, version=toc.version)
     for start in range(0, len(toc.entries), _SLICE):
         streamer.add(toc.entries[start : start + _SLICE])
-    return streamer.finish(toc.tar_split_digest, toc.entries)
+    return streamer.finish(toc.tar_split_digest, toc.entries, toc.prefetch)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -40,20 +39,19 @@ from fs.format.annotations import (
 from fs.format.dialect import Dialect
 from fs.format.footer import FOOTER_FETCH_SIZE, parse_footer
 from fs.format.index import build_index
-from fs.format.tree import Chunk, LayerIndex, normalize_name
+from fs.format.tree import Chunk, LayerIndex
 from fs.format.verify import decode_and_verify_toc
 from fs.lazy.fetcher import BlobSource
 from fs.lazy.inodes import Item
 from fs.lazy.stats import MountStats
 from fs.lazy.tarindex import index_tar
 
-__all__ = ["PREFETCH_ANNOTATION", "LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
+__all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
 
 log = logging.getLogger(__name__)
 
 #: Layer annotation naming files to prefetch (JSON array of paths), for dialects without eStargz landmarks
 #: (``zsnap convert --prefetch-list`` for c/storage layers). Honored for every dialect.
-PREFETCH_ANNOTATION = "dev.zsnap.prefetch"
 
 #: Blob tail fetched when the footer must locate the TOC: the footer plus, often, a small TOC with it.
 TAIL_SIZE = max(FOOTER_FETCH_SIZE, 16 * 1024)
@@ -121,8 +119,8 @@ class OpenedLayer:
 
     def prefetch_chunks(self) -> list[Chunk]:
         """Chunks the image marks as needed first: everything before ``.prefetch.landmark`` (eStargz), the
-        files prioritized before it, and the files of the :data:`PREFETCH_ANNOTATION` list; [] with
-        ``.no.prefetch.landmark`` or without any marker."""
+        files prioritized before it, and the TOC's prefetch list (``zsnapPrefetch`` in c/storage layers
+        written by ``zsnap convert --prefetch-list``); [] with ``.no.prefetch.landmark`` or no marker."""
         idx = self.index
         if idx is None or idx.no_prefetch:
             return []
@@ -131,24 +129,12 @@ class OpenedLayer:
             for c in self.chunks_by_offset():
                 if c.compressed_offset < idx.prefetch_landmark_offset:
                     chosen.setdefault(c.digest, c)
-        for path in [*idx.prefetch_paths, *_annotated_prefetch(self.desc.annotations)]:
+        for path in idx.prefetch_paths:
             node = idx.nodes.get(path)
             for c in node.chunks if node is not None else ():
                 if not c.zeros:
                     chosen.setdefault(c.digest, c)
         return sorted(chosen.values(), key=lambda c: c.compressed_offset)
-
-
-def _annotated_prefetch(annotations: dict[str, str]) -> list[str]:
-    raw = annotations.get(PREFETCH_ANNOTATION)
-    if not raw:
-        return []
-    try:
-        paths = json.loads(raw)
-        return [normalize_name(p) for p in paths if isinstance(p, str) and p.strip("/.")]
-    except (ValueError, FormatError) as exc:
-        log.info("ignoring malformed %s annotation: %s", PREFETCH_ANNOTATION, exc)
-        return []
 
 
 def index_items(index: LayerIndex) -> list[Item]:

@@ -162,20 +162,14 @@ async def test_on_demand_read_promotes_a_queued_background_fetch(feat_layer) -> 
         assert sched.statistics().granted == (2, 0, 0)
 
 
-async def test_prefetch_sets_from_landmarks_and_annotation(vectors_dir: Path, feat_layer) -> None:
+async def test_prefetch_sets_from_landmarks_and_toc_list(vectors_dir: Path, feat_layer) -> None:
     import dataclasses
-
-    from fs.lazy.layer import PREFETCH_ANNOTATION
 
     _, _, layer = feat_layer
     assert layer.prefetch_chunks() == []  # c/storage layer without a list: nothing marked
-    desc = dataclasses.replace(
-        layer.desc, annotations={PREFETCH_ANNOTATION: '["/feat/text-2M", "feat/empty"]'}
-    )
-    marked = dataclasses.replace(layer, desc=desc).prefetch_chunks()
+    listed = dataclasses.replace(layer.index, prefetch_paths=["feat/text-2M", "feat/empty"])
+    marked = dataclasses.replace(layer, index=listed).prefetch_chunks()
     assert {c.digest for c in marked} == {c.digest for c in _file(layer, "feat/text-2M")[1]}
-    bad = dataclasses.replace(layer.desc, annotations={PREFETCH_ANNOTATION: "not json"})
-    assert dataclasses.replace(layer, desc=bad).prefetch_chunks() == []
     # ctr-remote layers carry .no.prefetch.landmark: no prefetch at all
     client = LayoutClient(OciLayout(vectors_dir / "ctr-remote-0.12-zstdchunked"))
     image = await resolve_image(client, ImageReference.parse(f"oci:{client.layout.path}:features"))

@@ -104,8 +104,6 @@ def test_zsnap_convert_output_mounts_lazily(
         zsnap_command(tmp_path / "convert-root", "convert", "--quiet", "--format", fmt, image.ref, dest),
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-    if done.returncode != 0 and ("invalid choice" in done.stderr or "ModuleNotFoundError" in done.stderr):
-        pytest.skip(f"zsnap convert cannot write {fmt} yet: {done.stderr.strip()[-200:]}")
     assert done.returncode == 0, done.stderr
     m = zsnap_mount(dest, *LAZY_ONLY)
     assert "3 layers, 3 lazy" in m.ready_line
@@ -209,13 +207,10 @@ def test_prefetch_list_is_fetched_first(fmt: str, test_images, registry, zsnap_m
                       str(listed), image.ref, dest),
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-    if done.returncode != 0 and "prioritized" in done.stderr:
-        pytest.skip(f"zsnap convert cannot order prefetched files yet: {done.stderr.strip()[-160:]}")
     assert done.returncode == 0, done.stderr
     m = zsnap_mount(dest, "--no-background-fetch")
     s = m.wait_stats(lambda s: s["prefetch_done"])
-    if not s["bytes_by_priority"].get("prefetch"):
-        pytest.skip(f"zsnap convert --format {fmt} records no prefetch list in the image")
+    assert s["bytes_by_priority"].get("prefetch", 0) > 0  # fetched at mount, before any read
     assert s["bytes_by_priority"].get("on_demand", 0) == 0
     time.sleep(1.1)
     before = m.stats()["bytes_fetched"]

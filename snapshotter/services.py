@@ -100,10 +100,14 @@ class LocalContainerd:
         return self.ctr("version", check=False).returncode == 0
 
     def ctr(self, *args: str, check: bool = True, tool: str = "ctr") -> subprocess.CompletedProcess:
-        return subprocess.run(
+        proc = subprocess.run(
             [tool, "--address", self.address, "--namespace", self.NAMESPACE, *args],
-            check=check, capture_output=True, text=True,
+            capture_output=True, text=True,
         )
+        if check and proc.returncode != 0:
+            detail = proc.stderr.strip()[-1500:]
+            raise RuntimeError(f"{tool} {' '.join(args)} failed ({proc.returncode}): {detail}")
+        return proc
 
     def stop(self) -> None:
         stop_pid(self._proc)

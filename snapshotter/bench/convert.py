@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         }
 
         if not args.skip_skopeo:
-            _say("skopeo copy --dest-compress-format zstd:chunked (one core, by design of c/storage)")
+            _say("skopeo copy --dest-compress-format zstd:chunked")
             script = (
                 "set -e; mkdir -p /var/lib/containers/cache; mount -t tmpfs tmpfs /var/lib/containers/cache; "
                 f"exec skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false "

@@ -197,11 +197,13 @@ def test_index_all_platforms_and_host_platform(registry, test_images, tmp_path):
     zsnap(tmp_path, "check", f"docker://{registry.host}/conv/multi:all")
 
 
-def test_converted_image_runs_in_containerd(registry, test_images, containerd_clean, tmp_path):
+@pytest.mark.parametrize("fmt", ["zstd-chunked", "stargz-zstd-chunked"])
+def test_converted_image_runs_in_containerd(fmt, registry, test_images, containerd_clean, tmp_path):
+    """containerd unpacks what we wrote (for stargz output: the rewritten diff_ids must be right)."""
     image = test_images["features:gzip"]
     src = push(image, registry.host, "conv/run:src")
-    dst = f"{registry.host}/conv/run:zc"
-    zsnap(tmp_path, "convert", f"docker://{src}", f"docker://{dst}")
+    dst = f"{registry.host}/conv/run:{fmt}"
+    zsnap(tmp_path, "convert", "--format", fmt, f"docker://{src}", f"docker://{dst}")
     containerd_clean.pull(dst)
     sums_in_container = "/run/zsnap-check/SHA256SUMS"
     out = containerd_clean.run(

@@ -6,8 +6,11 @@ A run has three phases:
    collect every layer occurrence. Occurrences with the same (source digest, options) share one
    :class:`~converter.layers.LayerJob` that lists every destination needing it: a layer named twice in a
    manifest, across platforms or across images is converted once.
-2. **Convert.** Run the jobs, at most ``jobs`` at a time, in one nursery. If one fails the run fails, but
-   nothing another job still uses is deleted: jobs only drop their own claims on store temp objects.
+2. **Convert.** Run the jobs in one nursery: at most ``jobs`` layers are being converted at once, and at
+   most ``2 * jobs`` are in flight (downloading, waiting to convert, pushing), which bounds the scratch
+   space staged at any time while keeping downloads and pushes overlapped with conversion. If one job
+   fails the run fails, but nothing another job still uses is deleted: jobs only drop their own claims on
+   store temp objects.
 3. **Publish.** Per manifest: copy untouched blobs (config, foreign layers), rewrite the config when the
    dialect changes diff_ids, push the new manifest; then the new index, then the tag.
 """
@@ -104,9 +107,13 @@ async def convert_images(
     """
     reporter = reporter or Reporter()
     options = options or ConvertOptions()
-    limit = trio.CapacityLimiter(jobs or os.cpu_count() or 1)
+    jobs = jobs or os.cpu_count() or 1
+    in_flight = trio.CapacityLimiter(2 * jobs)
     cache = ConversionCache(store.root / "convert-cache")
-    worker = LayerWorker(store, cache, options, reporter, holder=f"convert:{os.getpid()}")
+    worker = LayerWorker(
+        store, cache, options, reporter, holder=f"convert:{os.getpid()}",
+        converters=trio.CapacityLimiter(jobs),
+    )
     endpoints: dict[str, Endpoint] = {}
     layer_jobs: dict[str, LayerJob] = {}
 
@@ -123,7 +130,7 @@ async def convert_images(
         )
 
         async def run_job(job: LayerJob) -> None:
-            async with limit:
+            async with in_flight:
                 await worker.run(job)
 
         async with trio.open_nursery() as nursery:

@@ -73,12 +73,16 @@ class LayerWorker:
         reporter: Reporter,
         *,
         holder: str,
+        converters: trio.CapacityLimiter | None = None,
     ) -> None:
         self._store = store
         self._cache = cache
         self._options = options
         self._reporter = reporter
         self._holder = holder
+        # Bounds only the CPU-heavy step (decompress + chunk + compress). Downloads and pushes of other
+        # layers go on meanwhile, so the network and the cores are busy at the same time.
+        self._converters = converters or trio.CapacityLimiter(1)
 
     async def run(self, job: LayerJob) -> CacheRecord:
         """Make sure every destination of ``job`` has the converted blob; return its record.
@@ -111,7 +115,9 @@ class LayerWorker:
             stop = threading.Event()
             try:
                 async with self._acquired(
-                    f"converted/{job.key}", lambda path: self._produce(job, source_path, path, stop)
+                    f"converted/{job.key}",
+                    lambda path: self._produce(job, source_path, path, stop),
+                    limiter=self._converters,
                 ) as path:
                     record = self._cache.get(job.key)
                     if record is None:  # the producer publishes the record before the file is done
@@ -154,8 +160,13 @@ class LayerWorker:
             yield path
 
     @contextlib.asynccontextmanager
-    async def _acquired(self, name: str, producer) -> AsyncIterator[Path]:
-        handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
+    async def _acquired(
+        self, name: str, producer, *, limiter: trio.CapacityLimiter | None = None
+    ) -> AsyncIterator[Path]:
+        """Hold temp object ``name`` (produced by ``producer`` if nobody has it); ``limiter`` bounds only
+        the acquisition, i.e. the production, not the time the file is used afterwards."""
+        async with limiter if limiter is not None else contextlib.nullcontext():
+            handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
         try:
             yield handle.path
         finally:

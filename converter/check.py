@@ -18,14 +18,19 @@ import trio
 import zstandard
 
 from converter.cache import ConversionCache
-from converter.convert import _diff_ids
 from converter.endpoints import Endpoint, open_endpoint
 from converter.layers import ConvertOptions, LayerWorker
-from converter.manifests import Descriptor, ImageIndex, ImageManifest, parse_manifest_or_index
 from converter.progress import Reporter
 from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
 from fs.format import Dialect, build_index, decode_and_verify_toc, toc_location_from_annotations
 from fs.registry import ImageReference
+from fs.registry.manifests import (
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    config_diff_ids,
+    parse_manifest_or_index,
+)
 from fs.store import Store
 
 __all__ = ["LayerCheck", "check_image"]
@@ -115,7 +120,7 @@ async def _layers_with_diff_ids(endpoint: Endpoint, reference: str | None) -> li
         manifests = [top]
     out = []
     for manifest in manifests:
-        diff_ids = _diff_ids(await endpoint.get_blob(manifest.config.digest))
+        diff_ids = config_diff_ids(await endpoint.get_blob(manifest.config.digest))
         if len(diff_ids) != len(manifest.layers):
             raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers")
         out.extend(zip(manifest.layers, diff_ids, strict=True))

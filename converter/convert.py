@@ -28,22 +28,20 @@ import trio
 from converter.cache import ConversionCache, cache_key
 from converter.endpoints import Endpoint, open_endpoint
 from converter.layers import ConvertOptions, LayerJob, LayerWorker
-from converter.manifests import (
-    Descriptor,
-    ImageIndex,
-    ImageManifest,
-    LayerAction,
-    converted_index,
-    converted_manifest,
-    layer_action,
-    parse_manifest_or_index,
-    platform_matches,
-)
+from converter.manifests import LayerAction, converted_index, converted_manifest, layer_action
 from converter.progress import Reporter
 from fs.digest import sha256_digest
 from fs.errors import ConversionError, FormatError, error_context
 from fs.format import toc_location_from_annotations
 from fs.registry import ImageReference
+from fs.registry.manifests import (
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    config_diff_ids,
+    parse_manifest_or_index,
+    platform_matches,
+)
 from fs.store import Store
 
 __all__ = ["ConvertRequest", "ConvertResult", "convert_images"]
@@ -217,7 +215,7 @@ async def _plan_manifest(
     layer_jobs: dict[str, LayerJob],
 ) -> _ManifestPlan:
     config = await source.get_blob(manifest.config.digest)
-    diff_ids = _diff_ids(config)
+    diff_ids = config_diff_ids(config)
     if len(diff_ids) != len(manifest.layers):
         raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers")
     plan = _ManifestPlan(request.source, source, destination, manifest, config, platform)
@@ -246,17 +244,6 @@ def _already_converted(layer: Descriptor, options: ConvertOptions) -> bool:
     return location is not None and location.dialect is options.dialect
 
 
-def _diff_ids(config: bytes) -> list[str]:
-    try:
-        obj = json.loads(config)
-        diff_ids = obj["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FormatError(f"image config has no rootfs.diff_ids: {exc}") from None
-    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
-        raise FormatError("image config rootfs.diff_ids is not a list of digests")
-    return diff_ids
-
-
 async def _publish(plan: _ImagePlan, worker: LayerWorker, reporter: Reporter) -> ConvertResult:
     converted = reused = copied = 0
     manifest_descs: list[Descriptor] = []
@@ -264,7 +251,7 @@ async def _publish(plan: _ImagePlan, worker: LayerWorker, reporter: Reporter) ->
         for mplan in plan.manifests:
             layers: list[Descriptor] = []
             new_diff_ids: list[str] = []
-            source_diff_ids = _diff_ids(mplan.config)
+            source_diff_ids = config_diff_ids(mplan.config)
             for original, job, diff_id in zip(
                 mplan.manifest.layers, mplan.layer_jobs, source_diff_ids, strict=True
             ):
@@ -302,7 +289,7 @@ async def _publish(plan: _ImagePlan, worker: LayerWorker, reporter: Reporter) ->
 async def _publish_config(worker: LayerWorker, mplan: _ManifestPlan, new_diff_ids: list[str]) -> Descriptor:
     config = mplan.config
     desc = mplan.manifest.config
-    if new_diff_ids != _diff_ids(config):
+    if new_diff_ids != config_diff_ids(config):
         obj = json.loads(config)
         obj["rootfs"]["diff_ids"] = new_diff_ids
         config = json.dumps(obj, separators=(",", ":")).encode()

@@ -17,6 +17,7 @@ import trio
 
 from fs.errors import VerificationError
 from fs.registry import ImageReference, OciLayout, RegistryClient, open_registry_client
+from fs.registry.manifests import parse_manifest_or_index
 
 __all__ = ["Endpoint", "LayoutEndpoint", "RegistryEndpoint", "open_endpoint"]
 
@@ -123,8 +124,6 @@ class LayoutEndpoint(Endpoint):
             desc = await trio.to_thread.run_sync(self._layout.resolve, reference)
             data = await trio.to_thread.run_sync(self._layout.read_blob, desc["digest"])
             media_type, digest = desc.get("mediaType"), desc["digest"]
-        from converter.manifests import parse_manifest_or_index  # local: avoid an import cycle
-
         parsed = parse_manifest_or_index(data, media_type)
         return data, parsed.media_type, digest
 

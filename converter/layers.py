@@ -26,10 +26,11 @@ import trio
 
 from converter.cache import CacheRecord, ConversionCache
 from converter.endpoints import Endpoint
-from converter.manifests import Compression, Descriptor
+from converter.manifests import Compression
 from converter.progress import Reporter
 from fs.errors import ConversionError, ZsnapError, error_context
 from fs.format import Dialect
+from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
 
 __all__ = ["ConvertOptions", "LayerJob", "LayerWorker"]

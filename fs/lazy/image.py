@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import platform
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,17 +22,9 @@ import trio
 from fs.errors import FormatError, NotFoundError, VerificationError
 from fs.lazy.layer import LayerDescriptor
 from fs.registry import INDEX_TYPES, ImageReference, OciLayout, open_registry_client
+from fs.registry.manifests import Descriptor, host_platform, platform_matches
 
-__all__ = ["LayoutClient", "ResolvedImage", "host_platform", "open_image_client", "resolve_image"]
-
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
-
-
-def host_platform() -> tuple[str, str]:
-    """``("linux", "<GOARCH>")`` for this machine."""
-    machine = platform.machine()
-    return "linux", _ARCH.get(machine, machine)
-
+__all__ = ["LayoutClient", "ResolvedImage", "open_image_client", "resolve_image"]
 
 @dataclass(frozen=True)
 class ResolvedImage:
@@ -109,13 +100,13 @@ async def open_image_client(
         yield client
 
 
-def _pick_platform(index: dict[str, Any], want: tuple[str, str]) -> dict[str, Any]:
-    manifests = index.get("manifests") or []
-    for m in manifests:
-        p = m.get("platform") or {}
-        if (p.get("os"), p.get("architecture")) == want:
+def _pick_platform(index: dict[str, Any], want: str | None) -> dict[str, Any]:
+    """The index entry for ``want`` (``os/arch[/variant]``; None = this host)."""
+    for i, m in enumerate(index.get("manifests") or []):
+        if platform_matches(Descriptor.from_json(m, where=f"index entry {i}"), want):
             return m
-    raise NotFoundError(f"the image index has no manifest for {want[0]}/{want[1]}")
+    plat = want or "/".join(host_platform().values())
+    raise NotFoundError(f"the image index has no manifest for {plat}")
 
 
 async def _manifest(
@@ -140,7 +131,7 @@ async def _manifest(
 
 
 async def resolve_image(
-    client: Any, ref: ImageReference, *, want: tuple[str, str] | None = None
+    client: Any, ref: ImageReference, *, want: str | None = None
 ) -> ResolvedImage:
     """Fetch and verify the manifest (choosing this host's platform from an index) and config.
 
@@ -151,7 +142,7 @@ async def resolve_image(
     """
     doc, media_type, digest = await _manifest(client, ref, None)
     if media_type in INDEX_TYPES or "manifests" in doc:
-        doc, media_type, digest = await _manifest(client, ref, _pick_platform(doc, want or host_platform()))
+        doc, media_type, digest = await _manifest(client, ref, _pick_platform(doc, want))
     try:
         config_desc = doc["config"]
         layer_docs = doc["layers"]

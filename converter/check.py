@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 import zstandard
@@ -22,7 +23,16 @@ from converter.endpoints import Endpoint, open_endpoint
 from converter.layers import ConvertOptions, LayerWorker
 from converter.progress import Reporter
 from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
-from fs.format import Dialect, build_index, decode_and_verify_toc, toc_location_from_annotations
+from fs.format import (
+    FOOTER_FETCH_SIZE,
+    Chunk,
+    Dialect,
+    build_index,
+    decode_and_verify_toc,
+    parse_footer,
+    toc_location_from_annotations,
+)
+from fs.lazy.decode import decode_chunk
 from fs.registry import ImageReference
 from fs.registry.manifests import (
     Descriptor,
@@ -132,12 +142,15 @@ def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerChec
     if location is None:
         raise UnsupportedFormat("layer is not zstd:chunked or eStargz (no TOC annotations)")
     size = path.stat().st_size
+    codec = "gzip" if location.dialect is Dialect.ESTARGZ_GZIP else "zstd"
     with open(path, "rb") as blob:
+        if location.needs_footer:  # eStargz: the position is in the (unauthenticated) footer only
+            blob.seek(max(0, size - FOOTER_FETCH_SIZE))
+            location = location.with_footer(parse_footer(blob.read(), size))
         blob.seek(location.offset)
         toc = decode_and_verify_toc(blob.read(location.length), location)
-        index = build_index(toc, location.dialect, size)
+        index = build_index(toc, location.dialect, size, toc_offset=location.offset)
         result = LayerCheck(layer.digest, location.dialect.value)
-        decompressor = zstandard.ZstdDecompressor()
         seen: set[int] = set()
         for _, node in index:
             if node.type != "reg" or id(node) in seen:  # hardlinks share one node
@@ -145,37 +158,40 @@ def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerChec
             seen.add(id(node))
             with error_context(path=node.path):
                 for chunk in node.chunks:
-                    result.bytes_verified += _check_chunk(blob, chunk, decompressor, location.dialect)
+                    result.bytes_verified += _check_chunk(blob, chunk, codec)
                     result.chunks += 1
             result.files += 1
         if diff_id is not None:
             blob.seek(0)
-            hasher = hashlib.sha256()
-            with decompressor.stream_reader(blob, read_across_frames=True) as stream:
-                while block := stream.read(1 << 20):
-                    hasher.update(block)
-            actual = "sha256:" + hasher.hexdigest()
+            actual = _stream_digest(blob, codec)
             if actual != diff_id:
                 raise VerificationError(f"blob decompresses to {actual}, config diff_id is {diff_id}")
             result.diff_id_checked = True
     return result
 
 
-def _check_chunk(blob, chunk, decompressor: zstandard.ZstdDecompressor, dialect: Dialect) -> int:
+def _check_chunk(blob: BinaryIO, chunk: Chunk, codec: str) -> int:
+    """Decode one chunk exactly as the lazy mount does and compare its digest; returns its size."""
     blob.seek(chunk.compressed_offset)
     compressed = blob.read(chunk.compressed_end - chunk.compressed_offset)
-    want = chunk.inner_offset + chunk.size
-    with decompressor.stream_reader(compressed, read_across_frames=True) as stream:
-        data = stream.read(want)
-    data = data[chunk.inner_offset :]
-    if len(data) != chunk.size:
-        raise VerificationError(
-            f"chunk at file offset {chunk.file_offset} decompresses to {len(data)} bytes, "
-            f"TOC says {chunk.size}"
-        )
+    data = decode_chunk(codec, compressed, chunk.inner_offset, chunk.size)
     actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if actual != chunk.digest:
         raise VerificationError(
             f"chunk at file offset {chunk.file_offset} hashes to {actual}, TOC says {chunk.digest}"
         )
     return chunk.size
+
+
+def _stream_digest(blob: BinaryIO, codec: str) -> str:
+    hasher = hashlib.sha256()
+    if codec == "gzip":
+        from isal import igzip
+
+        stream = igzip.IGzipFile(fileobj=blob, mode="rb")  # continues across gzip members
+    else:
+        stream = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+    with stream:
+        while block := stream.read(1 << 20):
+            hasher.update(block)
+    return "sha256:" + hasher.hexdigest()

@@ -15,6 +15,7 @@ digest while they download); blobs in a local OCI layout are read in place.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from converter.cache import CacheRecord, ConversionCache
 from converter.endpoints import Endpoint
 from converter.manifests import Compression
 from converter.progress import Reporter
+from converter.readahead import ReadAhead
 from fs.errors import ConversionError, ZsnapError, error_context
 from fs.format import Dialect
 from fs.registry.manifests import Descriptor
@@ -239,16 +241,18 @@ class LayerWorker:
 
 
 def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:
-    """The uncompressed tar stream of ``raw``; closing it closes ``raw``."""
+    """The uncompressed tar stream of ``raw``, inflated ahead on its own thread; closing it closes ``raw``."""
     if compression is Compression.GZIP:
         from isal import igzip
 
-        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if compression is Compression.ZSTD:
+        stream: BinaryIO = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+    elif compression is Compression.ZSTD:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-    return raw
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+    else:
+        return raw
+    return io.BufferedReader(ReadAhead(stream), 1 << 20)  # type: ignore[return-value]
 
 
 def _output_estimate(job: LayerJob) -> int:

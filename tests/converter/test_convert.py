@@ -406,3 +406,32 @@ def test_check_names_the_file_of_a_bad_chunk(test_images, tmp_path):
     with pytest.raises((VerificationError, FormatError)) as err:  # bad digest, or no longer valid zstd
         _check_blob(bad, layer, None)
     assert err.value.path == victim.name.lstrip("./")
+
+
+def test_zstd_chunked_sources_old_dialects_convert_and_ours_are_carried_over(registry, peer_images, tmp_path):
+    """skopeo 1.9.3's and ctr-remote's zstd:chunked layers are converted to the current format (their
+    skippable frames decompress to nothing); a layer already in the target format is copied as is."""
+    for key in ("features:skopeo-zstdchunked", "features:stargz-zstdchunked"):
+        repo = "again/" + key.split(":")[1]
+        proc = zsnap(
+            tmp_path,
+            "convert",
+            "--json",
+            f"docker://{peer_images[key]}",
+            f"docker://{registry.host}/{repo}:zc",
+        )
+        assert json.loads(proc.stdout.splitlines()[-1])["converted"] == 3
+        config = json.loads(
+            blob(registry.host, repo, manifest(registry.host, repo, "zc")["config"]["digest"])
+        )
+        assert_converted(registry.host, repo, "zc", config["rootfs"]["diff_ids"])
+    again = zsnap(
+        tmp_path,
+        "convert",
+        "--json",
+        f"docker://{registry.host}/{repo}:zc",
+        f"docker://{registry.host}/{repo}:twice",
+    )
+    result = json.loads(again.stdout.splitlines()[-1])
+    assert result["converted"] == 0 and result["copied"] == 3
+    assert manifest(registry.host, repo, "twice")["layers"] == manifest(registry.host, repo, "zc")["layers"]

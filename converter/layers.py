@@ -30,12 +30,15 @@ from converter.endpoints import Endpoint
 from converter.manifests import Compression
 from converter.progress import Reporter
 from converter.readahead import ReadAhead
-from fs.errors import ConversionError, ZsnapError, error_context
+from fs.errors import ConversionError, ProducerFailed, ZsnapError, error_context
 from fs.format import Dialect
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
 
 __all__ = ["ConvertOptions", "LayerJob", "LayerWorker"]
+
+# Another holder's producer failing is retried this many times in all (see LayerWorker._acquired).
+_ACQUIRE_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,24 @@ class LayerWorker:
         self, name: str, producer, *, limiter: trio.CapacityLimiter | None = None
     ) -> AsyncIterator[Path]:
         """Hold temp object ``name`` (produced by ``producer`` if nobody has it); ``limiter`` bounds only
-        the acquisition, i.e. the production, not the time the file is used afterwards."""
-        async with limiter if limiter is not None else contextlib.nullcontext():
-            handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
+        the acquisition, i.e. the production, not the time the file is used afterwards.
+
+        When another task or process was producing it and failed, was cancelled or was killed, this is
+        not our failure: try again (and likely become the producer). Only our own producer's error ends
+        the job, and it is re-raised as itself, not as the store's wrapper.
+        """
+        for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
+            try:
+                async with limiter if limiter is not None else contextlib.nullcontext():
+                    handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
+                break
+            except ProducerFailed as exc:
+                own_error = exc.__cause__
+                if isinstance(own_error, ZsnapError):
+                    raise own_error from None
+                if own_error is not None or attempt == _ACQUIRE_ATTEMPTS:
+                    raise
+                await trio.sleep(0.05 * attempt)
         try:
             yield handle.path
         finally:

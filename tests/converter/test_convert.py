@@ -435,3 +435,35 @@ def test_zstd_chunked_sources_old_dialects_convert_and_ours_are_carried_over(reg
     result = json.loads(again.stdout.splitlines()[-1])
     assert result["converted"] == 0 and result["copied"] == 3
     assert manifest(registry.host, repo, "twice")["layers"] == manifest(registry.host, repo, "zc")["layers"]
+
+
+@pytest.fixture(scope="module")
+def one_big_layer(test_images):
+    """busybox + one ~600 MB layer: converting it takes seconds, so a second run surely waits on it."""
+    return test_images.build_large(600, 1, seed=11)
+
+
+@pytest.mark.slow
+def test_waiters_survive_the_cancelled_producer_of_their_layer(registry, one_big_layer, tmp_path):
+    """Two runs on one store convert the same image: the second waits on the layer the first is
+    producing. SIGINT the first mid-conversion: the second takes over that layer and succeeds, quietly."""
+    src = push(one_big_layer, registry.host, "handover/big:src")
+    big = max(one_big_layer.layers, key=lambda x: x.descriptor.size).descriptor.digest
+    short = big.split(":")[1][:12]
+    root = tmp_path / "shared-root"
+    args = ("convert", "--jobs", "1", f"docker://{src}")
+    victim = Running(root, *args, f"docker://{registry.host}/handover/big:victim")
+    victim.wait_for(lambda: any(f"convert start layer={short}" in x for x in victim.err), "the big layer")
+    waiter = Running(root, *args, f"docker://{registry.host}/handover/big:waiter")
+    waiter.wait_for(lambda: any("plan" in line for line in waiter.err), "the second run to be planned")
+    time.sleep(0.7)  # the second run reaches the big layer, which the first one is producing, and waits
+    assert not any(f"layer converted layer={short}" in x for x in victim.err), "victim finished too soon"
+    victim.proc.send_signal(signal.SIGINT)
+    v_code, v_output = victim.finish()
+    w_code, w_output = waiter.finish()
+    assert v_code == 130, v_output
+    assert w_code == 0, w_output
+    assert f"convert start layer={short}" in w_output  # the waiter took the layer over
+    assert "warn" not in w_output.lower() and "Traceback" not in w_output
+    assert_converted(registry.host, "handover/big", "waiter", [x.diff_id for x in one_big_layer.layers])
+    assert_no_leftovers(root)

@@ -27,8 +27,14 @@ import trio
 
 from converter.cache import ConversionCache, cache_key
 from converter.endpoints import Endpoint, open_endpoint
-from converter.layers import ConvertOptions, LayerJob, LayerWorker
-from converter.manifests import LayerAction, converted_index, converted_manifest, layer_action
+from converter.layers import MAX_LAYERS_IN_FLIGHT, ConvertOptions, LayerJob, LayerWorker
+from converter.manifests import (
+    LayerAction,
+    converted_index,
+    converted_manifest,
+    is_foreign,
+    layer_action,
+)
 from converter.progress import Reporter
 from fs.digest import sha256_digest
 from fs.errors import ConversionError, FormatError, error_context
@@ -106,7 +112,9 @@ async def convert_images(
     reporter = reporter or Reporter()
     options = options or ConvertOptions()
     jobs = jobs or os.cpu_count() or 1
-    in_flight = trio.CapacityLimiter(2 * jobs)
+    if jobs < 1:
+        raise ConversionError(f"--jobs must be at least 1, got {jobs}")
+    in_flight = trio.CapacityLimiter(min(2 * jobs, MAX_LAYERS_IN_FLIGHT))
     cache = ConversionCache(store.root / "convert-cache")
     worker = LayerWorker(
         store, cache, options, reporter, holder=f"convert:{os.getpid()}",
@@ -256,7 +264,8 @@ async def _publish(plan: _ImagePlan, worker: LayerWorker, reporter: Reporter) ->
                 mplan.manifest.layers, mplan.layer_jobs, source_diff_ids, strict=True
             ):
                 if job is None:
-                    await _copy_blob(worker, mplan.source, mplan.destination, original)
+                    if not is_foreign(original):  # foreign blobs live elsewhere (their urls)
+                        await _copy_blob(worker, mplan.source, mplan.destination, original)
                     layers.append(original)
                     new_diff_ids.append(diff_id)
                     copied += 1

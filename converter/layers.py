@@ -15,6 +15,7 @@ digest while they download); blobs in a local OCI layout are read in place.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import threading
@@ -30,7 +31,7 @@ from converter.endpoints import Endpoint
 from converter.manifests import Compression
 from converter.progress import Reporter
 from converter.readahead import ReadAhead
-from fs.errors import ConversionError, ProducerFailed, ZsnapError, error_context
+from fs.errors import ConversionError, ProducerFailed, VerificationError, ZsnapError, error_context
 from fs.format import Dialect
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
@@ -39,6 +40,10 @@ __all__ = ["ConvertOptions", "LayerJob", "LayerWorker"]
 
 # Another holder's producer failing is retried this many times in all (see LayerWorker._acquired).
 _ACQUIRE_ATTEMPTS = 4
+#: Layer jobs in flight at most, whatever --jobs says. Each may park a worker thread (a download bridged
+#: back into trio, or a conversion) while its downloads also need trio's threads for file I/O; trio's
+#: default thread limit is 40, so this bound keeps threads available for that I/O.
+MAX_LAYERS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,10 @@ class ConvertOptions:
     dialect: Dialect = Dialect.CSTORAGE
     level: int = 3
     prefetch: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.level <= 22:
+            raise ConversionError(f"zstd level must be between 1 and 22, got {self.level}")
 
     def key_material(self) -> dict[str, object]:
         return {"dialect": self.dialect.value, "level": self.level, "prefetch": list(self.prefetch)}
@@ -126,7 +135,7 @@ class LayerWorker:
                     limiter=self._converters,
                 ) as path:
                     record = self._cache.get(job.key)
-                    if record is None:  # the producer publishes the record before the file is done
+                    if record is None:  # the producer writes the record after the blob, before finishing
                         raise ConversionError("converted layer has no cache record")
                     yield record, path
             finally:
@@ -141,6 +150,8 @@ class LayerWorker:
         """
         local = source.local_blob_path(desc.digest)
         if local is not None:
+            # Used in place, so checked here: a layout on disk is no more trusted than a registry.
+            await trio.to_thread.run_sync(_verify_file, local, desc.digest)
             yield local
             return
         await trio.to_thread.run_sync(free_space_check, self._store.root, desc.size)
@@ -270,7 +281,17 @@ def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
     else:
         return raw
-    return io.BufferedReader(ReadAhead(stream), 1 << 20)  # type: ignore[return-value]
+    return io.BufferedReader(ReadAhead(stream, also_close=raw), 1 << 20)  # type: ignore[return-value]
+
+
+def _verify_file(path: Path, digest: str) -> None:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            hasher.update(block)
+    actual = "sha256:" + hasher.hexdigest()
+    if actual != digest:
+        raise VerificationError(f"blob {path} hashes to {actual}, its descriptor says {digest}")
 
 
 def _output_estimate(job: LayerJob) -> int:

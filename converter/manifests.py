@@ -29,6 +29,7 @@ __all__ = [
     "LayerAction",
     "converted_index",
     "converted_manifest",
+    "is_foreign",
     "layer_action",
 ]
 
@@ -63,12 +64,19 @@ _LAYER_COMPRESSION = {
 }
 
 
+def is_foreign(layer: Descriptor) -> bool:
+    """True for non-distributable / foreign layers: registries need not hold their blobs."""
+    return (
+        layer.media_type.startswith(_NONDISTRIBUTABLE_PREFIX)
+        or layer.media_type == DOCKER_FOREIGN_LAYER
+        or bool(layer.extra.get("urls"))
+    )
+
+
 def layer_action(layer: Descriptor) -> tuple[LayerAction, Compression | None]:
     """Decide what to do with a layer: convert (with its source compression) or copy untouched."""
-    if layer.media_type.startswith(_NONDISTRIBUTABLE_PREFIX) or layer.media_type == DOCKER_FOREIGN_LAYER:
+    if is_foreign(layer):
         return LayerAction.COPY, None
-    if layer.extra.get("urls"):
-        return LayerAction.COPY, None  # foreign layer served from elsewhere
     compression = _LAYER_COMPRESSION.get(layer.media_type)
     if compression is None:
         return LayerAction.COPY, None

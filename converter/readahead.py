@@ -23,6 +23,7 @@ class ReadAhead(io.RawIOBase):
 
     Args:
         source: any readable binary stream; read only by the background thread, closed by :meth:`close`.
+        also_close: closed after ``source`` (the raw file under a decompressor that does not close it).
         block: bytes per background read.
         depth: blocks kept ahead at most.
 
@@ -30,9 +31,12 @@ class ReadAhead(io.RawIOBase):
     :meth:`close` stops the thread even if the consumer stopped early (a cancelled conversion).
     """
 
-    def __init__(self, source: BinaryIO, *, block: int = 1 << 20, depth: int = 8) -> None:
+    def __init__(
+        self, source: BinaryIO, *, block: int = 1 << 20, depth: int = 8, also_close: BinaryIO | None = None
+    ) -> None:
         super().__init__()
         self._source = source
+        self._also_close = also_close
         self._block = block
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -87,4 +91,6 @@ class ReadAhead(io.RawIOBase):
             self._stop.set()
             self._thread.join()
             self._source.close()
+            if self._also_close is not None:
+                self._also_close.close()
         super().close()

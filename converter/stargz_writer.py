@@ -60,7 +60,8 @@ NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 PREFETCH_LANDMARK = ".prefetch.landmark"
 LANDMARK_CONTENT = b"\x0f"
 STARGZ_CHUNK_SIZE = 4 << 20
-_LANDMARKS = frozenset({NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK})
+# Dropped from the input like the landmarks: an old eStargz TOC member would be a stale file in the tree.
+_LANDMARKS = frozenset({NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, "stargz.index.json"})
 
 
 def clean_name(name: str) -> str:

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from fs.errors import ZsnapError
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ZsnapError, KeyboardInterrupt, BaseExceptionGroup) as exc:
-        leaves = list(_leaves(exc))
+        leaves = list(exception_leaves(exc))
         if not all(isinstance(leaf, ZsnapError | KeyboardInterrupt) for leaf in leaves):
             raise  # a bug: keep the traceback
         if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
@@ -63,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _leaves(exc: BaseException):
+def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
     """The individual errors inside (possibly nested) exception groups: concurrent work (several layers
     at once) can fail in several places, and each deserves its own line."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            yield from _leaves(inner)
+            yield from exception_leaves(inner)
     else:
         yield exc
 

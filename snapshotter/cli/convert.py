@@ -20,20 +20,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     convert.add_argument("source", nargs="?", metavar="SRC")
     convert.add_argument("destination", nargs="?", metavar="DST")
-    convert.add_argument("--from-file", type=Path, metavar="LIST",
-                         help="batch: a file of 'SRC DST' lines (# comments allowed)")
     convert.add_argument(
-        "--jobs", "-j", type=int, default=None, help="layers converted at once (default: cores)"
+        "--from-file", type=Path, metavar="LIST", help="batch: a file of 'SRC DST' lines (# comments allowed)"
     )
-    convert.add_argument("--level", type=int, default=3, help="zstd level (default %(default)s)")
-    convert.add_argument("--format", choices=sorted(_FORMATS), default="zstd-chunked",
-                         help="zstd-chunked: containers/storage format (default); stargz-zstd-chunked: "
-                         "what ctr-remote/nerdctl --zstdchunked write")
+    convert.add_argument(
+        "--jobs", "-j", type=_positive, default=None, help="layers converted at once (default: cores)"
+    )
+    convert.add_argument(
+        "--level",
+        type=int,
+        choices=range(1, 23),
+        metavar="1-22",
+        default=3,
+        help="zstd level (default %(default)s)",
+    )
+    convert.add_argument(
+        "--format",
+        choices=sorted(_FORMATS),
+        default="zstd-chunked",
+        help="zstd-chunked: containers/storage format (default); stargz-zstd-chunked: "
+        "what ctr-remote/nerdctl --zstdchunked write",
+    )
     group = convert.add_mutually_exclusive_group()
     group.add_argument("--platform", help="os/arch[/variant] to convert from an index (default: this host)")
     group.add_argument("--all-platforms", action="store_true", help="convert every platform of an index")
-    convert.add_argument("--prefetch-list", type=Path, metavar="FILE",
-                         help="paths (one per line) a workload reads at start: fetched first by lazy mounts")
+    convert.add_argument(
+        "--prefetch-list",
+        type=Path,
+        metavar="FILE",
+        help="paths (one per line) a workload reads at start: fetched first by lazy mounts",
+    )
     convert.add_argument(
         "--plain-http", action="store_true", help="use plain HTTP for non-loopback registries"
     )
@@ -42,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.set_defaults(func=_convert)
 
     check = subparsers.add_parser(
-        "check", help="verify a zstd:chunked image",
+        "check",
+        help="verify a zstd:chunked image",
         description="Verify TOC digests, every chunk digest, and with --full the diff_ids.",
     )
     check.add_argument("reference", metavar="REF")
@@ -54,13 +71,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.set_defaults(func=_check)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a list file, without comments; a clear exit if it cannot be read."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SystemExit(f"zsnap: error: cannot read {path}: {exc.strerror or exc}") from None
+    return [line.split("#", 1)[0].strip() for line in text.splitlines()]
+
+
 def _requests(args: argparse.Namespace):
     from converter.convert import ConvertRequest
 
     requests = []
     if args.from_file:
-        for n, line in enumerate(args.from_file.read_text().splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
+        for n, line in enumerate(_read_lines(args.from_file), 1):
             if not line:
                 continue
             parts = line.split()
@@ -88,8 +120,7 @@ def _convert(args: argparse.Namespace) -> int:
     requests = _requests(args)
     prefetch: tuple[str, ...] = ()
     if args.prefetch_list:
-        lines = (p.strip() for p in args.prefetch_list.read_text().splitlines())
-        prefetch = tuple(p for p in lines if p and not p.startswith("#"))
+        prefetch = tuple(p for p in _read_lines(args.prefetch_list) if p)
     options = ConvertOptions(dialect=Dialect[_FORMATS[args.format]], level=args.level, prefetch=prefetch)
     reporter = Reporter(quiet=args.quiet)
     started = time.monotonic()
@@ -97,8 +128,13 @@ def _convert(args: argparse.Namespace) -> int:
         with Store.open(args.root) as store:
             results = trio.run(
                 lambda: convert_images(
-                    requests, store=store, options=options, jobs=args.jobs, platform=args.platform,
-                    all_platforms=args.all_platforms, plain_http=True if args.plain_http else None,
+                    requests,
+                    store=store,
+                    options=options,
+                    jobs=args.jobs,
+                    platform=args.platform,
+                    all_platforms=args.all_platforms,
+                    plain_http=True if args.plain_http else None,
                     reporter=reporter,
                 )
             )
@@ -107,16 +143,22 @@ def _convert(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     for result in results:
         line = {
-            "source": result.request.source, "destination": result.request.destination,
-            "digest": result.digest, "converted": result.layers_converted,
-            "reused": result.layers_reused, "copied": result.layers_copied, "seconds": round(elapsed, 3),
+            "source": result.request.source,
+            "destination": result.request.destination,
+            "digest": result.digest,
+            "converted": result.layers_converted,
+            "reused": result.layers_reused,
+            "copied": result.layers_copied,
+            "seconds": round(elapsed, 3),
         }
         if args.json:
             print(json.dumps(line))
         else:
-            print(f"{result.request.destination}: {result.digest} "
-                  f"({result.layers_converted} converted, {result.layers_reused} reused, "
-                  f"{result.layers_copied} copied) in {elapsed:.1f}s")
+            print(
+                f"{result.request.destination}: {result.digest} "
+                f"({result.layers_converted} converted, {result.layers_reused} reused, "
+                f"{result.layers_copied} copied) in {elapsed:.1f}s"
+            )
     return 0
 
 
@@ -132,8 +174,11 @@ def _check(args: argparse.Namespace) -> int:
         with Store.open(args.root) as store:
             layers = trio.run(
                 lambda: check_image(
-                    args.reference, store=store, full=args.full,
-                    plain_http=True if args.plain_http else None, reporter=reporter,
+                    args.reference,
+                    store=store,
+                    full=args.full,
+                    plain_http=True if args.plain_http else None,
+                    reporter=reporter,
                 )
             )
     finally:
@@ -144,6 +189,8 @@ def _check(args: argparse.Namespace) -> int:
         files = sum(x.files for x in layers)
         chunks = sum(x.chunks for x in layers)
         full = " and diff_ids" if args.full else ""
-        print(f"{args.reference}: OK: {len(layers)} layers, {files} files, {chunks} chunks verified{full}",
-              file=sys.stdout)
+        print(
+            f"{args.reference}: OK: {len(layers)} layers, {files} files, {chunks} chunks verified{full}",
+            file=sys.stdout,
+        )
     return 0

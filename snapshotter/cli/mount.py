@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from fs.errors import ZsnapError
+from snapshotter.cli import exception_leaves
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -119,33 +120,31 @@ def _daemonize(cfg) -> int:  # type: ignore[no-untyped-def]
                 h.setStream(sys.stderr)
         from fs.lazy.mount import run_mount
 
+        parent_pipe = [write_fd]  # emptied once closed: the number may be reused by another file after
+
         def ready(line: str) -> None:
             os.write(write_fd, f"ready {line}\n".encode())
-            os.close(write_fd)
+            os.close(parent_pipe.pop())
 
         try:
             run_mount(cfg, ready)
             code = 0
         except BaseException as exc:  # the daemon must report, never hang its parent
-            leaves = list(_leaves(exc))
+            leaves = list(exception_leaves(exc))
             if all(isinstance(leaf, ZsnapError) for leaf in leaves):
                 message = "; ".join(dict.fromkeys(str(leaf) for leaf in leaves))
             else:
                 message = repr(exc)
                 logging.getLogger(__name__).error("mount daemon failed", exc_info=exc)
-            with contextlib.suppress(OSError):
-                os.write(write_fd, f"error {message}\n".encode())
+            if parent_pipe:
+                with contextlib.suppress(OSError):
+                    os.write(parent_pipe[0], f"error {message}\n".encode())
             print(f"zsnap: error: {message}", file=sys.stderr)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
 def _umount(args: argparse.Namespace) -> int:

@@ -166,15 +166,23 @@ class FramePipeline:
             raise ConversionError("frame pipeline was aborted")
 
     def drain(self) -> int:
-        """Flush and wait until every queued frame is written; return the compressed bytes written.
+        """Flush and wait until everything queued so far (frames, raw bytes and :meth:`call` callbacks)
+        has been handled by the writer thread; return the compressed bytes written.
+
+        A barrier callback, not the in-flight byte count, decides: callbacks carry no bytes, and one still
+        queued when this returned could run after the caller had moved on (a TOC slice lost or reordered).
 
         Raises:
             ConversionError: as :meth:`close`.
         """
         self.flush()
+        reached = threading.Event()
+        self._queue.put(("call", reached.set, 0))
+        while not reached.wait(0.05):
+            with self._cond:
+                if self._stop or self._error is not None:
+                    self._raise_if_failed()
         with self._cond:
-            while self._inflight > 0 and not self._stop:
-                self._cond.wait()
             self._raise_if_failed()
             return self.written
 

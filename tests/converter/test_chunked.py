@@ -425,3 +425,31 @@ def test_cancel_from_progress_callback() -> None:
         with pytest.raises(ConversionError, match="cancelled"):
             write_zstd_chunked(io.BytesIO(image.data), io.BytesIO(), dialect=dialect, progress=progress)
         assert threading.active_count() == before
+
+
+def test_toc_keeps_every_entry_when_the_last_slice_ends_the_stream() -> None:
+    """A tar without end-of-archive blocks whose last entry completes a TOC slice: the slice handed to
+    the serializer on the writer thread must be in the TOC (drain waits for queued callbacks too)."""
+    from converter.chunked import _TOC_SLICE
+    from fs.format import Dialect, parse_toc
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(_TOC_SLICE):
+            info = tarfile.TarInfo(f"f{i:05d}")
+            info.size = 512  # payloads end 512-aligned: nothing but headers follows the last one
+            tar.addfile(info, io.BytesIO(bytes([i % 251]) * 512))
+        end = tar.offset
+    data = buf.getvalue()[:end]  # offset before close: no end-of-archive blocks
+    for _ in range(3):  # the lost-slice race was timing dependent
+        out = io.BytesIO()
+        layer = write_zstd_chunked(io.BytesIO(data), out, level=1)
+        blob = out.getvalue()
+        loc_off, loc_len = (
+            int(x)
+            for x in layer.annotations["io.github.containers.zstd-chunked.manifest-position"].split(":")[:2]
+        )
+        toc_json = zstandard.ZstdDecompressor().decompress(
+            blob[loc_off : loc_off + loc_len], max_output_size=64 << 20
+        )
+        assert len(parse_toc(toc_json, Dialect.CSTORAGE).entries) == _TOC_SLICE

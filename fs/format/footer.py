@@ -81,7 +81,8 @@ class Footer:
 
     @property
     def size(self) -> int:
-        """Bytes the footer occupies at the end of the blob (skippable header included; 51 for gzip)."""
+        """Bytes the footer occupies at the end of the blob (skippable header included; 51 for gzip, also
+        for the legacy 47-byte gzip footer: use ``toc_offset + toc_length`` to find where a gzip TOC ends)."""
         if self.dialect is Dialect.CSTORAGE:
             return SKIPPABLE_HEADER_SIZE + _V2_PAYLOAD
         if self.dialect is Dialect.ESTARGZ_GZIP:

@@ -215,7 +215,7 @@ async def _open_lazy(
         if footer.dialect is Dialect.ESTARGZ_GZIP:
             if loc.dialect is not Dialect.ESTARGZ_GZIP:
                 raise FormatError(f"a {loc.dialect.value} layer has a gzip eStargz footer")
-            toc_range = (footer.toc_offset, size - footer.size)
+            toc_range = (footer.toc_offset, footer.toc_offset + footer.toc_length)  # 51- or 47-byte footer
         else:
             loc = loc.with_footer(footer)
             toc_range = (loc.offset, loc.offset + loc.length)

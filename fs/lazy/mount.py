@@ -150,7 +150,7 @@ class _Mount:
         self.fuse_dir = cfg.root / "mnt" / self.mount_id
         self.scratch = cfg.root / "scratch" / self.mount_id
         self.links = cfg.root / "mnt" / f"{self.mount_id}.layers"
-        self.mountpoint = os.path.abspath(cfg.mountpoint)
+        self.mountpoint = os.path.realpath(cfg.mountpoint)  # mountinfo lists resolved paths
         self.stats = MountStats()
         self.stop = _Stop()
         self.store: Any = None

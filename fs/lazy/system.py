@@ -85,7 +85,7 @@ def _unescape_mountinfo(s: str) -> str:
 
 def mount_source_dev(mountpoint: str | Path, *, mountinfo: str | None = None) -> str | None:
     """``major:minor`` of the (last) mount at ``mountpoint`` per ``/proc/self/mountinfo``, else None."""
-    target = os.path.abspath(mountpoint)
+    target = os.path.realpath(mountpoint)
     text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
     found = None
     for line in text.splitlines():

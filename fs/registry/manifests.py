@@ -90,7 +90,9 @@ class ImageIndex:
 
 
 def parse_manifest_or_index(data: bytes, media_type: str | None = None) -> ImageManifest | ImageIndex:
-    """Parse manifest or index JSON; ``media_type`` (from Content-Type) wins over the body's own field.
+    """Parse manifest or index JSON; the body's own ``mediaType`` (covered by the digest) wins over
+    ``media_type`` (the Content-Type, or the descriptor that pointed here), which is used when the body has
+    none.
 
     Raises:
         FormatError: not JSON, not an object, schema1, or missing required fields.

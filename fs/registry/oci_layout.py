@@ -31,7 +31,7 @@ _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 
 def _check_digest(digest: str) -> str:
-    if not _DIGEST_RE.match(digest):
+    if not _DIGEST_RE.fullmatch(digest):
         raise FormatError(f"invalid digest {digest!r} (sha256:<64 hex>)")
     return digest[len("sha256:") :]
 

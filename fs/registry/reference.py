@@ -112,19 +112,19 @@ class ImageReference:
         digest = None
         if "@" in rest:
             rest, digest = rest.rsplit("@", 1)
-            if not _DIGEST_RE.match(digest):
+            if not _DIGEST_RE.fullmatch(digest):
                 raise InvalidReference(f"invalid digest {digest!r} in {original!r} (sha256:<64 hex>)")
         name, tag = rest, None
         slash = name.rfind("/")
         colon = name.rfind(":")
         if colon > slash:
             name, tag = name[:colon], name[colon + 1 :]
-            if not _TAG_RE.match(tag):
+            if not _TAG_RE.fullmatch(tag):
                 raise InvalidReference(f"invalid tag {tag!r} in {original!r}")
         first, sep, remainder = name.partition("/")
         if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
             registry, repository = first, remainder
-            if not _DOMAIN_RE.match(registry):
+            if not _DOMAIN_RE.fullmatch(registry):
                 raise InvalidReference(f"invalid registry host {registry!r} in {original!r}")
         else:
             registry, repository = DEFAULT_REGISTRY, name
@@ -132,7 +132,7 @@ class ImageReference:
             registry = DEFAULT_REGISTRY
             if "/" not in repository:
                 repository = f"library/{repository}"
-        if len(repository) > 255 or not all(_PATH_COMPONENT_RE.match(c) for c in repository.split("/")):
+        if len(repository) > 255 or not all(_PATH_COMPONENT_RE.fullmatch(c) for c in repository.split("/")):
             raise InvalidReference(
                 f"invalid repository {repository!r} in {original!r} (lower-case components only)"
             )
@@ -145,7 +145,7 @@ class ImageReference:
         directory, _, image = rest.partition(":")
         if not directory:
             raise InvalidReference(f"missing directory in {original!r}")
-        if image and not (_OCI_IMAGE_RE.match(image) or _OCI_INDEX_RE.match(image)):
+        if image and not (_OCI_IMAGE_RE.fullmatch(image) or _OCI_INDEX_RE.fullmatch(image)):
             raise InvalidReference(f"invalid image name {image!r} in {original!r}")
         return cls(transport="oci", tag=image or None, path=Path(directory))
 
@@ -164,13 +164,13 @@ class ImageReference:
 
     def with_digest(self, digest: str) -> ImageReference:
         """The same image pinned to ``digest`` (the tag is kept for display)."""
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise InvalidReference(f"invalid digest {digest!r}")
         return dataclasses.replace(self, digest=digest)
 
     def with_tag(self, tag: str) -> ImageReference:
         """The same repository (or layout) with ``tag`` and no digest."""
-        if self.transport == "docker" and not _TAG_RE.match(tag):
+        if self.transport == "docker" and not _TAG_RE.fullmatch(tag):
             raise InvalidReference(f"invalid tag {tag!r}")
         return dataclasses.replace(self, tag=tag, digest=None)
 

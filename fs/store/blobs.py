@@ -311,7 +311,7 @@ class BlobArea:
                 self._touch(entry[0])
             with self._index.read() as txn:
                 return read_counters(txn, self._index).bytes
-        renamed: list[str] = []
+        renamed: list[tuple[str, Path]] = []  # (final, wip): undone on failure so a retry finds its files
         dirs: set[str] = set()
         with self._index.write() as txn:
             try:
@@ -322,7 +322,7 @@ class BlobArea:
                             raise _Retry
                         final = self.key_path(key)
                         os.rename(wip, final)
-                        renamed.append(final)
+                        renamed.append((final, wip))
                         dirs.add(os.path.dirname(final))
                         txn.put(key, BlobRecord(size, now, now).pack(), db=self._index.blobs)
                         delta = delta.plus(Counters(objects=1, bytes=size))
@@ -336,8 +336,11 @@ class BlobArea:
                 if delta != Counters():
                     write_counters(txn, self._index, counters)
             except BaseException:
-                for final in renamed:  # still under the writer lock: nobody indexed these
-                    os.unlink(final)
+                for final, wip in renamed:  # still under the writer lock: nobody indexed these
+                    try:
+                        os.rename(final, wip)  # back to wip: the caller retries or removes it
+                    except OSError:
+                        os.unlink(final)
                 raise
         return counters.bytes
 

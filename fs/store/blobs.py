@@ -167,8 +167,11 @@ class BlobArea:
         if (
             len(self._atimes) >= ACCESS_FLUSH_ENTRIES
             or time.monotonic() - self._last_flush > ACCESS_FLUSH_SECONDS
-        ):
-            self.flush_access_times()
+        ) and not self._flush_lock.locked():
+            # Never on the reader's thread: a read may run on an event loop (the FUSE server), and a
+            # write transaction waits for the cross-process writer lock and fsyncs.
+            self._last_flush = time.monotonic()
+            threading.Thread(target=self.flush_access_times, name="zsnap-atime-flush", daemon=True).start()
 
     def flush_access_times(self) -> int:
         """Write buffered last-access times to the index (one transaction). Returns entries written."""
@@ -383,6 +386,8 @@ class BlobArea:
         self._fds.discard(keys)
 
     def close(self) -> None:
+        with self._flush_lock:  # a background flush in progress finishes before the index closes
+            pass
         self.flush_access_times()
         self._fds.clear()
 

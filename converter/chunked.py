@@ -73,7 +73,8 @@ class ChunkedLayer:
         annotations: the layer-descriptor annotations the dialect's writer emits.
         toc: the TOC model as written.
         media_type: the layer media type (plain ``tar+zstd``; zstd:chunked has no own type).
-        prefetch: the prefetch list passed in (the image pipeline decides how to record it).
+        prefetch: the prefetch list passed in (c/storage dialects record it in the TOC as
+            ``zsnapPrefetch``; the stargz dialect by entry order and ``.prefetch.landmark``).
         dialect: the dialect written.
     """
 

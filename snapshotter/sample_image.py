@@ -1,9 +1,9 @@
-"""Deterministic sample images for the demo and the benchmarks, written as OCI layouts.
+"""Sample images for the demo and the benchmarks, written as OCI layouts.
 
 Layers are real tars (PAX, ending exactly in two zero blocks like Go's archive/tar, which is what skopeo
 and containerd expect) with realistic content: a busybox base that runs, many small text files, and
-big files that are part incompressible, part text. Every byte comes from a seeded RNG, so the same
-arguments give the same digests on any machine.
+big files that are part incompressible, part text. Synthetic content comes from a seeded RNG; the busybox
+base and :func:`system_layers` take this machine's files, so their digests follow the installed packages.
 """
 
 from __future__ import annotations

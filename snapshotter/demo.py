@@ -21,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fs.errors import ZsnapError
 from snapshotter.sample_image import build_image, demo_layers
 from snapshotter.services import LocalRegistry
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except subprocess.CalledProcessError as exc:
         print(f"\ndemo failed: {' '.join(map(str, exc.cmd[:6]))} … exited {exc.returncode}", file=sys.stderr)
+        return 1
+    except (ZsnapError, FileNotFoundError) as exc:  # a service that did not start, a missing tool
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
         return 1
     finally:
         if registry:

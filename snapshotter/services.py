@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fs.errors import ZsnapError
+
 __all__ = ["LocalContainerd", "LocalRegistry", "stop_pid"]
 
 
@@ -39,10 +41,10 @@ def _wait(predicate, proc: subprocess.Popen, what: str, timeout: float = 20.0) -
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode} while starting")
+            raise ZsnapError(f"{what} exited with {proc.returncode} while starting")
         if time.monotonic() > deadline:
             stop_pid(proc)
-            raise RuntimeError(f"{what} did not become ready within {timeout}s")
+            raise ZsnapError(f"{what} did not become ready within {timeout}s")
         time.sleep(0.05)
 
 
@@ -106,7 +108,7 @@ class LocalContainerd:
         )
         if check and proc.returncode != 0:
             detail = proc.stderr.strip()[-1500:]
-            raise RuntimeError(f"{tool} {' '.join(args)} failed ({proc.returncode}): {detail}")
+            raise ZsnapError(f"{tool} {' '.join(args)} failed ({proc.returncode}): {detail}")
         return proc
 
     def stop(self) -> None:

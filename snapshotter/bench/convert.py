@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fs.errors import ZsnapError
 from snapshotter.sample_image import bench_layers, build_image, system_layers
 from snapshotter.services import LocalContainerd, LocalRegistry
 
@@ -215,7 +216,7 @@ def _image_size(host: str, repo: str, tag: str) -> int:
     for layer in manifest["layers"]:
         keys = layer.get("annotations", {})
         if not layer["mediaType"].endswith("+zstd") or not any("zstd-chunked.manifest" in k for k in keys):
-            raise RuntimeError(f"{repo}:{tag} layer {layer['digest']} is not zstd:chunked: {layer}")
+            raise ZsnapError(f"{repo}:{tag} layer {layer['digest']} is not zstd:chunked: {layer}")
     return sum(layer["size"] for layer in manifest["layers"])
 
 
@@ -228,7 +229,7 @@ def _timed(cmd: list[str]) -> float:
 def _sh(cmd: list[str]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise ZsnapError(f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
 
 
 def _say(text: str) -> None:

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fs.errors import ZsnapError
+
 __all__ = ["add_arguments", "run"]
 
 MiB = 1 << 20
@@ -141,7 +143,7 @@ class _Mount:
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)
         if not ready or not self.proc.stdout.readline():
             self.stop()
-            raise RuntimeError(f"zsnap mount failed: {(root / 'mount.log').read_text()[-2000:]}")
+            raise ZsnapError(f"zsnap mount failed: {(root / 'mount.log').read_text()[-2000:]}")
 
     def stats(self) -> dict:
         return json.loads(self.stats_file.read_text())
@@ -156,7 +158,7 @@ class _Mount:
             except (OSError, ValueError):
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"mount stats never showed {key}")
+        raise ZsnapError(f"mount stats never showed {key}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fs.store.holders import process_start_time
+
 __all__ = [
     "MountRecord",
     "find_record",
@@ -114,19 +116,6 @@ def set_read_ahead(dev: str, kib: int = 1024) -> bool:
     except (OSError, ValueError) as exc:
         log.info("could not raise read-ahead at %s: %s", path, exc)
         return False
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of ``pid`` from ``/proc/<pid>/stat``; None if gone or a
-    zombie (a dead process nobody has reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 def pid_alive(pid: int, start_time: int | None = None) -> bool:

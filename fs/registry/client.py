@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any, BinaryIO, Literal
 
 import httpx
 
+from fs.digest import sha256_digest
 from fs.errors import FormatError, NotFoundError, RegistryError, VerificationError
 
 from . import media
@@ -70,10 +70,6 @@ class Manifest:
         if not isinstance(value, dict):
             raise FormatError(f"manifest {self.digest} is not a JSON object")
         return value
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _media_type(response: httpx.Response, data: bytes) -> str:

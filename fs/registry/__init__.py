@@ -5,8 +5,9 @@ Layout (imports go downwards only)::
     reference.py   ImageReference.parse("docker://host/repo:tag" | "oci:dir:tag")       pure
     media.py       media type constants, Accept headers                                    pure
     ranges.py      Range headers, Content-Range, multipart/byteranges, coalescing         pure
-    auth.py        WWW-Authenticate, docker config credentials, token cache, auth_flow    pure
-    session.py     the request path: retries -> status -> auth -> redirects -> httpx      I/O
+    http.py        httpx glue: error mapping, bounded/clean body reads, replayability    pure
+    auth.py        RegistryAuth (httpx.Auth): challenges, docker credentials, tokens      I/O via httpx
+    session.py     the request path: retries -> status -> httpx (auth, redirects)         I/O
     blob_reads.py  blob streams (resumed) and byte ranges, learned range quirks             I/O
     upload.py      blob upload: exists / cross-repo mount / POST, PATCH…, PUT              I/O
     client.py      RegistryClient (manifests, small blobs) + open_registry_client          I/O

@@ -1,23 +1,22 @@
-"""Registry authentication as a pure protocol: challenges, credentials, tokens (no network I/O).
+"""Registry authentication as an :class:`httpx.Auth`: challenges, docker credentials, Bearer tokens.
 
-The flow is an httpx-style generator (see ``httpx.Auth.auth_flow``): :meth:`RegistryAuth.auth_flow`
-yields requests and receives their responses, so it can be driven by the real client or by a unit test
-that feeds it canned responses. One flow, per request:
+:class:`RegistryAuth` is installed as the ``auth`` of the registry's ``httpx.AsyncClient``; httpx drives its
+:meth:`~RegistryAuth.async_auth_flow` for every request (and follows redirects underneath it, dropping
+``Authorization`` across origins). A request names the token scopes it needs in its
+``zsnap_token_scopes`` extension (:data:`TOKEN_SCOPES`). One flow, per request:
 
 1. add what is already known: Basic credentials if the registry asked for Basic before, or a cached
    Bearer token for the request's scopes (when the registry's token realm is known but there is no valid
    token for these scopes yet, fetch one first instead of waiting for a 401);
 2. send; on ``401`` read ``WWW-Authenticate``: ``Basic`` -> retry once with credentials; ``Bearer`` ->
    ``GET realm?service=…&scope=…`` (with Basic credentials when there are any), cache the token for
-   ``expires_in`` (default 60 s) and retry once;
-3. on ``403`` after sending a token (expired/revoked credentials, e.g. a 12 h ECR token), drop the
-   token, fetch a fresh one and retry once.
+   ``expires_in`` (default 60 s) and retry once; a ``403`` to a Bearer token refreshes it once too;
+3. a request whose streamed body is already consumed (an upload's PATCH) cannot be sent again: the flow
+   forgets the refused token and hands the 401/403 back, and the caller restarts the upload.
 
-Whatever comes back after that one retry is the caller's: a 401/403 there means :class:`AuthError`.
-Token requests carry ``request.extensions["zsnap_token_request"] = True``: the driver must read their
-body before sending the response back into the flow; a driver running flows concurrently should
-serialize token requests and first offer :meth:`RegistryAuth.cached_token_response`, so that a burst
-of requests needing the same token fetches it once.
+Token fetches for one scope set are serialized by a trio lock, so a burst of requests needing the same
+token fetches it once. Answers that came from another origin (a redirect to blob storage) are not the
+registry's to judge credentials by and are handed back untouched.
 
 Credentials come from docker's ``config.json`` (``$DOCKER_CONFIG/config.json`` or
 ``~/.docker/config.json``): ``auths.<registry>.auth`` (base64 ``user:pass``) or ``username``/``password``.
@@ -32,15 +31,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
 
 from fs.errors import AuthError
 
+from .http import TransientError, is_replayable, map_httpx_errors, retry_after
+
 __all__ = [
+    "TOKEN_SCOPES",
     "Challenge",
     "Credentials",
     "RegistryAuth",
@@ -288,8 +291,16 @@ def parse_token_response(status: int, body: bytes, realm: str) -> tuple[str, flo
 
 
 # -- the flow ---------------------------------------------------------------------------------------
-class RegistryAuth:
-    """Authentication state for one registry: what scheme it wants, its token realm, cached tokens.
+def _scope_key(scopes: Iterable[str]) -> str:
+    return " ".join(sorted(scopes))
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+class RegistryAuth(httpx.Auth):
+    """Authentication for one registry: what scheme it wants, its token realm, cached tokens.
 
     Args:
         registry: ``host[:port]``, the cache namespace.
@@ -306,6 +317,7 @@ class RegistryAuth:
         self.scheme: str | None = None
         self.bearer: Challenge | None = None  # last Bearer challenge seen (realm, service)
         self.token_requests = 0
+        self._locks: dict[str, trio.Lock] = {}
 
     def token_request(self, challenge: Challenge, scopes: Iterable[str]) -> httpx.Request:
         """The ``GET realm?service=…&scope=…`` request for ``scopes`` plus the challenge's own scopes."""
@@ -321,55 +333,60 @@ class RegistryAuth:
             headers["Authorization"] = self.credentials.basic_header()
         request = httpx.Request("GET", challenge.realm, params=params, headers=headers)
         request.extensions[TOKEN_REQUEST] = True
-        request.extensions[TOKEN_SCOPES] = tuple(scopes)
         return request
 
-    def cached_token_response(self, token_request: httpx.Request) -> httpx.Response | None:
-        """A stand-in answer to ``token_request`` when a valid token for its scopes is cached by now.
-
-        A driver running many flows at once serializes token requests and asks this first, so that
-        concurrent requests needing the same token fetch it once.
-        """
-        token = self.cache.get(self.registry, token_request.extensions.get(TOKEN_SCOPES, ()))
-        if token is None:
-            return None
-        remaining = token.expires_at - self.cache.clock()
-        return httpx.Response(
-            200, json={"token": token.value, "expires_in": remaining}, request=token_request
-        )
-
-    def _fetch_token(
-        self, challenge: Challenge, scopes: tuple[str, ...]
-    ) -> Generator[httpx.Request, httpx.Response, str]:
-        self.token_requests += 1
-        response = yield self.token_request(challenge, scopes)
-        token, expires_in = parse_token_response(
-            response.status_code, response.content, challenge.realm or ""
-        )
+    async def _store_token(
+        self, response: httpx.Response, challenge: Challenge, scopes: tuple[str, ...]
+    ) -> str:
+        with map_httpx_errors(f"token service for {self.registry}"):
+            body = await response.aread()
+        status = response.status_code
+        if status == 429 or (status >= 500 and status not in (501, 505)):
+            raise TransientError(
+                f"token service {response.request.url.host} answered {status}",
+                status=status,
+                retry_after=retry_after(response),
+            )
+        token, expires_in = parse_token_response(status, body, challenge.realm or "")
         self.cache.put(self.registry, scopes, token, expires_in)
         return token
 
-    def auth_flow(
-        self, request: httpx.Request, scopes: tuple[str, ...] = ()
-    ) -> Generator[httpx.Request, httpx.Response, None]:
-        """Authenticate ``request`` (see the module docstring); ``scopes`` are the token scopes it needs.
+    def _lock(self, scopes: tuple[str, ...]) -> trio.Lock:
+        return self._locks.setdefault(_scope_key(scopes), trio.Lock())
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("RegistryAuth serves httpx.AsyncClient only")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        """Authenticate ``request`` (see the module docstring).
 
         Raises:
             AuthError: the token service refused or answered nonsense.
+            TransientError: the token service is failing (429/5xx).
         """
+        scopes = tuple(request.extensions.get(TOKEN_SCOPES, ()))
         sent_token: str | None = None
         if self.scheme == "basic" and self.credentials is not None:
             request.headers["Authorization"] = self.credentials.basic_header()
         elif self.scheme == "bearer" and self.bearer is not None:
             token = self.cache.get(self.registry, scopes)
             if token is None:
-                value = yield from self._fetch_token(self.bearer, scopes)
+                async with self._lock(scopes):  # one fetch per scope set; the others find it cached
+                    token = self.cache.get(self.registry, scopes)
+                    if token is None:
+                        self.token_requests += 1
+                        answer = yield self.token_request(self.bearer, scopes)
+                        value = await self._store_token(answer, self.bearer, scopes)
+                    else:
+                        value = token.value
             else:
                 value = token.value
             request.headers["Authorization"] = f"Bearer {value}"
             sent_token = value
         response = yield request
 
+        if response.status_code not in (401, 403) or not _same_origin(response.request.url, request.url):
+            return  # fine, or not the registry's answer (a redirect to storage)
         if response.status_code == 401:
             challenges = parse_www_authenticate(response.headers.get_list("www-authenticate"))
             by_scheme = {c.scheme: c for c in challenges}
@@ -377,18 +394,30 @@ class RegistryAuth:
                 challenge = by_scheme["bearer"]
             elif "basic" in by_scheme and self.credentials is not None and self.scheme != "basic":
                 self.scheme = "basic"
-                request.headers["Authorization"] = self.credentials.basic_header()
-                yield request
+                if is_replayable(request):
+                    request.headers["Authorization"] = self.credentials.basic_header()
+                    yield request
                 return
             else:
                 return
-        elif response.status_code == 403 and sent_token is not None and self.bearer is not None:
+        elif sent_token is not None and self.bearer is not None:
             challenge = self.bearer
         else:
             return
         self.scheme, self.bearer = "bearer", challenge
-        if sent_token is not None:
-            self.cache.invalidate(self.registry, scopes, sent_token)
-        value = yield from self._fetch_token(challenge, scopes)
+        if not is_replayable(request):  # the body is gone: forget the token, let the caller start over
+            if sent_token is not None:
+                self.cache.invalidate(self.registry, scopes, sent_token)
+            return
+        async with self._lock(scopes):
+            token = self.cache.get(self.registry, scopes)
+            if token is not None and token.value != sent_token:
+                value = token.value  # another task refreshed it meanwhile
+            else:
+                if sent_token is not None:
+                    self.cache.invalidate(self.registry, scopes, sent_token)
+                self.token_requests += 1
+                answer = yield self.token_request(challenge, scopes)
+                value = await self._store_token(answer, challenge, scopes)
         request.headers["Authorization"] = f"Bearer {value}"
         yield request

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import httpx
 import trio
 
-from fs.errors import RegistryError, RegistryUnavailable, VerificationError
+from fs.digest import Hasher
+from fs.errors import RegistryError, VerificationError
 
 from .auth import repository_scope as _scope
+from .http import IDENTITY, TransientError, map_httpx_errors, response_body, unexpected_status
 from .ranges import (
     ByteRange,
     RangePart,
@@ -34,14 +35,7 @@ from .ranges import (
     suffix_range_header,
     validate_ranges,
 )
-from .session import (
-    IDENTITY,
-    RegistrySession,
-    TransientError,
-    map_httpx_errors,
-    response_body,
-    unexpected_status,
-)
+from .session import RegistrySession
 
 __all__ = ["BlobReads", "RangeSupport", "range_support"]
 
@@ -64,6 +58,17 @@ _RANGE_SUPPORT: dict[str, RangeSupport] = {}
 def range_support(registry: str) -> RangeSupport:
     """The process-wide, learned range behaviour of ``registry`` (``host[:port]``)."""
     return _RANGE_SUPPORT.setdefault(registry, RangeSupport())
+
+
+def _check_resumed(response: httpx.Response, offset: int, what: str) -> None:
+    """A resumed stream must answer 200 (whole body, skipped) or 206 from exactly ``offset``."""
+    if response.status_code == 200:
+        return
+    if response.status_code == 206:
+        got = parse_content_range(response.headers.get("content-range", ""))
+        if got.start == offset:
+            return
+    raise unexpected_status(response, what)
 
 
 class BlobReads:
@@ -104,17 +109,30 @@ class BlobReads:
         """
         what = self._what(repo, "blob", digest)
         url = self._url(repo, "blobs", digest)
-        policy = self.session.retry
 
         async def chunks() -> AsyncIterator[bytes]:
-            hasher = hashlib.sha256()
-            offset = skip = resumes = 0
+            hasher = Hasher()
+            offset = skip = 0
             response = await self.session.open(self._get(url, IDENTITY), what=what, scopes=(_scope(repo),))
             try:
                 if response.status_code != 200:
                     raise unexpected_status(response, what)
-                while True:
-                    try:
+                async for attempt in self.session.retry.tries(
+                    what=f"stream of {what} at {self.registry}",
+                    retry_on=TransientError,
+                    give_up=self.session.give_up,
+                    on_retry=self.session.count_retry,
+                ):
+                    with attempt:
+                        if attempt.number > 1:  # the connection broke off: resume where it stopped
+                            await response.aclose()
+                            log.info("resuming %s at byte %d", what, offset)
+                            headers = {**IDENTITY, "Range": f"bytes={offset}-"}
+                            response = await self.session.open(
+                                self._get(url, headers), what=what, scopes=(_scope(repo),)
+                            )
+                            _check_resumed(response, offset, what)
+                            skip = offset if response.status_code == 200 else 0
                         with map_httpx_errors(f"{self.registry}: {what}"):
                             async with response_body(response, chunk_size) as body:
                                 async for data in body:
@@ -126,30 +144,9 @@ class BlobReads:
                                     hasher.update(data)
                                     offset += len(data)
                                     yield data
-                        break
-                    except TransientError as exc:
-                        await response.aclose()
-                        resumes += 1
-                        if resumes >= policy.attempts:
-                            raise RegistryUnavailable(
-                                f"registry {self.registry} unavailable: {what} broke off at byte {offset} "
-                                f"{resumes} time(s); last error: {exc.message}"
-                            ) from exc
-                        log.info("resuming %s at byte %d: %s", what, offset, exc.message)
-                        await trio.sleep(policy.delay(resumes))
-                        headers = {**IDENTITY, "Range": f"bytes={offset}-"}
-                        response = await self.session.open(
-                            self._get(url, headers), what=what, scopes=(_scope(repo),)
-                        )
-                        skip = offset if response.status_code == 200 else 0
-                        if response.status_code not in (200, 206) or (
-                            response.status_code == 206
-                            and parse_content_range(response.headers.get("content-range", "")).start != offset
-                        ):
-                            raise unexpected_status(response, what) from exc
             finally:
                 await response.aclose()
-            if verify and "sha256:" + hasher.hexdigest() != digest:
+            if verify and hasher.digest() != digest:
                 raise VerificationError(
                     f"{what} at {self.registry} does not hash to its digest ({offset} bytes)"
                 )

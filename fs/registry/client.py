@@ -29,15 +29,8 @@ from . import media
 from .auth import Credentials, RegistryAuth, TokenCache, credentials_from_docker_config, load_docker_config
 from .auth import repository_scope as _scope
 from .blob_reads import BlobReads, RangeSupport, range_support
-from .session import (
-    IDENTITY,
-    RegistrySession,
-    RetryPolicy,
-    SessionStatistics,
-    is_loopback,
-    read_limited,
-    unexpected_status,
-)
+from .http import IDENTITY, is_loopback, read_limited, unexpected_status
+from .session import MAX_REDIRECTS, RegistrySession, RetryPolicy, SessionStatistics
 from .upload import push_blob as _push_blob
 
 __all__ = ["Manifest", "RangeSupport", "RegistryClient", "open_registry_client", "range_support"]
@@ -291,7 +284,9 @@ async def open_registry_client(
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
         limits=limits,
-        follow_redirects=False,
+        auth=auth,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
         transport=transport,
         headers={"User-Agent": "zsnap/0.1"},
     ) as http:

@@ -152,7 +152,6 @@ def platform_matches(entry: Descriptor, wanted: str | None) -> bool:
     return len(parts) < 3 or plat.get("variant") == parts[2]
 
 
-
 def config_diff_ids(config: bytes) -> list[str]:
     """The ``rootfs.diff_ids`` of an image config.
 

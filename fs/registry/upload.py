@@ -2,12 +2,13 @@
 
 The file is streamed in pieces of at most 1 MiB, read and hashed in a worker thread, so memory stays small
 whatever the blob size. A failed PATCH/PUT cannot be replayed inside an upload session, so a transient
-failure restarts the whole upload with a fresh session (bounded by the client's retry policy).
+failure, or credentials refused in the middle of a streamed PATCH (an expired token: the body is gone, so
+the auth flow cannot resend it), restarts the whole upload with a fresh session (bounded by the client's
+retry policy).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 import httpx
 import trio
 
+from fs.digest import Hasher
 from fs.errors import RegistryError, RegistryUnavailable, VerificationError
 
 from .auth import repository_scope
@@ -36,7 +38,7 @@ def _location(response: httpx.Response, what: str) -> httpx.URL:
     return response.url.join(location)
 
 
-async def _pieces(file: BinaryIO, length: int, hasher: hashlib._Hash) -> AsyncIterator[bytes]:
+async def _pieces(file: BinaryIO, length: int, hasher: Hasher) -> AsyncIterator[bytes]:
     def read(n: int) -> bytes:
         data = file.read(n)
         hasher.update(data)
@@ -94,26 +96,20 @@ async def push_blob(
     else:
         location = _location(await start({}, scopes), what)
 
-    policy = session.retry
-    start_time = trio.current_time()
-    tries = 0
-    while True:
-        tries += 1
-        try:
+    # a failed PATCH/PUT cannot be replayed inside an upload session: a transient failure (or credentials
+    # refused mid-stream, see fs.registry.auth) restarts the whole upload with a fresh session
+    async for attempt in session.retry.tries(
+        what=f"{what} at {client.registry}",
+        retry_on=RegistryUnavailable,
+        give_up=session.give_up,
+        on_retry=session.count_retry,
+    ):
+        with attempt:
+            if attempt.number > 1:
+                location = _location(await start({}, scopes), what)
             await _upload(client, location, digest, size, open_file, chunk_size, what, scopes)
             return "uploaded"
-        except RegistryUnavailable as exc:  # one attempt's failure (the session does not retry PATCH)
-            elapsed = trio.current_time() - start_time
-            delay = policy.delay(tries)
-            if tries >= policy.attempts or elapsed + delay > policy.total_time:
-                raise RegistryUnavailable(
-                    f"registry {client.registry} unavailable: {what} failed after {tries} attempt(s); "
-                    f"last error: {exc.message}",
-                    status=exc.status,
-                ) from exc
-            log.info("restarting %s in %.2fs: %s", what, delay, exc.message)
-            await trio.sleep(delay)
-            location = _location(await start({}, scopes), what)
+    raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
 
 async def _upload(
@@ -128,7 +124,7 @@ async def _upload(
 ) -> None:
     session = client.session
     build = client.session.client.build_request
-    hasher = hashlib.sha256()
+    hasher = Hasher()
 
     def checker(statuses: tuple[int, ...], step: str) -> Callable[[httpx.Response], object]:
         async def read(response: httpx.Response) -> httpx.Response:
@@ -165,7 +161,7 @@ async def _upload(
         extra = await trio.to_thread.run_sync(file.read, 1)
     finally:
         await trio.to_thread.run_sync(file.close)
-    if extra or "sha256:" + hasher.hexdigest() != digest:
+    if extra or hasher.digest() != digest:
         raise VerificationError(
             f"{what}: the file is not {size} bytes hashing to {digest}; nothing was committed"
         )

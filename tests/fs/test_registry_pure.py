@@ -14,6 +14,7 @@ import pytest
 from fs.errors import AuthError, FormatError, NotFoundError, VerificationError
 from fs.registry import OciLayout
 from fs.registry.auth import (
+    TOKEN_SCOPES,
     Credentials,
     RegistryAuth,
     TokenCache,
@@ -132,6 +133,30 @@ def test_token_cache_honours_expiry_per_scope() -> None:
 # -- the auth flow, driven by hand --------------------------------------------------------------------
 
 
+_OPEN_FLOWS: list = []
+
+
+async def close_flows() -> None:
+    """Close every flow in this task, as httpx does (a flow may hold a scope's lock while it waits)."""
+    while _OPEN_FLOWS:
+        await _OPEN_FLOWS.pop().aclose()
+
+
+class Flow:
+    """Drives :meth:`RegistryAuth.async_auth_flow` by hand, the way httpx does."""
+
+    def __init__(self, auth: RegistryAuth, request: httpx.Request, scopes: tuple[str, ...] = ()) -> None:
+        request.extensions[TOKEN_SCOPES] = scopes
+        self.gen = auth.async_auth_flow(request)
+        _OPEN_FLOWS.append(self.gen)
+
+    async def start(self) -> httpx.Request:
+        return await self.gen.__anext__()
+
+    async def send(self, response: httpx.Response) -> httpx.Request:
+        return await self.gen.asend(response)
+
+
 def _resp(
     status: int, request: httpx.Request, headers: dict | None = None, body: bytes = b""
 ) -> httpx.Response:
@@ -145,89 +170,99 @@ def _token_body(token: str, expires_in: int = 60) -> bytes:
     return json.dumps({"token": token, "expires_in": expires_in}).encode()
 
 
-def test_bearer_flow_fetches_caches_and_reuses_token() -> None:
+async def test_bearer_flow_fetches_caches_and_reuses_token() -> None:
     clock = FakeClock()
     auth = RegistryAuth("reg", Credentials("u", "p"), cache=TokenCache(clock))
     scopes = (repository_scope("a"),)
     request = httpx.Request("GET", "http://reg/v2/a/blobs/x")
-    flow = auth.auth_flow(request, scopes)
-    sent = next(flow)
+    flow = Flow(auth, request, scopes)
+    sent = await flow.start()
     assert "authorization" not in sent.headers
-    token_request = flow.send(_resp(401, sent, BEARER))
+    token_request = await flow.send(_resp(401, sent, BEARER))
     assert token_request.extensions.get("zsnap_token_request")
     assert token_request.url.params.get_list("scope") == ["repository:a:pull"]
     assert token_request.url.params["service"] == "reg"
     assert token_request.headers["authorization"] == Credentials("u", "p").basic_header()
-    retried = flow.send(_resp(200, token_request, body=_token_body("T1", 300)))
+    retried = await flow.send(_resp(200, token_request, body=_token_body("T1", 300)))
     assert retried.headers["authorization"] == "Bearer T1"
-    with pytest.raises(StopIteration):
-        flow.send(_resp(200, retried))
+    with pytest.raises(StopAsyncIteration):
+        await flow.send(_resp(200, retried))
     # the next request for the same scope goes out with the cached token, no 401 round trip
-    flow = auth.auth_flow(httpx.Request("GET", "http://reg/v2/a/blobs/y"), scopes)
-    assert next(flow).headers["authorization"] == "Bearer T1"
+    flow = Flow(auth, httpx.Request("GET", "http://reg/v2/a/blobs/y"), scopes)
+    assert (await flow.start()).headers["authorization"] == "Bearer T1"
     # a new scope: the realm is known, so the token is fetched before the request
-    flow = auth.auth_flow(httpx.Request("GET", "http://reg/v2/b/blobs/y"), (repository_scope("b"),))
-    first = next(flow)
+    flow = Flow(auth, httpx.Request("GET", "http://reg/v2/b/blobs/y"), (repository_scope("b"),))
+    first = await flow.start()
     assert first.extensions.get("zsnap_token_request")
     assert "repository:b:pull" in first.url.params.get_list("scope")
-    assert flow.send(_resp(200, first, body=_token_body("T2"))).headers["authorization"] == "Bearer T2"
+    assert (await flow.send(_resp(200, first, body=_token_body("T2")))).headers[
+        "authorization"
+    ] == "Bearer T2"
     # expiry: after expires_in the cached token is not used
     clock.now += 301
-    flow = auth.auth_flow(httpx.Request("GET", "http://reg/v2/a/blobs/z"), scopes)
-    assert next(flow).extensions.get("zsnap_token_request")
+    flow = Flow(auth, httpx.Request("GET", "http://reg/v2/a/blobs/z"), scopes)
+    assert (await flow.start()).extensions.get("zsnap_token_request")
     assert auth.token_requests == 3
+    await close_flows()
 
 
-def test_bearer_flow_refreshes_once_on_401_and_on_403() -> None:
+async def test_bearer_flow_refreshes_once_on_401_and_on_403() -> None:
     auth = RegistryAuth("reg", None)
     scopes = (repository_scope("a"),)
     auth.scheme, auth.bearer = "bearer", parse_www_authenticate(BEARER["WWW-Authenticate"])[0]
     auth.cache.put("reg", scopes, "OLD", 300)
     for status in (401, 403):
         auth.cache.put("reg", scopes, "OLD", 300)
-        flow = auth.auth_flow(httpx.Request("GET", "http://reg/v2/a/manifests/t"), scopes)
-        sent = next(flow)
+        flow = Flow(auth, httpx.Request("GET", "http://reg/v2/a/manifests/t"), scopes)
+        sent = await flow.start()
         assert sent.headers["authorization"] == "Bearer OLD"
-        token_request = flow.send(_resp(status, sent, BEARER if status == 401 else None))
+        token_request = await flow.send(_resp(status, sent, BEARER if status == 401 else None))
         assert "authorization" not in token_request.headers  # anonymous
-        retried = flow.send(_resp(200, token_request, body=_token_body("NEW")))
+        retried = await flow.send(_resp(200, token_request, body=_token_body("NEW")))
         assert retried.headers["authorization"] == "Bearer NEW"
-        with pytest.raises(StopIteration):  # still refused: the flow gives up, the caller raises AuthError
-            flow.send(_resp(status, retried, BEARER))
+        with pytest.raises(
+            StopAsyncIteration
+        ):  # still refused: the flow gives up, the caller raises AuthError
+            await flow.send(_resp(status, retried, BEARER))
+    await close_flows()
 
 
-def test_token_service_refusal_is_auth_error() -> None:
+async def test_token_service_refusal_is_auth_error() -> None:
     auth = RegistryAuth("reg", Credentials("u", "wrong"))
-    flow = auth.auth_flow(httpx.Request("GET", "http://reg/v2/a/manifests/t"), (repository_scope("a"),))
-    sent = next(flow)
-    token_request = flow.send(_resp(401, sent, BEARER))
+    flow = Flow(auth, httpx.Request("GET", "http://reg/v2/a/manifests/t"), (repository_scope("a"),))
+    sent = await flow.start()
+    token_request = await flow.send(_resp(401, sent, BEARER))
     with pytest.raises(AuthError, match="refused"):
-        flow.send(_resp(401, token_request))
-    flow = auth.auth_flow(httpx.Request("GET", "http://reg/v2/a/manifests/t"), (repository_scope("a"),))
-    token_request = next(flow)
+        await flow.send(_resp(401, token_request))
+    flow = Flow(auth, httpx.Request("GET", "http://reg/v2/a/manifests/t"), (repository_scope("a"),))
+    token_request = await flow.start()
     with pytest.raises(AuthError, match="no token"):
-        flow.send(_resp(200, token_request, body=b'{"expires_in": 3}'))
+        await flow.send(_resp(200, token_request, body=b'{"expires_in": 3}'))
+    await close_flows()
 
 
-def test_basic_flow() -> None:
+async def test_basic_flow() -> None:
     auth = RegistryAuth("reg", Credentials("u", "p"))
-    flow = auth.auth_flow(httpx.Request("GET", "http://reg/v2/"))
-    sent = next(flow)
-    retried = flow.send(_resp(401, sent, {"WWW-Authenticate": 'Basic realm="r"'}))
+    flow = Flow(auth, httpx.Request("GET", "http://reg/v2/"))
+    sent = await flow.start()
+    retried = await flow.send(_resp(401, sent, {"WWW-Authenticate": 'Basic realm="r"'}))
     assert retried.headers["authorization"] == Credentials("u", "p").basic_header()
-    with pytest.raises(StopIteration):
-        flow.send(_resp(401, retried, {"WWW-Authenticate": 'Basic realm="r"'}))  # wrong password: give up
+    with pytest.raises(StopAsyncIteration):
+        await flow.send(
+            _resp(401, retried, {"WWW-Authenticate": 'Basic realm="r"'})
+        )  # wrong password: give up
     # Basic is now known: sent up front
     assert (
-        next(auth.auth_flow(httpx.Request("GET", "http://reg/v2/")))
+        (await Flow(auth, httpx.Request("GET", "http://reg/v2/")).start())
         .headers["authorization"]
         .startswith("Basic")
     )
     # no credentials: nothing to retry with
-    flow = RegistryAuth("reg", None).auth_flow(httpx.Request("GET", "http://reg/v2/"))
-    sent = next(flow)
-    with pytest.raises(StopIteration):
-        flow.send(_resp(401, sent, {"WWW-Authenticate": 'Basic realm="r"'}))
+    flow = Flow(RegistryAuth("reg", None), httpx.Request("GET", "http://reg/v2/"))
+    sent = await flow.start()
+    with pytest.raises(StopAsyncIteration):
+        await flow.send(_resp(401, sent, {"WWW-Authenticate": 'Basic realm="r"'}))
+    await close_flows()
 
 
 # -- ranges -------------------------------------------------------------------------------------------

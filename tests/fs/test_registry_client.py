@@ -14,7 +14,14 @@ import pytest
 import trio
 
 from fs.errors import AuthError, NotFoundError, RegistryError, RegistryUnavailable, VerificationError
-from fs.registry import Credentials, OciLayout, RetryPolicy, open_registry_client, range_support
+from fs.registry import (
+    Credentials,
+    OciLayout,
+    RetryPolicy,
+    TokenCache,
+    open_registry_client,
+    range_support,
+)
 
 SKOPEO = "skopeo-1.9.3-zstd-chunked"
 MANIFEST = "sha256:099535181a8140d836ed80aeb52e237a374a7169620e677676997723712aeee1"
@@ -162,6 +169,57 @@ async def test_push_blob_upload_skip_mount(pushed: str, tmp_path: Path) -> None:
         empty = "sha256:" + hashlib.sha256(b"").hexdigest()
         assert await client.push_blob("up/d", empty, 0, lambda: io.BytesIO(b"")) == "uploaded"
         assert await client.get_blob("up/d", empty) == b""
+
+
+class _SlowFile(io.BufferedReader):
+    """A file whose reads take ``delay`` seconds each (the uploader reads in a worker thread)."""
+
+    delay = 0.0
+
+    def read(self, n: int | None = -1) -> bytes:
+        time.sleep(self.delay)
+        return super().read(n)
+
+
+@pytest.mark.slow
+async def test_upload_restarts_when_the_token_expires_mid_upload(token_registry, tmp_path: Path) -> None:
+    """A PATCH refused (401) because the Bearer token expired cannot be resent (its streamed body is
+    consumed): the upload must start over with a fresh token, not fail with httpx.StreamConsumed."""
+    tokens = token_registry.token_server
+    data = os.urandom(24 * 128 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    opened: list[_SlowFile] = []
+
+    def open_file() -> _SlowFile:
+        slow = _SlowFile(open(path, "rb"))  # noqa: SIM115 - closed by push_blob
+        slow.delay = 0.2 if not opened else 0.0  # the first attempt outlives its token
+        opened.append(slow)
+        return slow
+
+    # Tokens that the registry accepts for 2-3 s more: distribution allows 60 s of clock skew past "exp".
+    # The client's token clock stands still (as if it ran behind the registry's), so it keeps sending a
+    # token once the registry refuses it.
+    cache = TokenCache(clock=lambda: 0.0)
+    tokens.expires_in = 3 - 60
+    try:
+        async with open_registry_client(
+            token_registry.host, docker_config=token_registry.docker_config, token_cache=cache
+        ) as client:
+            before = len(tokens.requests)
+            result = await client.push_blob("tok/upload", digest, len(data), open_file, chunk_size=128 * 1024)
+            assert result == "uploaded"
+            assert len(opened) == 2 and all(f.closed for f in opened)
+            assert len(tokens.requests) - before >= 2  # a fresh token for the second attempt
+            assert client.statistics().retries >= 1
+            got = b""
+            async with client.stream_blob("tok/upload", digest) as chunks:
+                async for chunk in chunks:
+                    got += chunk
+            assert got == data
+    finally:
+        tokens.expires_in = 300
 
 
 async def test_put_manifest_roundtrip(pushed: str, layout: OciLayout) -> None:

@@ -173,7 +173,7 @@ class BlobReads:
         validate_ranges(ranges)
         if not ranges:
             return []
-        merged = coalesce(ranges)
+        merged = [group.range for group in coalesce(ranges)]
         what = self._what(repo, "blob", digest)
         url = self._url(repo, "blobs", digest)
         support = self.ranges

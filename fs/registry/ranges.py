@@ -17,6 +17,7 @@ from fs.errors import FormatError
 __all__ = [
     "ByteRange",
     "ContentRange",
+    "RangeGroup",
     "RangePart",
     "SliceCollector",
     "batch_ranges",
@@ -144,25 +145,57 @@ def parse_multipart_byteranges(body: bytes, content_type: str) -> list[RangePart
             raise FormatError("multipart/byteranges body without its closing boundary")
 
 
-def coalesce(
-    ranges: Iterable[ByteRange], *, max_gap: int = 0, max_size: int | None = None
-) -> list[ByteRange]:
-    """Sort and merge ranges that overlap or lie within ``max_gap`` bytes of each other.
+@dataclasses.dataclass
+class RangeGroup:
+    """One merged range ``[start, end)`` and the indices (into the input) of the ranges it covers."""
 
-    ``max_size`` (if given) stops a merged range from growing past that many bytes (a single input range
-    larger than it is kept whole). The result covers every input range.
+    start: int
+    end: int
+    members: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def range(self) -> ByteRange:
+        return (self.start, self.end)
+
+
+def coalesce(
+    ranges: Sequence[ByteRange], *, max_gap: int = 0, max_size: int | None = None
+) -> list[RangeGroup]:
+    """Merge byte ranges into as few requests as the limits allow.
+
+    Ranges are ``(start, end)`` half-open, in any order. Overlapping or identical ranges always merge
+    (eStargz ``innerOffset`` chunks share a frame); two ranges whose gap is ``<= max_gap`` (touching ones
+    have gap 0) merge unless the merged range would grow past ``max_size`` bytes (``None``: no limit; a
+    single range larger than it stays whole). Every input range is covered by exactly one group.
+
+    Returns:
+        Groups sorted by ``start``, each listing the indices of the ranges it covers in ``(start, end)``
+        order (ties in input order).
+
+    Raises:
+        ValueError: a range with a negative start or ``end < start``.
     """
-    merged: list[list[int]] = []
-    for start, end in sorted(ranges):
-        if (
-            merged
-            and start - merged[-1][1] <= max_gap
-            and (max_size is None or max(end, merged[-1][1]) - merged[-1][0] <= max_size)
-        ):
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(start, end) for start, end in merged]
+    order = sorted(range(len(ranges)), key=lambda i: (ranges[i][0], ranges[i][1]))
+    groups: list[RangeGroup] = []
+    for i in order:
+        start, end = ranges[i]
+        if start < 0 or end < start:
+            raise ValueError(f"invalid byte range {ranges[i]!r}")
+        if groups:
+            last = groups[-1]
+            overlaps = start < last.end
+            near = start - last.end <= max_gap
+            fits = max_size is None or max(end, last.end) - last.start <= max_size
+            if overlaps or (near and fits):
+                last.end = max(last.end, end)
+                last.members.append(i)
+                continue
+        groups.append(RangeGroup(start, end, [i]))
+    return groups
 
 
 def batch_ranges(

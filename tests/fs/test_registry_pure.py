@@ -25,6 +25,7 @@ from fs.registry.auth import (
     repository_scope,
 )
 from fs.registry.ranges import (
+    RangeGroup,
     RangePart,
     SliceCollector,
     batch_ranges,
@@ -321,11 +322,35 @@ def test_headers_and_content_range() -> None:
             range_header(bad_ranges)
 
 
-def test_coalesce_and_batches() -> None:
-    assert coalesce([(20, 30), (0, 10), (10, 15), (5, 8)]) == [(0, 15), (20, 30)]
-    assert coalesce([(0, 10), (14, 20)], max_gap=4) == [(0, 20)]
-    assert coalesce([(0, 10), (14, 20)], max_gap=3) == [(0, 10), (14, 20)]
-    assert coalesce([(0, 10), (10, 20), (20, 30)], max_size=20) == [(0, 20), (20, 30)]
+def _groups(groups: list[RangeGroup]) -> list[tuple[int, int, list[int]]]:
+    return [(g.start, g.end, g.members) for g in groups]
+
+
+def test_coalesce() -> None:
+    assert [g.range for g in coalesce([(20, 30), (0, 10), (10, 15), (5, 8)])] == [(0, 15), (20, 30)]
+    assert [g.range for g in coalesce([(0, 10), (14, 20)], max_gap=4)] == [(0, 20)]
+    assert [g.range for g in coalesce([(0, 10), (14, 20)], max_gap=3)] == [(0, 10), (14, 20)]
+    assert [g.range for g in coalesce([(0, 10), (10, 20), (20, 30)], max_size=20)] == [(0, 20), (20, 30)]
+    # members: which input ranges each group serves
+    spans = [(0, 100), (100, 200), (250, 300), (10_000, 10_100)]
+    assert _groups(coalesce(spans, max_gap=50, max_size=1 << 20)) == [
+        (0, 300, [0, 1, 2]),
+        (10_000, 10_100, [3]),
+    ]
+    # a range bigger than max_size stays whole
+    spans = [(0, 600), (600, 1200), (1200, 1300), (1300, 5000)]
+    assert _groups(coalesce(spans, max_size=1000)) == [(0, 600, [0]), (600, 1300, [1, 2]), (1300, 5000, [3])]
+    # overlapping and identical ranges merge even past max_size; unsorted input
+    spans = [(500, 900), (0, 100), (500, 900), (80, 150)]
+    assert _groups(coalesce(spans, max_size=10)) == [(0, 150, [1, 3]), (500, 900, [0, 2])]
+    assert coalesce([]) == []
+    with pytest.raises(ValueError):
+        coalesce([(10, 5)])
+    with pytest.raises(ValueError):
+        coalesce([(-1, 5)])
+
+
+def test_batches() -> None:
     ranges = [(i * 100, i * 100 + 10) for i in range(200)]
     batches = batch_ranges(ranges, max_ranges=64)
     assert [len(b) for b in batches] == [64, 64, 64, 8]

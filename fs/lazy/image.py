@@ -4,27 +4,28 @@ Only the manifest, (index,) and config are fetched here; every one is verified b
 client checks manifests fetched by digest and blobs, and a tag-resolved manifest is then addressed by its
 own digest). Layer descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs.
 
-``oci:DIR[:TAG]`` references are served by :class:`LayoutClient`, a tiny stand-in with the registry client's
-read methods over a local OCI image layout (so a layout can be mounted without a registry).
+``oci:DIR[:TAG]`` references are served by :class:`LayoutClient` (:class:`fs.registry.endpoint.LayoutReader`),
+the registry client's read methods over a local OCI image layout (so a layout can be mounted without a
+registry).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import trio
-
-from fs.errors import FormatError, NotFoundError, VerificationError
+from fs.errors import FormatError, NotFoundError
 from fs.lazy.layer import LayerDescriptor
-from fs.registry import INDEX_TYPES, ImageReference, OciLayout, open_registry_client
+from fs.registry import INDEX_TYPES, ImageReference
+from fs.registry.endpoint import LayoutReader as LayoutClient
+from fs.registry.endpoint import open_endpoint
 from fs.registry.manifests import Descriptor, host_platform, platform_matches
 
 __all__ = ["LayoutClient", "ResolvedImage", "open_image_client", "resolve_image"]
+
 
 @dataclass(frozen=True)
 class ResolvedImage:
@@ -37,67 +38,13 @@ class ResolvedImage:
     config: dict[str, Any]
 
 
-class LayoutClient:
-    """Read side of the registry client over an OCI layout directory (for ``oci:`` references)."""
-
-    def __init__(self, layout: OciLayout) -> None:
-        self.layout = layout
-
-    async def get_manifest_by_descriptor(self, descriptor: dict[str, Any]) -> tuple[bytes, str, str]:
-        digest = descriptor["digest"]
-        data = await trio.to_thread.run_sync(self.layout.read_blob, digest)
-        return data, descriptor.get("mediaType", ""), digest
-
-    async def get_blob(self, repo: str, digest: str, **_: Any) -> bytes:
-        return await trio.to_thread.run_sync(self.layout.read_blob, digest)
-
-    async def get_ranges(self, repo: str, digest: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        def read() -> list[bytes]:
-            out = []
-            with self.layout.open_blob(digest) as f:
-                for start, end in ranges:
-                    f.seek(start)
-                    out.append(f.read(end - start))
-            return out
-
-        return await trio.to_thread.run_sync(read)
-
-    async def get_tail(self, repo: str, digest: str, n: int, size: int | None = None) -> bytes:
-        size = size if size is not None else self.layout.blob_size(digest)
-        return (await self.get_ranges(repo, digest, [(max(0, size - n), size)]))[0]
-
-    @contextlib.asynccontextmanager
-    async def stream_blob(self, repo: str, digest: str, **_: Any) -> AsyncIterator[AsyncIterator[bytes]]:
-        async def chunks() -> AsyncIterator[bytes]:
-            h = hashlib.sha256()
-            f = self.layout.open_blob(digest)
-            try:
-                while piece := await trio.to_thread.run_sync(f.read, 1 << 20):
-                    h.update(piece)
-                    yield piece
-            finally:
-                f.close()
-            if "sha256:" + h.hexdigest() != digest:
-                raise VerificationError(f"blob {digest} in {self.layout.path} does not hash to its name")
-
-        it = chunks()
-        try:
-            yield it
-        finally:
-            await it.aclose()  # type: ignore[attr-defined]
-
-
 @contextlib.asynccontextmanager
 async def open_image_client(
     ref: ImageReference, *, plain_http: bool | None = None, timeout: float = 30.0
 ) -> AsyncIterator[Any]:
-    """The client serving ``ref``: a registry client (docker) or a :class:`LayoutClient` (oci)."""
-    if ref.transport == "oci":
-        assert ref.path is not None
-        yield LayoutClient(OciLayout(ref.path))
-        return
-    async with open_registry_client(ref.registry, plain_http=plain_http, timeout=timeout) as client:
-        yield client
+    """The blob source serving ``ref``: a registry client (docker) or a :class:`LayoutClient` (oci)."""
+    async with open_endpoint(ref, plain_http=plain_http, timeout=timeout) as endpoint:
+        yield endpoint.source
 
 
 def _pick_platform(index: dict[str, Any], want: str | None) -> dict[str, Any]:
@@ -113,14 +60,8 @@ async def _manifest(
     client: Any, ref: ImageReference, descriptor: dict[str, Any] | None
 ) -> tuple[dict, str, str]:
     """(json, media type, digest) of the manifest ``descriptor`` names, or of the reference itself."""
-    if isinstance(client, LayoutClient):
-        if descriptor is None:
-            descriptor = await trio.to_thread.run_sync(client.layout.resolve, ref.tag)
-        data, media_type, digest = await client.get_manifest_by_descriptor(descriptor)
-    else:
-        reference = descriptor["digest"] if descriptor else (ref.digest or ref.tag or "latest")
-        m = await client.get_manifest(ref.repository, reference)
-        data, media_type, digest = m.data, m.media_type, m.digest
+    reference = descriptor["digest"] if descriptor else ref.reference
+    data, media_type, digest = await client.get_manifest(ref.repository, reference)
     try:
         doc = json.loads(data)
     except ValueError as exc:
@@ -130,9 +71,7 @@ async def _manifest(
     return doc, doc.get("mediaType") or media_type, digest
 
 
-async def resolve_image(
-    client: Any, ref: ImageReference, *, want: str | None = None
-) -> ResolvedImage:
+async def resolve_image(client: Any, ref: ImageReference, *, want: str | None = None) -> ResolvedImage:
     """Fetch and verify the manifest (choosing this host's platform from an index) and config.
 
     Raises:

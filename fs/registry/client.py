@@ -13,12 +13,11 @@ Blob reads (ranges, tails, streams) live in :mod:`fs.registry.blob_reads`, uploa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 import httpx
 
@@ -42,9 +41,9 @@ MAX_SMALL_BLOB = 16 << 20
 _DOCKER_HUB_API = "registry-1.docker.io"
 
 
-@dataclasses.dataclass(frozen=True)
-class Manifest:
-    """A manifest or index exactly as the registry sent it; ``digest`` = sha256 of ``data``."""
+class Manifest(NamedTuple):
+    """A manifest or index exactly as stored; ``digest`` = sha256 of ``data``. Unpacks as
+    ``data, media_type, digest``."""
 
     data: bytes
     media_type: str

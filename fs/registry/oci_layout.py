@@ -9,7 +9,6 @@ Tags are ``org.opencontainers.image.ref.name`` annotations on ``index.json`` ent
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fs.digest import Hasher, parse_digest, sha256_digest, verify_digest
 from fs.errors import FormatError, NotFoundError, VerificationError
 
 from . import media
@@ -27,13 +27,11 @@ __all__ = ["REF_NAME", "OciLayout"]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 _LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 
 def _check_digest(digest: str) -> str:
-    if not _DIGEST_RE.fullmatch(digest):
-        raise FormatError(f"invalid digest {digest!r} (sha256:<64 hex>)")
-    return digest[len("sha256:") :]
+    """The hex part of a valid digest (FormatError otherwise: no path outside ``blobs/sha256``)."""
+    return parse_digest(digest)[1]
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -137,8 +135,8 @@ class OciLayout:
         """A whole blob (for manifests and configs), verified against ``digest`` unless told not to."""
         with self.open_blob(digest) as blob:
             data = blob.read()
-        if verify and hashlib.sha256(data).hexdigest() != _check_digest(digest):
-            raise VerificationError(f"blob {digest} in {self.path} does not hash to its name")
+        if verify:
+            verify_digest(data, digest, what=f"blob {digest} in {self.path}")
         return data
 
     def iter_blob(self, digest: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -155,7 +153,7 @@ class OciLayout:
 
     def write_blob(self, data: bytes, digest: str | None = None) -> str:
         """Store bytes as a blob; returns its digest. ``digest``, when given, must match."""
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = sha256_digest(data)
         if digest is not None and digest != actual:
             raise VerificationError(f"bytes for {digest} hash to {actual}")
         self.init()
@@ -170,14 +168,14 @@ class OciLayout:
         directory = self.path / "blobs" / "sha256"
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         try:
-            hasher = hashlib.sha256()
+            hasher = Hasher()
             with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
                 while chunk := src.read(1 << 20):
                     hasher.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            actual = "sha256:" + hasher.hexdigest()
+            actual = hasher.digest()
             if digest is not None and digest != actual:
                 raise VerificationError(f"{source} was declared {digest} but hashes to {actual}")
             os.chmod(tmp, 0o644)

@@ -12,6 +12,7 @@ Layout (imports go downwards only)::
     upload.py      blob upload: exists / cross-repo mount / POST, PATCH…, PUT              I/O
     client.py      RegistryClient (manifests, small blobs) + open_registry_client          I/O
     oci_layout.py  OciLayout: index.json, blobs/sha256, atomic writes                      local files
+    endpoint.py    Endpoint (registry repository or OCI layout), LayoutReader, open_endpoint   I/O
 """
 
 from .auth import Challenge, Credentials, RegistryAuth, TokenCache, parse_www_authenticate

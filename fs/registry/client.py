@@ -1,7 +1,8 @@
 """The distribution API client: manifests, blobs, byte ranges and uploads for one registry.
 
 ``open_registry_client(registry)`` opens one pooled ``httpx.AsyncClient`` (trio backend) behind a
-:class:`~fs.registry.session.RegistrySession` (retries, auth, redirects, error translation) and yields a
+:class:`~fs.registry.session.RegistrySession` (retries, status mapping; auth and redirects are httpx's, with
+:class:`~fs.registry.auth.RegistryAuth` as the client's ``auth``) and yields a
 :class:`RegistryClient`. Every byte that a digest vouches for is verified before it is returned
 (manifests fetched by digest, :meth:`RegistryClient.get_blob`, the end of :meth:`RegistryClient.stream_blob`);
 ranges cannot be verified here, the caller checks them against the TOC.

@@ -104,9 +104,9 @@ async def push_blob(
         give_up=session.give_up,
         on_retry=session.count_retry,
     ):
+        if attempt.number > 1:  # a fresh upload session (POST has its own retries; its failure is final)
+            location = _location(await start({}, scopes), what)
         with attempt:
-            if attempt.number > 1:
-                location = _location(await start({}, scopes), what)
             await _upload(client, location, digest, size, open_file, chunk_size, what, scopes)
             return "uploaded"
     raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover

@@ -5,6 +5,7 @@ Layout (imports go downwards only)::
     reference.py   ImageReference.parse("docker://host/repo:tag" | "oci:dir:tag")       pure
     media.py       media type constants, Accept headers                                    pure
     ranges.py      Range headers, Content-Range, multipart/byteranges, coalescing         pure
+    credentials.py docker config.json credentials                                        local files
     http.py        httpx glue: error mapping, bounded/clean body reads, replayability    pure
     auth.py        RegistryAuth (httpx.Auth): challenges, docker credentials, tokens      I/O via httpx
     session.py     the request path: retries -> status -> httpx (auth, redirects)         I/O

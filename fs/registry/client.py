@@ -26,9 +26,10 @@ from fs.digest import sha256_digest
 from fs.errors import FormatError, NotFoundError, RegistryError, VerificationError
 
 from . import media
-from .auth import Credentials, RegistryAuth, TokenCache, credentials_from_docker_config, load_docker_config
+from .auth import RegistryAuth, TokenCache
 from .auth import repository_scope as _scope
 from .blob_reads import BlobReads, RangeSupport, range_support
+from .credentials import Credentials, credentials_from_docker_config, load_docker_config
 from .http import IDENTITY, is_loopback, read_limited, unexpected_status
 from .session import MAX_REDIRECTS, RegistrySession, RetryPolicy, SessionStatistics
 from .upload import push_blob as _push_blob

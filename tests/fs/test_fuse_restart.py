@@ -1,0 +1,405 @@
+"""A FUSE mount survives a restart of its serving process (fs.lazy.session, fs.lazy.sdnotify).
+
+The test process plays systemd: :class:`FdStore` receives fds over a ``NOTIFY_SOCKET`` datagram socket
+(``FDSTORE=1``/``FDNAME``/``FDSTOREREMOVE``) and starts servers with them in ``LISTEN_FDS``. The server
+is tests/fs/fuse_restart_server.py (a deterministic tree whose big file is slow to read); a reader
+process reads the big file while the server is killed and started again. Each test prints the stall
+the reader saw, as a JSON line.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fs.lazy import sdnotify, session
+from tests.fixtures.fuse import force_unmount
+from tests.fs.fuse_restart_server import BIG_SIZE, SMALL_CONTENT, big_bytes
+
+pytestmark = [pytest.mark.needs_root]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READ_DELAY = 0.03  # per 64 KiB read of /big: 64 reads, about 2 s for the whole file
+CHUNK = 64 * 1024
+
+# Runs as the server's parent-to-be: moves the store's fds to 3, 4, … and sets LISTEN_* like systemd.
+_LAUNCHER = """
+import fcntl, os, sys
+fds = [int(x) for x in os.environ.pop("TEST_STORE_FDS").split(",") if x]
+names = os.environ.pop("TEST_STORE_NAMES")
+n = len(fds)
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + n) for fd in fds]
+for fd in fds:
+    if fd >= 3 + n:
+        os.close(fd)
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i, inheritable=True)
+    os.close(fd)
+if n:
+    os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(n), LISTEN_FDNAMES=names)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+# Reads /big in 64 KiB steps, retrying an offset that fails, and reports what it saw.
+_READER = """
+import hashlib, json, os, sys, time
+path, size, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(path, os.O_RDONLY)
+print("open", flush=True)
+digest, off, gaps, errors = hashlib.sha256(), 0, [], []
+last = time.monotonic()
+deadline = last + 60
+while off < size and time.monotonic() < deadline:
+    try:
+        data = os.pread(fd, chunk, off)
+    except OSError as e:
+        errors.append([round(time.monotonic() - last, 3), e.errno])
+        time.sleep(0.01)
+        continue
+    if not data:
+        break
+    now = time.monotonic()
+    gaps.append(now - last)
+    last = now
+    digest.update(data)
+    off += len(data)
+os.close(fd)
+gaps.sort()
+print(json.dumps({"sha256": digest.hexdigest(), "bytes": off, "errors": errors,
+                  "max_gap": gaps[-1], "median_gap": gaps[len(gaps) // 2]}), flush=True)
+"""
+
+
+class FdStore:
+    """Plays systemd's file descriptor store for the servers it starts."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(socket_path))
+        self.stored: list[tuple[str, int]] = []
+        self.messages: list[str] = []
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+        self.thread.start()
+
+    def _receive(self) -> None:
+        fd_size = array.array("i").itemsize
+        while True:
+            try:
+                msg, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(16 * fd_size))
+            except OSError:
+                return
+            if not msg and not ancdata:
+                return
+            fds = array.array("i")
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[: len(data) - len(data) % fd_size])
+            fields = dict(line.split("=", 1) for line in msg.decode().splitlines() if "=" in line)
+            with self.lock:
+                self.messages.append(msg.decode())
+                name = fields.get("FDNAME", "stored")
+                if fields.get("FDSTORE") == "1":
+                    self.stored.extend((name, fd) for fd in fds)
+                    continue
+                for fd in fds:
+                    os.close(fd)
+                if fields.get("FDSTOREREMOVE") == "1":
+                    for _, fd in [e for e in self.stored if e[0] == name]:
+                        os.close(fd)
+                    self.stored = [e for e in self.stored if e[0] != name]
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return sorted(name for name, _ in self.stored)
+
+    def wait_names(self, expected: list[str], timeout: float = 5.0) -> list[str]:
+        """The stored names once they are ``expected`` (messages are handled by another thread)."""
+        deadline = time.monotonic() + timeout
+        while (names := self.names()) != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return names
+
+    def _drop_dead(self) -> None:
+        # systemd watches stored fds for POLLERR/POLLHUP and closes them (FDPOLL=1, the default).
+        alive = []
+        for name, fd in self.stored:
+            revents = select_poll(fd)
+            if revents & (0x008 | 0x010):  # POLLERR | POLLHUP
+                os.close(fd)
+            else:
+                alive.append((name, fd))
+        self.stored = alive
+
+    def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        """Start ``python argv…`` with the stored fds in LISTEN_FDS and NOTIFY_SOCKET set."""
+        with self.lock:
+            self._drop_dead()
+            entries = list(self.stored)
+        env = dict(os.environ)
+        env.update(
+            NOTIFY_SOCKET=str(self.socket_path),
+            TEST_STORE_FDS=",".join(str(fd) for _, fd in entries),
+            TEST_STORE_NAMES=":".join(name for name, _ in entries),
+            PYTHONPATH=str(REPO_ROOT),
+        )
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, *argv],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                pass_fds=[fd for _, fd in entries],
+            )
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(timeout=5)
+        with self.lock:
+            for _, fd in self.stored:
+                os.close(fd)
+            self.stored = []
+
+
+def select_poll(fd: int) -> int:
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return sum(revents for _, revents in poller.poll(0))
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.mountpoint = tmp_path / "mnt"
+        self.mountpoint.mkdir()
+        self.log_path = tmp_path / "server.log"
+        self.store = FdStore(tmp_path / "notify.sock")
+        self.servers: list[subprocess.Popen[bytes]] = []
+        self.readers: list[subprocess.Popen[bytes]] = []
+
+    def start_server(self, *, store: bool = True) -> tuple[subprocess.Popen[bytes], dict]:
+        argv = ["-m", "tests.fs.fuse_restart_server", str(self.mountpoint), "--read-delay", str(READ_DELAY)]
+        if store:
+            proc = self.store.spawn(argv, self.log_path)
+        else:
+            env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+            env["PYTHONPATH"] = str(REPO_ROOT)
+            with open(self.log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, *argv], env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log
+                )
+        self.servers.append(proc)
+        line = proc.stdout.readline().decode()
+        assert line.startswith("ready "), f"server did not start: {line!r}\n{self.log_tail()}"
+        return proc, json.loads(line.split(" ", 1)[1])
+
+    def start_reader(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _READER, str(self.mountpoint / "big"), str(BIG_SIZE), str(CHUNK)],
+            stdout=subprocess.PIPE,
+        )
+        self.readers.append(proc)
+        assert proc.stdout.readline() == b"open\n"
+        return proc
+
+    def reader_result(self, proc: subprocess.Popen[bytes]) -> dict:
+        out, _ = proc.communicate(timeout=90)
+        return json.loads(out)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        for proc in self.readers + self.servers:
+            if proc.poll() is None:
+                proc.kill()
+        force_unmount(self.mountpoint)
+        for proc in self.readers + self.servers:
+            proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self.store.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+EXPECTED_SHA256 = hashlib.sha256(big_bytes(0, BIG_SIZE)).hexdigest()
+
+
+def _restart_while_reading(harness: Harness, stop: signal.Signals) -> tuple[dict, float]:
+    first, ready = harness.start_server()
+    assert ready == {"adopted": False, "resent": False, "fd": ready["fd"]}
+    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
+    reader = harness.start_reader()
+    time.sleep(0.7)  # about a third of the file read
+    assert reader.poll() is None
+    t0 = time.monotonic()
+    first.send_signal(stop)
+    assert first.wait(timeout=20) == (0 if stop == signal.SIGTERM else -signal.SIGKILL), harness.log_tail()
+    assert _mounted(harness.mountpoint)
+    _, ready = harness.start_server()
+    restart = time.monotonic() - t0
+    assert ready["adopted"] is True, harness.log_tail()
+    assert ready["resent"] is True
+    result = harness.reader_result(reader)
+    assert result["bytes"] == BIG_SIZE
+    assert result["sha256"] == EXPECTED_SHA256
+    assert result["errors"] == []
+    assert (harness.mountpoint / "small").read_bytes() == SMALL_CONTENT
+    assert sorted(p.name for p in harness.mountpoint.iterdir()) == ["big", "small"]
+    return result, restart
+
+
+def _report(case: str, result: dict, restart: float) -> None:
+    print(
+        json.dumps(
+            {
+                "bench": "fuse_restart",
+                "case": case,
+                "restart_s": round(restart, 3),
+                "reader_max_stall_s": round(result["max_gap"], 3),
+                "reader_median_read_s": round(result["median_gap"], 3),
+                "eio_seen": len(result["errors"]),
+            }
+        )
+    )
+
+
+@pytest.mark.slow
+def test_reader_survives_kill9_and_restart(harness: Harness) -> None:
+    result, restart = _restart_while_reading(harness, signal.SIGKILL)
+    _report("kill9", result, restart)
+    # The stall is the restart (interpreter start, adoption) plus the resent read; no reader sees it fail.
+    assert result["max_gap"] < restart + 2.0
+
+
+@pytest.mark.slow
+def test_reader_survives_graceful_restart(harness: Harness) -> None:
+    result, restart = _restart_while_reading(harness, signal.SIGTERM)
+    _report("sigterm", result, restart)
+    assert result["max_gap"] < restart + 2.0
+
+
+@pytest.mark.slow
+def test_umount_after_restart_unmounts_and_empties_the_store(harness: Harness) -> None:
+    first, _ = harness.start_server()
+    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
+    first.kill()
+    first.wait(timeout=10)
+    second, ready = harness.start_server()
+    assert ready["adopted"] is True
+    subprocess.run(["umount", str(harness.mountpoint)], check=True)
+    assert second.wait(timeout=20) == 0, harness.log_tail()
+    assert not _mounted(harness.mountpoint)
+    assert harness.store.wait_names([]) == []
+
+
+@pytest.mark.slow
+def test_dead_stored_connection_mounts_afresh(harness: Harness) -> None:
+    first, _ = harness.start_server()
+    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
+    first.kill()
+    first.wait(timeout=10)
+    subprocess.run(["umount", "-l", str(harness.mountpoint)], check=True)  # unmounted while no one serves
+    _, ready = harness.start_server()
+    assert ready["adopted"] is False
+    assert (harness.mountpoint / "small").read_bytes() == SMALL_CONTENT
+    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
+
+
+def test_without_stored_fd_the_server_mounts_normally(harness: Harness) -> None:
+    _, ready = harness.start_server()
+    assert ready["adopted"] is False
+    assert (harness.mountpoint / "small").read_bytes() == SMALL_CONTENT
+    assert (harness.mountpoint / "big").stat().st_size == BIG_SIZE
+    with open(harness.mountpoint / "big", "rb") as f:
+        f.seek(5 * 4096 + 3)
+        assert f.read(10) == big_bytes(5 * 4096 + 3, 10)
+
+
+def test_without_a_service_manager_the_mount_dies_with_the_server(harness: Harness) -> None:
+    server, ready = harness.start_server(store=False)
+    assert ready["adopted"] is False
+    assert (harness.mountpoint / "small").read_bytes() == SMALL_CONTENT
+    assert harness.store.names() == []
+    server.kill()
+    server.wait(timeout=10)
+    with pytest.raises(OSError):
+        (harness.mountpoint / "small").read_bytes()
+
+
+def test_init_request_roundtrip() -> None:
+    header = (104).to_bytes(4, "little") + (26).to_bytes(4, "little") + (6).to_bytes(8, "little") + bytes(24)
+    init_in = (7).to_bytes(4, "little") + (45).to_bytes(4, "little") + bytes(56)
+    request = session.InitRequest(header + init_in)
+    assert request.protocol == (7, 45)
+    assert request.unique == 6
+    replay = session.InitRequest(request.with_unique(session.ADOPTED_INIT_UNIQUE))
+    assert replay.unique == session.ADOPTED_INIT_UNIQUE
+    assert replay.raw[8:16] != request.raw[8:16] and replay.raw[16:] == request.raw[16:]
+    with pytest.raises(session.FuseSessionError):
+        session.InitRequest(header[:4] + (15).to_bytes(4, "little") + header[8:] + init_in)
+
+
+def test_listen_fds_only_for_this_process() -> None:
+    code = (
+        "import os; from fs.lazy import sdnotify; "
+        "print(sdnotify.listen_fds(unset_environment=False)); "
+        "print(os.readlink('/proc/self/fd/3').startswith('pipe:')); "
+        "os.environ['LISTEN_PID'] = str(os.getppid()); print(sdnotify.listen_fds()); "
+        "print('LISTEN_FDS' in os.environ, sdnotify.listen_fds())"
+    )
+    r, w = os.pipe()
+    try:
+        env = dict(os.environ, TEST_STORE_FDS=str(r), TEST_STORE_NAMES="fuse", PYTHONPATH=str(REPO_ROOT))
+        out = (
+            subprocess.run(
+                [sys.executable, "-c", _LAUNCHER, "-c", code],
+                env=env,
+                cwd=REPO_ROOT,
+                pass_fds=[r],
+                capture_output=True,
+                check=True,
+            )
+            .stdout.decode()
+            .splitlines()
+        )
+    finally:
+        os.close(r)
+        os.close(w)
+    assert out == ["[('fuse', 3)]", "True", "[]", "False []"]
+
+
+def test_fdname_validation() -> None:
+    assert sdnotify.check_fdname("fuse.init") == "fuse.init"
+    for bad in ("", "a:b", "x" * 256, "tab\there"):
+        with pytest.raises(ValueError):
+            sdnotify.check_fdname(bad)

@@ -269,7 +269,7 @@ def resend_pending(fd: int) -> bool:
 
 
 def adopt_fuse_session(
-    ops: Any, fd: int, init: InitRequest, mountpoint: str, options: Iterable[str] = ()
+    ops: Any, fd: int, init: InitRequest, mountpoint: str, options: Iterable[str] = (), *, resend: bool = True
 ) -> FuseSession:
     """Serve the FUSE connection on ``fd`` (inherited from a previous process) with ``ops``.
 
@@ -277,6 +277,7 @@ def adopt_fuse_session(
     unanswered (they wait until ``pyfuse3.main`` runs), then sets up pyfuse3 on ``/dev/fd/<fd>`` and
     arranges for libfuse to see ``init`` as its first request. Run ``pyfuse3.main`` next. The mount
     options were fixed at mount time; ``options`` only matter to libfuse itself (e.g. ``debug``).
+    ``resend=False`` skips the resend (tests use it to show what the resend is for).
 
     Raises:
       FuseSessionGone: the connection died while no one served it; ``fd`` is closed, mount afresh.
@@ -284,7 +285,7 @@ def adopt_fuse_session(
     try:
         if not connection_alive(fd):
             raise FuseSessionGone("the stored FUSE connection is no longer mounted")
-        resent = resend_pending(fd)
+        resent = resend and resend_pending(fd)
     except FuseSessionGone:
         os.close(fd)
         raise
@@ -360,7 +361,13 @@ def stored_fuse_session(passed: list[tuple[str, int]], name: str) -> tuple[int, 
 
 
 def start_fuse_session(
-    ops: Any, mountpoint: str, options: Iterable[str], *, name: str, passed: list[tuple[str, int]]
+    ops: Any,
+    mountpoint: str,
+    options: Iterable[str],
+    *,
+    name: str,
+    passed: list[tuple[str, int]],
+    resend: bool = True,
 ) -> FuseSession:
     """Adopt the connection stored under ``name`` if it is alive, else mount afresh; keep it stored.
 
@@ -370,7 +377,7 @@ def start_fuse_session(
     stored = stored_fuse_session(passed, name)
     if stored is not None:
         try:
-            return adopt_fuse_session(ops, *stored, mountpoint)
+            return adopt_fuse_session(ops, *stored, mountpoint, resend=resend)
         except FuseSessionGone:
             log.info("the stored FUSE connection %s is gone; mounting %s afresh", name, mountpoint)
             forget_stored_fuse_session(name)

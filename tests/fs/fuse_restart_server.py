@@ -60,6 +60,9 @@ class RestartableTree(pyfuse3.Operations):
         super().__init__()
         self.read_delay = read_delay
         self.reads = 0
+        self.in_flight = 0
+        self.big_started = 0
+        self.big_answered = 0
 
     def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -112,7 +115,13 @@ class RestartableTree(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         self.reads += 1
         if fh == 2:
-            await trio.sleep(self.read_delay)
+            self.big_started += 1
+            self.in_flight += 1
+            try:
+                await trio.sleep(self.read_delay)
+            finally:
+                self.in_flight -= 1
+            self.big_answered += 1
             return big_bytes(off, size)
         if fh == 3:
             return SMALL_CONTENT[off : off + size]
@@ -130,6 +139,7 @@ async def _serve(args: argparse.Namespace) -> int:
         {"fsname=restarttest", "ro", "allow_other"},
         name=FD_NAME,
         passed=sdnotify.listen_fds(),
+        resend=not args.no_resend,
     )
     restarting = False
 
@@ -138,6 +148,7 @@ async def _serve(args: argparse.Namespace) -> int:
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async for _ in signals:
                 restarting = True
+                log.info("SIGTERM with %d reads in flight", ops.in_flight)
                 pyfuse3.terminate()  # no new requests; the ones in flight finish before main returns
                 return
 
@@ -150,7 +161,13 @@ async def _serve(args: argparse.Namespace) -> int:
     session.close_fuse_session(fuse, unmount=False)
     if not restarting:  # the file system was unmounted: nothing to hand over any more
         session.forget_stored_fuse_session(FD_NAME)
-    log.info("served %d reads; exiting for %s", ops.reads, "a restart" if restarting else "an unmount")
+    log.info(
+        "served %d reads (%d of /big answered, %d unanswered); exiting for %s",
+        ops.reads,
+        ops.big_answered,
+        ops.big_started - ops.big_answered,
+        "a restart" if restarting else "an unmount",
+    )
     return 0
 
 
@@ -158,6 +175,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("mountpoint")
     parser.add_argument("--read-delay", type=float, default=0.05)
+    parser.add_argument("--no-resend", action="store_true", help="adopt without FUSE_NOTIFY_RESEND")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     return trio.run(_serve, args)

@@ -198,8 +198,17 @@ class Harness:
         self.servers: list[subprocess.Popen[bytes]] = []
         self.readers: list[subprocess.Popen[bytes]] = []
 
-    def start_server(self, *, store: bool = True) -> tuple[subprocess.Popen[bytes], dict]:
-        argv = ["-m", "tests.fs.fuse_restart_server", str(self.mountpoint), "--read-delay", str(READ_DELAY)]
+    def start_server(
+        self, *args: str, store: bool = True, read_delay: float = READ_DELAY
+    ) -> tuple[subprocess.Popen[bytes], dict]:
+        argv = [
+            "-m",
+            "tests.fs.fuse_restart_server",
+            str(self.mountpoint),
+            "--read-delay",
+            str(read_delay),
+            *args,
+        ]
         if store:
             proc = self.store.spawn(argv, self.log_path)
         else:
@@ -224,7 +233,7 @@ class Harness:
         return proc
 
     def reader_result(self, proc: subprocess.Popen[bytes]) -> dict:
-        out, _ = proc.communicate(timeout=90)
+        out, _ = proc.communicate(timeout=60)
         return json.loads(out)
 
     def log_tail(self) -> str:
@@ -254,37 +263,51 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 EXPECTED_SHA256 = hashlib.sha256(big_bytes(0, BIG_SIZE)).hexdigest()
 
 
-def _restart_while_reading(harness: Harness, stop: signal.Signals) -> tuple[dict, float]:
-    first, ready = harness.start_server()
-    assert ready == {"adopted": False, "resent": False, "fd": ready["fd"]}
-    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
-    reader = harness.start_reader()
-    time.sleep(0.7)  # about a third of the file read
-    assert reader.poll() is None
-    t0 = time.monotonic()
-    first.send_signal(stop)
-    assert first.wait(timeout=20) == (0 if stop == signal.SIGTERM else -signal.SIGKILL), harness.log_tail()
+def _stop(harness: Harness, server: subprocess.Popen[bytes], how: signal.Signals) -> None:
+    server.send_signal(how)
+    assert server.wait(timeout=20) == (0 if how == signal.SIGTERM else -signal.SIGKILL), harness.log_tail()
     assert _mounted(harness.mountpoint)
-    _, ready = harness.start_server()
-    restart = time.monotonic() - t0
-    assert ready["adopted"] is True, harness.log_tail()
-    assert ready["resent"] is True
-    result = harness.reader_result(reader)
+
+
+def _check_read(harness: Harness, result: dict) -> None:
     assert result["bytes"] == BIG_SIZE
     assert result["sha256"] == EXPECTED_SHA256
     assert result["errors"] == []
     assert (harness.mountpoint / "small").read_bytes() == SMALL_CONTENT
     assert sorted(p.name for p in harness.mountpoint.iterdir()) == ["big", "small"]
-    return result, restart
+    # libfuse reports trouble on stderr as "fuse: ..." (fuse_log, perror): there must be none, in
+    # particular not for the replayed INIT's reply that the kernel refuses.
+    assert [line for line in harness.log_tail().splitlines() if line.startswith("fuse")] == []
 
 
-def _report(case: str, result: dict, restart: float) -> None:
+def _restart_while_reading(harness: Harness, stops: list[signal.Signals]) -> tuple[dict, list[float]]:
+    """Start a server and a reader of /big, then stop and restart the server once per ``stops``."""
+    server, ready = harness.start_server()
+    assert ready == {"adopted": False, "resent": False, "fd": ready["fd"]}
+    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
+    reader = harness.start_reader()
+    restarts = []
+    for how in stops:
+        time.sleep(0.5)  # a quarter of the file per incarnation
+        assert reader.poll() is None, "the reader finished too early to test anything"
+        t0 = time.monotonic()
+        _stop(harness, server, how)
+        server, ready = harness.start_server()
+        restarts.append(time.monotonic() - t0)
+        assert ready["adopted"] is True, harness.log_tail()
+        assert ready["resent"] is True
+    result = harness.reader_result(reader)
+    _check_read(harness, result)
+    return result, restarts
+
+
+def _report(case: str, result: dict, restarts: list[float]) -> None:
     print(
         json.dumps(
             {
                 "bench": "fuse_restart",
                 "case": case,
-                "restart_s": round(restart, 3),
+                "restarts_s": [round(t, 3) for t in restarts],
                 "reader_max_stall_s": round(result["max_gap"], 3),
                 "reader_median_read_s": round(result["median_gap"], 3),
                 "eio_seen": len(result["errors"]),
@@ -294,18 +317,42 @@ def _report(case: str, result: dict, restart: float) -> None:
 
 
 @pytest.mark.slow
-def test_reader_survives_kill9_and_restart(harness: Harness) -> None:
-    result, restart = _restart_while_reading(harness, signal.SIGKILL)
-    _report("kill9", result, restart)
-    # The stall is the restart (interpreter start, adoption) plus the resent read; no reader sees it fail.
-    assert result["max_gap"] < restart + 2.0
+def test_reader_survives_kill9_and_restart_twice(harness: Harness) -> None:
+    result, restarts = _restart_while_reading(harness, [signal.SIGKILL, signal.SIGKILL])
+    _report("kill9", result, restarts)
+    # The stall is one restart (interpreter start, adoption) plus the resent read.
+    assert result["max_gap"] < max(restarts) + 1.0
 
 
 @pytest.mark.slow
 def test_reader_survives_graceful_restart(harness: Harness) -> None:
-    result, restart = _restart_while_reading(harness, signal.SIGTERM)
-    _report("sigterm", result, restart)
-    assert result["max_gap"] < restart + 2.0
+    result, restarts = _restart_while_reading(harness, [signal.SIGTERM])
+    _report("sigterm", result, restarts)
+    assert result["max_gap"] < max(restarts) + 1.0
+    # The stopped server answered every read it had started before exiting.
+    assert "SIGTERM with" in harness.log_tail()
+    exits = [line for line in harness.log_tail().splitlines() if "exiting for a restart" in line]
+    assert len(exits) == 1 and " 0 unanswered" in exits[0], exits
+
+
+@pytest.mark.slow
+def test_without_resend_a_read_in_flight_at_kill9_hangs_until_a_later_resend(harness: Harness) -> None:
+    # 0.5 s per read: at any moment the server holds the reader's request, so kill -9 orphans it.
+    server, _ = harness.start_server(read_delay=0.5)
+    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
+    reader = harness.start_reader()
+    time.sleep(0.7)
+    _stop(harness, server, signal.SIGKILL)
+    server, ready = harness.start_server("--no-resend", read_delay=0.0)
+    assert ready == {"adopted": True, "resent": False, "fd": ready["fd"]}
+    time.sleep(3)  # /big would be read to its end in milliseconds at 0 s per read
+    assert reader.poll() is None, "the orphaned read did not hang: nothing shows the resend is needed"
+    _stop(harness, server, signal.SIGTERM)
+    _, ready = harness.start_server(read_delay=0.0)
+    assert ready["resent"] is True
+    result = harness.reader_result(reader)
+    _check_read(harness, result)
+    assert result["max_gap"] > 3
 
 
 @pytest.mark.slow

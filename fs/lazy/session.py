@@ -42,14 +42,20 @@ stargz-snapshotter and SOCI users see after a daemon restart). zsnap keeps the c
 Stopping: to restart, call ``pyfuse3.terminate()`` (no new requests are taken; requests in progress
 finish, since ``pyfuse3.main`` returns only after its workers do) and then
 ``close_fuse_session(session, unmount=False)``: the process's own fd closes, the stored one keeps the
-mount. A request that a worker had just read when the exit flag was set is dropped by libfuse
-(``fuse_session_receive_buf_int`` returns 0 if the session exited during the read); the next start's
-resend recovers it. To really unmount, ``close_fuse_session(session, unmount=True)`` and
+mount. One request can still slip through: a pyfuse3 worker already woken for a readable fd when
+``terminate()`` runs reads a request, and libfuse drops it because the session has exited by then
+(``fuse_session_receive_buf_int`` returns 0 when ``fuse_session_exited`` after the read); the next
+start's resend recovers it. To really unmount, ``close_fuse_session(session, unmount=True)`` and
 :func:`forget_stored_fuse_session`.
 
-Service unit: ``Type=notify``, ``NotifyAccess=main``, ``FileDescriptorStoreMax=`` at least twice the
-number of mounts, ``FileDescriptorStorePreserve=restart`` (the default: the store survives
-``systemctl restart`` and automatic restarts, and is flushed on a plain stop).
+Service unit: ``FileDescriptorStoreMax=`` at least twice the number of mounts,
+``FileDescriptorStorePreserve=restart`` (the default: the store survives ``systemctl restart`` and
+automatic restarts, and is flushed on a plain stop), ``NotifyAccess=main`` if the main process serves
+FUSE itself, ``all`` if child processes do (each process serves one session, below). systemd closes a
+stored fd by itself once the kernel reports it dead (``POLLERR`` after an unmount); the INIT memfd of
+that name is then dropped by :func:`stored_fuse_session`. A kernel FUSE request timeout
+(``/proc/sys/fs/fuse/default_request_timeout``, Linux 6.14, 0 = none by default) longer than the
+restart is required: a request left unanswered that long aborts the connection.
 
 Only one pyfuse3 session exists per process (pyfuse3 keeps it in module globals).
 """
@@ -76,6 +82,8 @@ from fs.lazy import sdnotify
 # include/uapi/linux/fuse.h
 FUSE_INIT = 26
 FUSE_NOTIFY_RESEND = 7
+FUSE_INIT_EXT = 1 << 30
+FUSE_HAS_RESEND = 1 << 39
 _IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, pad
 _OUT_HEADER = struct.Struct("<IiQ")  # len, error (the notify code when unique == 0), unique
 _INIT_IN_HEAD = struct.Struct("<IIII")  # major, minor, max_readahead, flags (flags2 etc. follow)
@@ -126,8 +134,17 @@ class InitRequest:
 
     @property
     def flags(self) -> int:
-        """The capability flags the kernel offered (low 32 bits)."""
-        return _INIT_IN_HEAD.unpack_from(self.raw, _IN_HEADER.size)[3]
+        """The capability flags the kernel offered (``flags2`` as bits 32-63 with ``FUSE_INIT_EXT``)."""
+        flags = _INIT_IN_HEAD.unpack_from(self.raw, _IN_HEADER.size)[3]
+        if flags & FUSE_INIT_EXT and len(self.raw) >= _IN_HEADER.size + _INIT_IN_HEAD.size + 4:
+            (flags2,) = struct.unpack_from("<I", self.raw, _IN_HEADER.size + _INIT_IN_HEAD.size)
+            flags |= flags2 << 32
+        return flags
+
+    @property
+    def kernel_can_resend(self) -> bool:
+        """Whether the kernel announced ``FUSE_NOTIFY_RESEND`` support (``FUSE_HAS_RESEND``, Linux 6.9)."""
+        return bool(self.flags & FUSE_HAS_RESEND)
 
     def with_unique(self, unique: int) -> bytes:
         """The same request under another ``unique`` (the one libfuse will reply to)."""
@@ -372,12 +389,14 @@ def start_fuse_session(
     """Adopt the connection stored under ``name`` if it is alive, else mount afresh; keep it stored.
 
     ``passed`` is ``sdnotify.listen_fds()``. Run ``pyfuse3.main`` next. A dead stored connection is
-    dropped from the store (with its INIT) before mounting anew.
+    dropped from the store (with its INIT) before mounting anew. ``options`` go to libfuse either way:
+    mount options only matter to a fresh mount, but libfuse checks some of its own (``max_read``)
+    against the INIT it replays, so they must be the ones the connection was mounted with.
     """
     stored = stored_fuse_session(passed, name)
     if stored is not None:
         try:
-            return adopt_fuse_session(ops, *stored, mountpoint, resend=resend)
+            return adopt_fuse_session(ops, *stored, mountpoint, options, resend=resend)
         except FuseSessionGone:
             log.info("the stored FUSE connection %s is gone; mounting %s afresh", name, mountpoint)
             forget_stored_fuse_session(name)

@@ -155,6 +155,7 @@ async def _serve(args: argparse.Namespace) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(on_sigterm)
         ready = {"adopted": fuse.adopted, "resent": fuse.resent, "fd": fuse.fd}
+        log.info("kernel FUSE %d.%d, can resend: %s", *fuse.init.protocol, fuse.init.kernel_can_resend)
         print("ready " + json.dumps(ready), flush=True)
         await pyfuse3.main(min_tasks=2, max_tasks=32)
         nursery.cancel_scope.cancel()

@@ -388,6 +388,9 @@ def start_fuse_session(
 ) -> FuseSession:
     """Adopt the connection stored under ``name`` if it is alive, else mount afresh; keep it stored.
 
+    Mounting afresh first detaches a dead FUSE mount left at ``mountpoint`` (a server killed before it
+    stored its fd, or one that ran without a service manager).
+
     ``passed`` is ``sdnotify.listen_fds()``. Run ``pyfuse3.main`` next. A dead stored connection is
     dropped from the store (with its INIT) before mounting anew. ``options`` go to libfuse either way:
     mount options only matter to a fresh mount, but libfuse checks some of its own (``max_read``)
@@ -400,9 +403,24 @@ def start_fuse_session(
         except FuseSessionGone:
             log.info("the stored FUSE connection %s is gone; mounting %s afresh", name, mountpoint)
             forget_stored_fuse_session(name)
+    _detach_dead_mount(mountpoint)
     session = mount_fuse_session(ops, mountpoint, options)
     store_fuse_session(session, name)
     return session
+
+
+def _detach_dead_mount(mountpoint: str) -> None:
+    """Detach a FUSE mount whose connection is aborted (its server died with no fd stored).
+
+    Only an aborted connection answers ``ENOTCONN`` at once; a live one would be left alone.
+    """
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise
+        log.info("detaching the dead FUSE mount at %s", mountpoint)
+        _detach(mountpoint)
 
 
 def close_fuse_session(session: FuseSession, *, unmount: bool) -> None:

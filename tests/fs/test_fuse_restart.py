@@ -10,6 +10,7 @@ the reader saw, as a JSON line.
 from __future__ import annotations
 
 import array
+import errno
 import hashlib
 import json
 import os
@@ -399,15 +400,21 @@ def test_without_stored_fd_the_server_mounts_normally(harness: Harness) -> None:
         assert f.read(10) == big_bytes(5 * 4096 + 3, 10)
 
 
-def test_without_a_service_manager_the_mount_dies_with_the_server(harness: Harness) -> None:
+def test_without_a_service_manager_the_mount_dies_with_the_server_and_is_replaced(harness: Harness) -> None:
     server, ready = harness.start_server(store=False)
     assert ready["adopted"] is False
     assert (harness.mountpoint / "small").read_bytes() == SMALL_CONTENT
     assert harness.store.names() == []
     server.kill()
     server.wait(timeout=10)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as dead:
         (harness.mountpoint / "small").read_bytes()
+    assert dead.value.errno == errno.ENOTCONN
+    # The next start (with a manager but nothing stored) detaches the dead mount and mounts afresh.
+    _, ready = harness.start_server()
+    assert ready["adopted"] is False
+    assert (harness.mountpoint / "small").read_bytes() == SMALL_CONTENT
+    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
 
 
 def test_init_request_roundtrip() -> None:

@@ -15,8 +15,8 @@ are accepted.
 The server adopts the connection stored under the fd name ``fuse`` in ``LISTEN_FDS`` if there is one,
 else mounts MOUNTPOINT; it stores the session (``NOTIFY_SOCKET``) and prints one line
 ``ready {"adopted": bool, "resent": bool, "fd": int}`` once it serves. SIGTERM stops it for a
-restart (requests in flight are answered, the mount stays); an unmount makes it exit and drop the stored
-fd.
+restart (requests in flight are answered, the mount stays); SIGINT unmounts and exits; an unmount from
+outside makes it exit. Both of the latter drop the stored fd.
 """
 
 from __future__ import annotations
@@ -141,33 +141,34 @@ async def _serve(args: argparse.Namespace) -> int:
         passed=sdnotify.listen_fds(),
         resend=not args.no_resend,
     )
-    restarting = False
+    stop_reason = "an unmount"  # main returns by itself when the file system is unmounted
 
-    async def on_sigterm() -> None:
-        nonlocal restarting
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                restarting = True
-                log.info("SIGTERM with %d reads in flight", ops.in_flight)
+    async def on_signal(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal stop_reason
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                stop_reason = "a restart" if signum == signal.SIGTERM else "an unmount request"
+                log.info("%s with %d reads in flight", signal.Signals(signum).name, ops.in_flight)
                 pyfuse3.terminate()  # no new requests; the ones in flight finish before main returns
                 return
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(on_sigterm)
+        await nursery.start(on_signal)  # before 'ready': a signal right after it is handled
         ready = {"adopted": fuse.adopted, "resent": fuse.resent, "fd": fuse.fd}
         log.info("kernel FUSE %d.%d, can resend: %s", *fuse.init.protocol, fuse.init.kernel_can_resend)
         print("ready " + json.dumps(ready), flush=True)
         await pyfuse3.main(min_tasks=2, max_tasks=32)
         nursery.cancel_scope.cancel()
-    session.close_fuse_session(fuse, unmount=False)
-    if not restarting:  # the file system was unmounted: nothing to hand over any more
+    session.close_fuse_session(fuse, unmount=stop_reason == "an unmount request")
+    if stop_reason != "a restart":  # nothing to hand over any more
         session.forget_stored_fuse_session(FD_NAME)
     log.info(
         "served %d reads (%d of /big answered, %d unanswered); exiting for %s",
         ops.reads,
         ops.big_answered,
         ops.big_started - ops.big_answered,
-        "a restart" if restarting else "an unmount",
+        stop_reason,
     )
     return 0
 

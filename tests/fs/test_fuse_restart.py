@@ -378,6 +378,23 @@ def test_umount_after_restart_unmounts_and_empties_the_store(harness: Harness) -
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("adopted", [False, True])
+def test_server_unmounts_its_session_fresh_or_adopted(harness: Harness, adopted: bool) -> None:
+    server, ready = harness.start_server()
+    assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
+    if adopted:
+        server.kill()
+        server.wait(timeout=10)
+        server, ready = harness.start_server()
+    assert ready["adopted"] is adopted
+    server.send_signal(signal.SIGINT)  # the server's "unmount": close_fuse_session(unmount=True)
+    assert server.wait(timeout=20) == 0, harness.log_tail()
+    assert not _mounted(harness.mountpoint)
+    assert harness.store.wait_names([]) == []
+    assert "exiting for an unmount request" in harness.log_tail()
+
+
+@pytest.mark.slow
 def test_dead_stored_connection_mounts_afresh(harness: Harness) -> None:
     first, _ = harness.start_server()
     assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]

@@ -8,7 +8,8 @@ Tree (inode numbers are fixed, so every incarnation of the server means the same
     /big     inode 2, BIG_SIZE bytes of :func:`big_bytes`, every read sleeps --read-delay
     /small   inode 3, SMALL_CONTENT
 
-Files are opened with ``direct_io`` so every read of the test reaches the server. File handles are the
+Files are opened with ``direct_io`` so every read of the test reaches the server (``--page-cache``:
+through the page cache, with the kernel's read-ahead, as zsnap serves them). File handles are the
 inode numbers: a handle from a previous incarnation means the same file. Unknown handles and forgets
 are accepted.
 
@@ -56,9 +57,10 @@ def big_bytes(offset: int, size: int) -> bytes:
 
 
 class RestartableTree(pyfuse3.Operations):
-    def __init__(self, read_delay: float) -> None:
+    def __init__(self, read_delay: float, *, page_cache: bool = False) -> None:
         super().__init__()
         self.read_delay = read_delay
+        self.page_cache = page_cache
         self.reads = 0
         self.in_flight = 0
         self.big_started = 0
@@ -110,6 +112,8 @@ class RestartableTree(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if inode == pyfuse3.ROOT_INODE else errno.ENOENT)
         if flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
+        if self.page_cache:  # like zsnap's LazyOperations: kernel read-ahead sends async reads
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True)
         return pyfuse3.FileInfo(fh=inode, direct_io=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -132,7 +136,7 @@ class RestartableTree(pyfuse3.Operations):
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    ops = RestartableTree(args.read_delay)
+    ops = RestartableTree(args.read_delay, page_cache=args.page_cache)
     fuse = session.start_fuse_session(
         ops,
         args.mountpoint,
@@ -177,6 +181,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("mountpoint")
     parser.add_argument("--read-delay", type=float, default=0.05)
+    parser.add_argument("--page-cache", action="store_true", help="no direct_io: reads go through the cache")
     parser.add_argument("--no-resend", action="store_true", help="adopt without FUSE_NOTIFY_RESEND")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

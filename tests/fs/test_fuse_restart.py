@@ -284,9 +284,11 @@ def _check_read(harness: Harness, result: dict) -> None:
     assert [line for line in harness.log_tail().splitlines() if line.startswith("fuse")] == []
 
 
-def _restart_while_reading(harness: Harness, stops: list[signal.Signals]) -> tuple[dict, list[float]]:
+def _restart_while_reading(
+    harness: Harness, stops: list[signal.Signals], *server_args: str, read_delay: float = READ_DELAY
+) -> tuple[dict, list[float]]:
     """Start a server and a reader of /big, then stop and restart the server once per ``stops``."""
-    server, ready = harness.start_server()
+    server, ready = harness.start_server(*server_args, read_delay=read_delay)
     assert ready == {"adopted": False, "resent": False, "fd": ready["fd"]}
     assert harness.store.wait_names(["fuse", "fuse.init"]) == ["fuse", "fuse.init"]
     reader = harness.start_reader()
@@ -296,7 +298,7 @@ def _restart_while_reading(harness: Harness, stops: list[signal.Signals]) -> tup
         assert reader.poll() is None, "the reader finished too early to test anything"
         t0 = time.monotonic()
         _stop(harness, server, how)
-        server, ready = harness.start_server()
+        server, ready = harness.start_server(*server_args, read_delay=read_delay)
         restarts.append(time.monotonic() - t0)
         assert ready["adopted"] is True, harness.log_tail()
         assert ready["resent"] is True
@@ -314,7 +316,10 @@ def _report(case: str, result: dict, restarts: list[float]) -> None:
                 "restarts_s": [round(t, 3) for t in restarts],
                 "reader_max_stall_s": round(result["max_gap"], 3),
                 "reader_median_read_s": round(result["median_gap"], 3),
-                "stall_vs_median_read": round(result["max_gap"] / result["median_gap"], 1),
+                # against the same run's ordinary reads (meaningless when the page cache serves them)
+                "stall_vs_median_read": round(result["max_gap"] / result["median_gap"], 1)
+                if result["median_gap"] >= 0.001
+                else None,
                 "eio_seen": len(result["errors"]),
             }
         )
@@ -323,9 +328,15 @@ def _report(case: str, result: dict, restarts: list[float]) -> None:
 
 @needs_resend
 @pytest.mark.slow
-def test_reader_survives_kill9_and_restart_twice(harness: Harness) -> None:
-    result, restarts = _restart_while_reading(harness, [signal.SIGKILL, signal.SIGKILL])
-    _report("kill9", result, restarts)
+@pytest.mark.parametrize("cache", ["direct_io", "page_cache"])
+def test_reader_survives_kill9_and_restart_twice(harness: Harness, cache: str) -> None:
+    # Through the page cache the kernel reads ahead in big requests, several at a time: slower ones
+    # keep the whole read about as long as with direct_io.
+    args, delay = (["--page-cache"], 0.25) if cache == "page_cache" else ([], READ_DELAY)
+    result, restarts = _restart_while_reading(
+        harness, [signal.SIGKILL, signal.SIGKILL], *args, read_delay=delay
+    )
+    _report(f"kill9 {cache}", result, restarts)
     # The stall is one restart (interpreter start, adoption) plus the resent read.
     assert result["max_gap"] < max(restarts) + 1.0
 

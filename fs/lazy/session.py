@@ -38,6 +38,9 @@ stargz-snapshotter and SOCI users see after a daemon restart). zsnap keeps the c
    rebuild the same inode numbers (deterministic per layer) and accept file handles it never handed
    out (use ``fh = inode`` or another value derivable from the request), and must tolerate ``forget``
    for inodes and ``release`` for handles it has never seen.
+   Readers stall from the old process's exit until the new one serves: adoption itself takes about a
+   millisecond, so the stall is the new process's start-up. Rebuild the inode table from local state
+   (the TOCs in the store, no registry round trip) before adopting, and adopt before anything slow.
 
 Stopping: to restart, call ``pyfuse3.terminate()`` (no new requests are taken; requests in progress
 finish, since ``pyfuse3.main`` returns only after its workers do) and then

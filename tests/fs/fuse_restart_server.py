@@ -30,6 +30,7 @@ import os
 import signal
 import stat
 import sys
+import time
 
 import pyfuse3
 import trio
@@ -137,6 +138,7 @@ class RestartableTree(pyfuse3.Operations):
 
 async def _serve(args: argparse.Namespace) -> int:
     ops = RestartableTree(args.read_delay, page_cache=args.page_cache)
+    t0 = time.perf_counter()
     fuse = session.start_fuse_session(
         ops,
         args.mountpoint,
@@ -160,6 +162,11 @@ async def _serve(args: argparse.Namespace) -> int:
     async with trio.open_nursery() as nursery:
         await nursery.start(on_signal)  # before 'ready': a signal right after it is handled
         ready = {"adopted": fuse.adopted, "resent": fuse.resent, "fd": fuse.fd}
+        log.info(
+            "ready %.3f s after the process started (session set up in %.1f ms)",
+            _age(),
+            (time.perf_counter() - t0) * 1000,
+        )
         log.info("kernel FUSE %d.%d, can resend: %s", *fuse.init.protocol, fuse.init.kernel_can_resend)
         print("ready " + json.dumps(ready), flush=True)
         await pyfuse3.main(min_tasks=2, max_tasks=32)
@@ -175,6 +182,13 @@ async def _serve(args: argparse.Namespace) -> int:
         stop_reason,
     )
     return 0
+
+
+def _age() -> float:
+    """Seconds since this process started (exec included), at clock-tick resolution."""
+    with open("/proc/self/stat") as f:
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:

@@ -5,11 +5,11 @@ file of its ``/dev/fuse`` goes away, and every reader gets ``ENOTCONN`` from the
 stargz-snapshotter and SOCI users see after a daemon restart). zsnap keeps the connection instead:
 
 1. **Keep the fd.** The serving process puts a duplicate of its ``/dev/fuse`` fd in systemd's file
-   descriptor store (:func:`store_fuse_session`, over ``fs.lazy.sdnotify``), together with the
+   descriptor store (``fs.lazy.restart``, over ``fs.lazy.sdnotify``), together with the
    ``FUSE_INIT`` request the kernel sent at mount time (in a sealed memfd: libfuse must see it again,
    below). While the process is gone (kill -9, crash, ``systemctl restart``) the store's copy keeps
    the connection alive; readers simply wait in the kernel.
-2. **Adopt the fd.** The next start finds both in ``LISTEN_FDS`` (:func:`stored_fuse_session`) and
+2. **Adopt the fd.** The next start finds both in ``LISTEN_FDS`` (``restart.stored_fuse_session``) and
    calls :func:`adopt_fuse_session`. libfuse 3.14 takes ``/dev/fd/N`` as a mountpoint and then serves
    that fd without mounting (``fuse_session_mount`` in lib/fuse_lowlevel.c), but it still waits for
    ``FUSE_INIT`` and answers every other request with ``EIO`` until it has one
@@ -49,14 +49,14 @@ mount. One request can still slip through: a pyfuse3 worker already woken for a 
 ``terminate()`` runs reads a request, and libfuse drops it because the session has exited by then
 (``fuse_session_receive_buf_int`` returns 0 when ``fuse_session_exited`` after the read); the next
 start's resend recovers it. To really unmount, ``close_fuse_session(session, unmount=True)`` and
-:func:`forget_stored_fuse_session`.
+``restart.forget_stored_fuse_session``.
 
 Service unit: ``FileDescriptorStoreMax=`` at least twice the number of mounts,
 ``FileDescriptorStorePreserve=restart`` (the default: the store survives ``systemctl restart`` and
 automatic restarts, and is flushed on a plain stop), ``NotifyAccess=main`` if the main process serves
 FUSE itself, ``all`` if child processes do (each process serves one session, below). systemd closes a
 stored fd by itself once the kernel reports it dead (``POLLERR`` after an unmount); the INIT memfd of
-that name is then dropped by :func:`stored_fuse_session`. A kernel FUSE request timeout
+that name is then dropped by ``restart.stored_fuse_session``. A kernel FUSE request timeout
 (``/proc/sys/fs/fuse/default_request_timeout``, Linux 6.14, 0 = none by default) longer than the
 restart is required: a request left unanswered that long aborts the connection.
 
@@ -68,8 +68,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
-import logging
 import os
 import select
 import struct
@@ -80,7 +78,6 @@ from typing import Any
 import pyfuse3
 
 from fs.errors import ZsnapError
-from fs.lazy import sdnotify
 
 # include/uapi/linux/fuse.h
 FUSE_INIT = 26
@@ -97,9 +94,6 @@ _READ_BUFFER = 256 * os.sysconf("SC_PAGE_SIZE") + 0x1000
 # interrupts, bit 63 resends), so this even value in between is never pending: the reply to it is
 # refused with ENOENT, which libfuse does not report.
 ADOPTED_INIT_UNIQUE = 1 << 62
-_INIT_SUFFIX = ".init"
-
-log = logging.getLogger(__name__)
 
 
 class FuseSessionError(ZsnapError):
@@ -317,115 +311,6 @@ def adopt_fuse_session(
     return session
 
 
-def _init_memfd(init: InitRequest) -> int:
-    fd = os.memfd_create("zsnap-fuse-init", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    os.write(fd, init.raw)
-    fcntl.fcntl(
-        fd,
-        fcntl.F_ADD_SEALS,
-        fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL,
-    )
-    return fd
-
-
-def store_fuse_session(session: FuseSession, name: str) -> bool:
-    """Put the session's fd and its INIT request in the service manager's fd store under ``name``.
-
-    Call it once the session is set up, before serving. An adopted session is still in the store it
-    came from (the manager keeps stored fds while passing them on), so nothing is sent for it.
-
-    Returns False when there is no service manager (``NOTIFY_SOCKET`` unset): then the mount dies with
-    this process, as any FUSE mount does.
-    """
-    if session.adopted:
-        return True
-    sdnotify.check_fdname(name + _INIT_SUFFIX)
-    init_fd = _init_memfd(session.init)
-    try:
-        if not sdnotify.store_fds(name + _INIT_SUFFIX, [init_fd]):
-            return False
-    finally:
-        os.close(init_fd)
-    return sdnotify.store_fds(name, [session.device_fd])
-
-
-def forget_stored_fuse_session(name: str) -> bool:
-    """Drop the stored fd and INIT of ``name`` (after a real unmount); False without a manager."""
-    removed = sdnotify.remove_stored_fds(name)
-    sdnotify.remove_stored_fds(name + _INIT_SUFFIX)
-    return removed
-
-
-def stored_fuse_session(passed: list[tuple[str, int]], name: str) -> tuple[int, InitRequest] | None:
-    """Pick the fd and INIT request stored under ``name`` out of ``sdnotify.listen_fds()``.
-
-    The INIT memfd is read and closed. Returns None (closing any half) when either is missing or
-    unreadable: the caller then mounts afresh.
-    """
-    fuse_fds = [fd for n, fd in passed if n == name]
-    init_fds = [fd for n, fd in passed if n == name + _INIT_SUFFIX]
-    init: InitRequest | None = None
-    for init_fd in init_fds:
-        with contextlib.suppress(OSError, FuseSessionError):
-            init = init or InitRequest(os.pread(init_fd, 64 * 1024, 0))
-        os.close(init_fd)
-    for extra in fuse_fds[1:]:  # one connection per name; the store may have been sent it twice
-        os.close(extra)
-    if not fuse_fds or init is None:
-        for fd in fuse_fds[:1]:
-            os.close(fd)
-        if init_fds or fuse_fds:  # half a session (the manager drops a dead connection's fd by itself)
-            forget_stored_fuse_session(name)
-        return None
-    return fuse_fds[0], init
-
-
-def start_fuse_session(
-    ops: Any,
-    mountpoint: str,
-    options: Iterable[str],
-    *,
-    name: str,
-    passed: list[tuple[str, int]],
-    resend: bool = True,
-) -> FuseSession:
-    """Adopt the connection stored under ``name`` if it is alive, else mount afresh; keep it stored.
-
-    Mounting afresh first detaches a dead FUSE mount left at ``mountpoint`` (a server killed before it
-    stored its fd, or one that ran without a service manager).
-
-    ``passed`` is ``sdnotify.listen_fds()``. Run ``pyfuse3.main`` next. A dead stored connection is
-    dropped from the store (with its INIT) before mounting anew. ``options`` go to libfuse either way:
-    mount options only matter to a fresh mount, but libfuse checks some of its own (``max_read``)
-    against the INIT it replays, so they must be the ones the connection was mounted with.
-    """
-    stored = stored_fuse_session(passed, name)
-    if stored is not None:
-        try:
-            return adopt_fuse_session(ops, *stored, mountpoint, options, resend=resend)
-        except FuseSessionGone:
-            log.info("the stored FUSE connection %s is gone; mounting %s afresh", name, mountpoint)
-            forget_stored_fuse_session(name)
-    _detach_dead_mount(mountpoint)
-    session = mount_fuse_session(ops, mountpoint, options)
-    store_fuse_session(session, name)
-    return session
-
-
-def _detach_dead_mount(mountpoint: str) -> None:
-    """Detach a FUSE mount whose connection is aborted (its server died with no fd stored).
-
-    Only an aborted connection answers ``ENOTCONN`` at once; a live one would be left alone.
-    """
-    try:
-        os.stat(mountpoint)
-    except OSError as e:
-        if e.errno != errno.ENOTCONN:
-            raise
-        log.info("detaching the dead FUSE mount at %s", mountpoint)
-        _detach(mountpoint)
-
-
 def close_fuse_session(session: FuseSession, *, unmount: bool) -> None:
     """Release pyfuse3's session after ``pyfuse3.main`` returned.
 
@@ -434,11 +319,12 @@ def close_fuse_session(session: FuseSession, *, unmount: bool) -> None:
     mounted itself, so an adopted one is detached here (``umount -l``, as libfuse does).
     """
     if unmount and session.adopted:
-        _detach(session.mountpoint)
+        detach_mount(session.mountpoint)
     pyfuse3.close(unmount=unmount and not session.adopted)
 
 
-def _detach(mountpoint: str) -> None:
+def detach_mount(mountpoint: str) -> None:
+    """Detach whatever is mounted at ``mountpoint`` (``umount -l``); nothing mounted is fine."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.umount2(mountpoint.encode(), 2) != 0:  # MNT_DETACH
         err = ctypes.get_errno()

@@ -35,7 +35,7 @@ import time
 import pyfuse3
 import trio
 
-from fs.lazy import sdnotify, session
+from fs.lazy import restart, sdnotify, session
 
 FD_NAME = "fuse"
 BIG_SIZE = 4 * 1024 * 1024
@@ -139,7 +139,7 @@ class RestartableTree(pyfuse3.Operations):
 async def _serve(args: argparse.Namespace) -> int:
     ops = RestartableTree(args.read_delay, page_cache=args.page_cache)
     t0 = time.perf_counter()
-    fuse = session.start_fuse_session(
+    fuse = restart.start_fuse_session(
         ops,
         args.mountpoint,
         {"fsname=restarttest", "ro", "allow_other"},
@@ -173,7 +173,7 @@ async def _serve(args: argparse.Namespace) -> int:
         nursery.cancel_scope.cancel()
     session.close_fuse_session(fuse, unmount=stop_reason == "an unmount request")
     if stop_reason != "a restart":  # nothing to hand over any more
-        session.forget_stored_fuse_session(FD_NAME)
+        restart.forget_stored_fuse_session(FD_NAME)
     log.info(
         "served %d reads (%d of /big answered, %d unanswered); exiting for %s",
         ops.reads,

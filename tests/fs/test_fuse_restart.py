@@ -1,6 +1,6 @@
-"""A FUSE mount survives a restart of its serving process (fs.lazy.session, fs.lazy.sdnotify).
+"""A FUSE mount survives a restart of its serving process (fs.lazy.session, .restart, .sdnotify).
 
-The test process plays systemd: :class:`FdStore` receives fds over a ``NOTIFY_SOCKET`` datagram socket
+The test process plays systemd: ``tests.fs.fd_store.FdStore`` receives fds over a ``NOTIFY_SOCKET`` datagram socket
 (``FDSTORE=1``/``FDNAME``/``FDSTOREREMOVE``) and starts servers with them in ``LISTEN_FDS``. The server
 is tests/fs/fuse_restart_server.py (a deterministic tree whose big file is slow to read); a reader
 process reads the big file while the server is killed and started again. Each test prints the stall
@@ -9,16 +9,13 @@ the reader saw, as a JSON line.
 
 from __future__ import annotations
 
-import array
 import errno
 import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +24,7 @@ import pytest
 
 from fs.lazy import sdnotify, session
 from tests.fixtures.fuse import force_unmount
+from tests.fs.fd_store import LAUNCHER, REPO_ROOT, FdStore
 from tests.fs.fuse_restart_server import BIG_SIZE, SMALL_CONTENT, big_bytes
 
 pytestmark = [pytest.mark.needs_root]
@@ -34,27 +32,8 @@ pytestmark = [pytest.mark.needs_root]
 _KERNEL = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
 needs_resend = pytest.mark.skipif(_KERNEL < (6, 9), reason="FUSE_NOTIFY_RESEND needs Linux 6.9")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 READ_DELAY = 0.03  # per 64 KiB read of /big: 64 reads, about 2 s for the whole file
 CHUNK = 64 * 1024
-
-# Runs as the server's parent-to-be: moves the store's fds to 3, 4, … and sets LISTEN_* like systemd.
-_LAUNCHER = """
-import fcntl, os, sys
-fds = [int(x) for x in os.environ.pop("TEST_STORE_FDS").split(",") if x]
-names = os.environ.pop("TEST_STORE_NAMES")
-n = len(fds)
-high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + n) for fd in fds]
-for fd in fds:
-    if fd >= 3 + n:
-        os.close(fd)
-for i, fd in enumerate(high):
-    os.dup2(fd, 3 + i, inheritable=True)
-    os.close(fd)
-if n:
-    os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS=str(n), LISTEN_FDNAMES=names)
-os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
-"""
 
 # Reads /big in 64 KiB steps, retrying an offset that fails, and reports what it saw.
 _READER = """
@@ -84,108 +63,6 @@ gaps.sort()
 print(json.dumps({"sha256": digest.hexdigest(), "bytes": off, "errors": errors,
                   "max_gap": gaps[-1], "median_gap": gaps[len(gaps) // 2]}), flush=True)
 """
-
-
-class FdStore:
-    """Plays systemd's file descriptor store for the servers it starts."""
-
-    def __init__(self, socket_path: Path) -> None:
-        self.socket_path = socket_path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(socket_path))
-        self.stored: list[tuple[str, int]] = []
-        self.messages: list[str] = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._receive, daemon=True)
-        self.thread.start()
-
-    def _receive(self) -> None:
-        fd_size = array.array("i").itemsize
-        while True:
-            try:
-                msg, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(16 * fd_size))
-            except OSError:
-                return
-            if not msg and not ancdata:
-                return
-            fds = array.array("i")
-            for level, kind, data in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[: len(data) - len(data) % fd_size])
-            fields = dict(line.split("=", 1) for line in msg.decode().splitlines() if "=" in line)
-            with self.lock:
-                self.messages.append(msg.decode())
-                name = fields.get("FDNAME", "stored")
-                if fields.get("FDSTORE") == "1":
-                    self.stored.extend((name, fd) for fd in fds)
-                    continue
-                for fd in fds:
-                    os.close(fd)
-                if fields.get("FDSTOREREMOVE") == "1":
-                    for _, fd in [e for e in self.stored if e[0] == name]:
-                        os.close(fd)
-                    self.stored = [e for e in self.stored if e[0] != name]
-
-    def names(self) -> list[str]:
-        with self.lock:
-            return sorted(name for name, _ in self.stored)
-
-    def wait_names(self, expected: list[str], timeout: float = 5.0) -> list[str]:
-        """The stored names once they are ``expected`` (messages are handled by another thread)."""
-        deadline = time.monotonic() + timeout
-        while (names := self.names()) != expected and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return names
-
-    def _drop_dead(self) -> None:
-        # systemd watches stored fds for POLLERR/POLLHUP and closes them (FDPOLL=1, the default).
-        alive = []
-        for name, fd in self.stored:
-            revents = select_poll(fd)
-            if revents & (0x008 | 0x010):  # POLLERR | POLLHUP
-                os.close(fd)
-            else:
-                alive.append((name, fd))
-        self.stored = alive
-
-    def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-        """Start ``python argv…`` with the stored fds in LISTEN_FDS and NOTIFY_SOCKET set."""
-        with self.lock:
-            self._drop_dead()
-            entries = list(self.stored)
-        env = dict(os.environ)
-        env.update(
-            NOTIFY_SOCKET=str(self.socket_path),
-            TEST_STORE_FDS=",".join(str(fd) for _, fd in entries),
-            TEST_STORE_NAMES=":".join(name for name, _ in entries),
-            PYTHONPATH=str(REPO_ROOT),
-        )
-        with open(log_path, "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, *argv],
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                pass_fds=[fd for _, fd in entries],
-            )
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(timeout=5)
-        with self.lock:
-            for _, fd in self.stored:
-                os.close(fd)
-            self.stored = []
-
-
-def select_poll(fd: int) -> int:
-    import select
-
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return sum(revents for _, revents in poller.poll(0))
 
 
 def _mounted(path: Path) -> bool:
@@ -474,7 +351,7 @@ def test_listen_fds_only_for_this_process() -> None:
         env = dict(os.environ, TEST_STORE_FDS=str(r), TEST_STORE_NAMES="fuse", PYTHONPATH=str(REPO_ROOT))
         out = (
             subprocess.run(
-                [sys.executable, "-c", _LAUNCHER, "-c", code],
+                [sys.executable, "-c", LAUNCHER, "-c", code],
                 env=env,
                 cwd=REPO_ROOT,
                 pass_fds=[r],

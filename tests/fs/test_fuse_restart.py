@@ -1,10 +1,10 @@
 """A FUSE mount survives a restart of its serving process (fs.lazy.session, .restart, .sdnotify).
 
-The test process plays systemd: ``tests.fs.fd_store.FdStore`` receives fds over a ``NOTIFY_SOCKET`` datagram socket
-(``FDSTORE=1``/``FDNAME``/``FDSTOREREMOVE``) and starts servers with them in ``LISTEN_FDS``. The server
-is tests/fs/fuse_restart_server.py (a deterministic tree whose big file is slow to read); a reader
-process reads the big file while the server is killed and started again. Each test prints the stall
-the reader saw, as a JSON line.
+The test process plays systemd: ``tests.fs.fd_store.FdStore`` receives fds over a ``NOTIFY_SOCKET``
+datagram socket (``FDSTORE=1``/``FDNAME``/``FDSTOREREMOVE``) and starts servers with them in
+``LISTEN_FDS``. The server is tests/fs/fuse_restart_server.py (a deterministic tree whose big file is
+slow to read); a reader process reads the big file while the server is killed and started again. Each
+test prints the stall the reader saw, as a JSON line.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -372,3 +373,28 @@ def test_fdname_validation() -> None:
     for bad in ("", "a:b", "x" * 256, "tab\there"):
         with pytest.raises(ValueError):
             sdnotify.check_fdname(bad)
+
+
+def test_notify_sends_state_and_fds_to_an_abstract_socket() -> None:
+    name = f"zsnap-test-notify-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(b"\0" + name.encode())
+        r, w = os.pipe()
+        try:
+            assert sdnotify.store_fds("fuse", [r], environ={"NOTIFY_SOCKET": "@" + name})
+            msg, ancdata, _, _ = receiver.recvmsg(4096, socket.CMSG_SPACE(4))
+        finally:
+            os.close(r)
+        ((level, kind, data),) = ancdata
+        assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+        received = int.from_bytes(data[:4], "little")
+        try:
+            os.write(w, b"x")
+            assert os.read(received, 1) == b"x"  # the same pipe, passed over the socket
+        finally:
+            os.close(received)
+            os.close(w)
+    assert msg == b"FDSTORE=1\nFDNAME=fuse"
+    assert sdnotify.notify("READY=1", environ={}) is False
+    with pytest.raises(ValueError):
+        sdnotify.notify("READY=1", environ={"NOTIFY_SOCKET": "vsock:2:1"})

@@ -52,13 +52,14 @@ start's resend recovers it. To really unmount, ``close_fuse_session(session, unm
 ``restart.forget_stored_fuse_session``.
 
 Service unit: ``FileDescriptorStoreMax=`` at least twice the number of mounts,
-``FileDescriptorStorePreserve=restart`` (the default: the store survives ``systemctl restart`` and
-automatic restarts, and is flushed on a plain stop), ``NotifyAccess=main`` if the main process serves
-FUSE itself, ``all`` if child processes do (each process serves one session, below). systemd closes a
-stored fd by itself once the kernel reports it dead (``POLLERR`` after an unmount); the INIT memfd of
-that name is then dropped by ``restart.stored_fuse_session``. A kernel FUSE request timeout
-(``/proc/sys/fs/fuse/default_request_timeout``, Linux 6.14, 0 = none by default) longer than the
-restart is required: a request left unanswered that long aborts the connection.
+``FileDescriptorStorePreserve=restart`` (systemd 254; the default, and the only behaviour before: the
+store survives ``systemctl restart`` and automatic restarts, and is flushed on a plain stop),
+``NotifyAccess=main`` if the main process serves FUSE itself, ``all`` if child processes do (each
+process serves one session, below). systemd closes a stored fd by itself once the kernel reports it
+dead (``POLLERR`` after an unmount); the INIT memfd of that name is then dropped by
+``restart.stored_fuse_session``. If a kernel FUSE request timeout is set
+(``/proc/sys/fs/fuse/default_request_timeout``, Linux 6.14; 0, none, by default) it must exceed the
+restart time: a request left unanswered that long aborts the connection.
 
 Only one pyfuse3 session exists per process (pyfuse3 keeps it in module globals).
 """

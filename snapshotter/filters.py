@@ -75,7 +75,7 @@ class _Scanner:
 
     def token(self, pattern: re.Pattern[str], what: str) -> str:
         self.skip_space()
-        if self.pos < len(self.text) and self.text[self.pos] in "\"/":
+        if self.pos < len(self.text) and self.text[self.pos] in '"/':
             return self.quoted()
         match = pattern.match(self.text, self.pos)
         if not match:

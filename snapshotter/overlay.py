@@ -254,4 +254,3 @@ class Snapshotter:
             pass
         except OSError as exc:
             log.error("cannot remove %s (Cleanup will retry): %s", path, exc)
-

@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from fs.errors import ZsnapError
 
-__all__ = ["ConfigError", "SnapshotError", "SnapshotExists", "SnapshotInvalid", "SnapshotNotFound", "SnapshotPrecondition"]
+__all__ = [
+    "ConfigError",
+    "SnapshotError",
+    "SnapshotExists",
+    "SnapshotInvalid",
+    "SnapshotNotFound",
+    "SnapshotPrecondition",
+]
 
 
 class SnapshotError(ZsnapError):

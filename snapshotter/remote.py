@@ -94,7 +94,8 @@ def layer_request(labels: Mapping[str, str]) -> LayerRequest | None:
             manifest=labels.get(CRI_MANIFEST_DIGEST) or None,
         )  # fmt: skip
     if labels.get(STARGZ_REFERENCE) and labels.get(STARGZ_DIGEST):
-        return LayerRequest(target=target, image=_docker_ref(labels[STARGZ_REFERENCE]), layer=labels[STARGZ_DIGEST])
+        image = _docker_ref(labels[STARGZ_REFERENCE])
+        return LayerRequest(target=target, image=image, layer=labels[STARGZ_DIGEST])
     return None
 
 

@@ -1,4 +1,4 @@
-"""``containerd.services.snapshots.v1.Snapshots`` over gRPC: protobuf in, :class:`Snapshotter` calls, protobuf out.
+"""``containerd.services.snapshots.v1.Snapshots`` over gRPC: protobuf in, Snapshotter calls, protobuf out.
 
 This module translates and nothing else: messages to Python values and back, errors to gRPC status codes
 (:func:`grpc_code`, the one place), call counts to metrics. The snapshot semantics live in
@@ -12,6 +12,7 @@ snapshot with ``List``/``Stat`` and skips the layer's download and unpack.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
@@ -107,10 +108,9 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
         if lazy is not None and self.remote.enabled:
             outcome = self.remote.resolve(lazy)
             if isinstance(outcome, LazyLayer):
-                try:
+                # Committed before (another namespace, a retried pull) is fine: containerd re-checks it.
+                with contextlib.suppress(SnapshotExists):
                     self.snapshotter.create_lazy(lazy.target, request.parent, labels, outcome.record())
-                except SnapshotExists:
-                    pass  # committed before (another namespace, a retried pull): containerd re-checks it
                 raise SnapshotExists(f"target snapshot {lazy.target} exists (lazy layer {lazy.layer})")
             log_level = logging.WARNING if outcome.reason.startswith("cannot") else logging.INFO
             log.log(log_level, "layer %s takes the normal path: %s", lazy.layer, outcome.reason)

@@ -141,7 +141,9 @@ def _registry(where: str, table: object) -> RegistryConfig:
             raise _type_error(where, key, "a table with exactly username and password", creds)
         auth[host] = (_string(where, key, creds["username"]), _string(where, key, creds["password"]))
     docker_config = table.get("docker_config")
-    docker_config_path = Path(_string(where, "registry.docker_config", docker_config)) if docker_config else None
+    docker_config_path = None
+    if docker_config is not None:
+        docker_config_path = Path(_string(where, "registry.docker_config", docker_config))
     return RegistryConfig(
         plain_http=_strings(where, "registry.plain_http", table.get("plain_http", [])),
         docker_config=docker_config_path,

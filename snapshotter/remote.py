@@ -18,9 +18,11 @@ detaches it when the last lazy snapshot of that image is removed.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import trio
 
 from fs.errors import ZsnapError
 
-__all__ = ["Fallback", "LayerRequest", "LazyLayer", "RemoteLayers", "layer_request"]
+__all__ = ["Fallback", "LayerRequest", "LazyLayer", "RemoteLayers", "layer_request", "open_host"]
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +203,38 @@ class RemoteLayers:
         """(images attached, layers attached) by this daemon's snapshots."""
         with self._lock:
             return len(self._attached), sum(len(layers) for layers in self._attached.values())
+
+
+def _host_options(options_cls: Any, config: Any) -> Any:
+    """``HostOptions`` from the daemon config: the fields both sides know (the host's defaults otherwise)."""
+    wanted = {
+        "prefetch": config.prefetch,
+        "background_fetch": config.background_fetch,
+        "fetch_timeout": config.fetch_timeout,
+        "plain_http": frozenset(config.registry.plain_http),
+        "mirrors": dict(config.registry.mirrors),
+        "auth": dict(config.registry.auth),
+        "docker_config": config.registry.docker_config,
+    }
+    if not dataclasses.is_dataclass(options_cls):
+        return options_cls()
+    known = {f.name for f in dataclasses.fields(options_cls)}
+    return options_cls(**{k: v for k, v in wanted.items() if k in known})
+
+
+@contextlib.asynccontextmanager
+async def open_host(config: Any, store: Any) -> AsyncIterator[Any]:
+    """The lazy host for the daemon (FUSE at ``<root>/mnt``), or None when lazy serving is off or this
+    build has no ``fs.lazy.host``; closed (unmounted) on exit."""
+    if not config.lazy:
+        log.info("lazy layers are off (lazy = false): every layer takes the normal path")
+        yield None
+        return
+    try:
+        from fs.lazy.host import HostOptions, open_lazy_host
+    except ImportError:
+        log.info("lazy layers are unavailable (no fs.lazy.host): every layer takes the normal path")
+        yield None
+        return
+    async with open_lazy_host(config.root, store, options=_host_options(HostOptions, config)) as host:
+        yield host

@@ -17,6 +17,7 @@ from snapshotter.proto import snapshots_pb2 as pb
 from tests.snapshotter.daemon import Daemon, running_daemon
 
 pytestmark = pytest.mark.needs_root
+Code = grpc.StatusCode
 
 
 def code_of(call, *args, **kw) -> grpc.StatusCode:
@@ -55,7 +56,8 @@ def commit(d: Daemon, name: str, key: str, **labels: str) -> None:
 
 
 def names(d: Daemon, *filters: str) -> list[str]:
-    return sorted(i.name for r in d.stub().List(pb.ListSnapshotsRequest(filters=list(filters))) for i in r.info)
+    replies = d.stub().List(pb.ListSnapshotsRequest(filters=list(filters)))
+    return sorted(info.name for reply in replies for info in reply.info)
 
 
 def layer(d: Daemon, tmp: Path, key: str, name: str, parent: str, files: dict[str, bytes | None]) -> None:
@@ -107,27 +109,27 @@ def test_prepare_commit_view_chain(daemon: Daemon, short_tmp: Path) -> None:
 def test_error_codes(daemon: Daemon) -> None:
     s = daemon.stub()
     prepare(daemon, "a")
-    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="a")) == grpc.StatusCode.ALREADY_EXISTS
-    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="x", parent="nope")) == grpc.StatusCode.NOT_FOUND
+    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="a")) == Code.ALREADY_EXISTS
+    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="x", parent="nope")) == Code.NOT_FOUND
     # a parent must be committed
-    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="x", parent="a")) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="")) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="k" * 600)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="x", parent="a")) == Code.INVALID_ARGUMENT
+    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="")) == Code.INVALID_ARGUMENT
+    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="k" * 600)) == Code.INVALID_ARGUMENT
     too_long = {"l": "v" * 5000}
-    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="y", labels=too_long)) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(s.Stat, pb.StatSnapshotRequest(key="missing")) == grpc.StatusCode.NOT_FOUND
-    assert code_of(s.Mounts, pb.MountsRequest(key="missing")) == grpc.StatusCode.NOT_FOUND
-    assert code_of(s.Remove, pb.RemoveSnapshotRequest(key="missing")) == grpc.StatusCode.NOT_FOUND
-    assert code_of(s.Usage, pb.UsageRequest(key="missing")) == grpc.StatusCode.NOT_FOUND
-    assert code_of(s.Commit, pb.CommitSnapshotRequest(name="A", key="missing")) == grpc.StatusCode.NOT_FOUND
+    assert code_of(s.Prepare, pb.PrepareSnapshotRequest(key="y", labels=too_long)) == Code.INVALID_ARGUMENT
+    assert code_of(s.Stat, pb.StatSnapshotRequest(key="missing")) == Code.NOT_FOUND
+    assert code_of(s.Mounts, pb.MountsRequest(key="missing")) == Code.NOT_FOUND
+    assert code_of(s.Remove, pb.RemoveSnapshotRequest(key="missing")) == Code.NOT_FOUND
+    assert code_of(s.Usage, pb.UsageRequest(key="missing")) == Code.NOT_FOUND
+    assert code_of(s.Commit, pb.CommitSnapshotRequest(name="A", key="missing")) == Code.NOT_FOUND
 
     commit(daemon, "A", "a")
-    assert code_of(s.Mounts, pb.MountsRequest(key="A")) == grpc.StatusCode.FAILED_PRECONDITION
-    assert code_of(s.Commit, pb.CommitSnapshotRequest(name="A2", key="A")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(s.Mounts, pb.MountsRequest(key="A")) == Code.FAILED_PRECONDITION
+    assert code_of(s.Commit, pb.CommitSnapshotRequest(name="A2", key="A")) == Code.FAILED_PRECONDITION
     prepare(daemon, "b", "A")
-    assert code_of(s.Commit, pb.CommitSnapshotRequest(name="A", key="b")) == grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(s.Commit, pb.CommitSnapshotRequest(name="A", key="b")) == Code.ALREADY_EXISTS
     s.View(pb.ViewSnapshotRequest(key="v", parent="A"))
-    assert code_of(s.Commit, pb.CommitSnapshotRequest(name="V", key="v")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(s.Commit, pb.CommitSnapshotRequest(name="V", key="v")) == Code.FAILED_PRECONDITION
 
 
 def test_remove_parent_with_children_refused(daemon: Daemon) -> None:
@@ -136,9 +138,9 @@ def test_remove_parent_with_children_refused(daemon: Daemon) -> None:
     commit(daemon, "A", "a")
     prepare(daemon, "b", "A")
     s.View(pb.ViewSnapshotRequest(key="v", parent="A"))
-    assert code_of(s.Remove, pb.RemoveSnapshotRequest(key="A")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(s.Remove, pb.RemoveSnapshotRequest(key="A")) == Code.FAILED_PRECONDITION
     s.Remove(pb.RemoveSnapshotRequest(key="b"))
-    assert code_of(s.Remove, pb.RemoveSnapshotRequest(key="A")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(s.Remove, pb.RemoveSnapshotRequest(key="A")) == Code.FAILED_PRECONDITION
     s.Remove(pb.RemoveSnapshotRequest(key="v"))
     s.Remove(pb.RemoveSnapshotRequest(key="A"))
     assert names(daemon) == []
@@ -189,7 +191,7 @@ def test_list_filters(daemon: Daemon) -> None:
     assert names(daemon, 'labels."containerd.io/snapshot.ref"==sha256:aaa') == ["A"]
     assert names(daemon, "something.unknown==x") == ["A", "B", "c", "v"]  # ignored: containerd re-checks
     code = code_of(lambda: list(daemon.stub().List(pb.ListSnapshotsRequest(filters=['name=="unterminated']))))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert code == Code.INVALID_ARGUMENT
 
 
 def test_update_labels(daemon: Daemon) -> None:
@@ -211,9 +213,10 @@ def test_update_labels(daemon: Daemon) -> None:
     assert dict(update({}, "labels.keep").labels) == {"change": "new", "add": "x"}  # absent: deleted
     assert dict(update({"only": "1"}, "labels").labels) == {"only": "1"}
     assert dict(update({"all": "2"}).labels) == {"all": "2"}  # no mask: every mutable field (labels)
-    code = code_of(s.Update, pb.UpdateSnapshotRequest(info=pb.Info(name="A"), update_mask=field_mask_pb2.FieldMask(paths=["parent"])))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(s.Update, pb.UpdateSnapshotRequest(info=pb.Info(name="nope"))) == grpc.StatusCode.NOT_FOUND
+    mask = field_mask_pb2.FieldMask(paths=["parent"])
+    code = code_of(s.Update, pb.UpdateSnapshotRequest(info=pb.Info(name="A"), update_mask=mask))
+    assert code == Code.INVALID_ARGUMENT
+    assert code_of(s.Update, pb.UpdateSnapshotRequest(info=pb.Info(name="nope"))) == Code.NOT_FOUND
 
 
 def test_keys_are_never_paths_and_cleanup_removes_orphans(daemon: Daemon, short_tmp: Path) -> None:
@@ -243,5 +246,6 @@ def test_snapshots_survive_a_restart(short_tmp: Path) -> None:
     with running_daemon(short_tmp, config=config) as d:
         assert names(d) == ["A", "b"]
         assert dict(d.stub().Stat(pb.StatSnapshotRequest(key="A")).info.labels) == {"keep": "me"}
-        lower = next(o for o in d.stub().Mounts(pb.MountsRequest(key="b")).mounts[0].options if "lowerdir" in o)
+        options = d.stub().Mounts(pb.MountsRequest(key="b")).mounts[0].options
+        lower = next(o for o in options if "lowerdir" in o)
         assert lower == f"lowerdir={d.root}/snapshots/1/fs"

@@ -105,7 +105,7 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
     def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:
         labels = dict(request.labels)
         lazy = layer_request(labels)
-        if lazy is not None and self.remote.enabled:
+        if lazy is not None:
             outcome = self.remote.resolve(lazy)
             if isinstance(outcome, LazyLayer):
                 # Committed before (another namespace, a retried pull) is fine: containerd re-checks it.

@@ -1,0 +1,162 @@
+"""The real containerd 1.6 using ``zsnap serve`` as its proxy snapshotter: ctr pull + run, CRI pulls, and
+(once ``fs.lazy.host`` is in) the lazy ALREADY_EXISTS handshake."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from snapshotter import cri
+from snapshotter.proto import snapshots_pb2 as pb
+from tests.fixtures.containerd import (
+    CRI_ENABLED,
+    Containerd,
+    chain_id,
+    cri_config_toml,
+    mounts_below,
+    start_containerd,
+)
+from tests.fixtures.images import diff_stat_listing, push, stat_listing_script
+from tests.snapshotter.daemon import short_tempdir, start_daemon
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
+
+HAS_LAZY_HOST = importlib.util.find_spec("fs.lazy.host") is not None
+
+
+class Stack:
+    """One zsnap daemon and one containerd (CRI on) that routes the ``zsnap`` snapshotter to it."""
+
+    def __init__(self, base: Path, registry_host: str, *, lazy: bool) -> None:
+        self.base = base
+        config = f'lazy = {str(lazy).lower()}\nmetrics_address = "127.0.0.1:0"\n'
+        config += f'[registry]\nplain_http = ["{registry_host}"]\n'
+        self.daemon = start_daemon(base, config=config)
+        try:
+            self.ctrd = start_containerd(
+                proxy_snapshotters={"zsnap": str(self.daemon.socket)},
+                disabled_plugins=CRI_ENABLED,
+                extra_config=cri_config_toml(snapshotter="zsnap", plain_http=[registry_host]),
+            )
+        except BaseException:
+            self.daemon.close()
+            raise
+
+    def snapshots(self) -> list[pb.Info]:
+        return [i for r in self.daemon.stub().List(pb.ListSnapshotsRequest()) for i in r.info]
+
+    def close(self) -> None:
+        try:
+            self.ctrd.stop()
+            if not mounts_below(self.ctrd.base):
+                shutil.rmtree(self.ctrd.base, ignore_errors=True)
+        finally:
+            self.daemon.close()
+
+
+@pytest.fixture(scope="module")
+def stack(registry) -> Iterator[Stack]:
+    base = short_tempdir()
+    s = Stack(base, registry.host, lazy=True)
+    try:
+        yield s
+    finally:
+        s.close()
+        if not mounts_below(base):
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def run_in(ctrd: Containerd, ref: str, cmd: list[str], *, namespace: str, mounts=()) -> str:
+    """``ctr run --rm --snapshotter zsnap`` in ``namespace``; returns stdout."""
+    cid = f"zsnap-{uuid.uuid4().hex[:12]}"
+    args = ["run", "--rm", "--snapshotter", "zsnap", "--runc-root", str(ctrd.base / "runc"),
+            "--fifo-dir", str(ctrd.base / "fifo")]  # fmt: skip
+    for src, dst in mounts:
+        args += ["--mount", f"type=bind,src={src},dst={dst},options=rbind:ro"]
+    return ctrd.ctr(*args, ref, cid, *cmd, namespace=namespace, timeout=120).stdout
+
+
+def check_image_runs(stack: Stack, image, ref: str, namespace: str) -> None:
+    sums = "/run/zsnap-check/SHA256SUMS"
+    script = stat_listing_script(image.spec, sums)
+    out = run_in(
+        stack.ctrd, ref, ["sh", "-c", script], namespace=namespace, mounts=[(str(image.sums_path), sums)]
+    )
+    assert "SUMS-OK" in out
+    problems = diff_stat_listing(image.spec, out)
+    assert not problems, "\n".join(problems)
+
+
+def image_chain(stack: Stack, ref: str, namespace: str) -> tuple[list[str], dict]:
+    """The chain IDs of the image's layers, bottom first, and its (amd64) manifest."""
+    ctrd = stack.ctrd
+    target = ctrd.ctr("images", "ls", namespace=namespace).stdout.splitlines()
+    digest = next(line.split()[2] for line in target[1:] if line.split()[0] == ref)
+    get = lambda d: json.loads(ctrd.ctr("content", "get", d, namespace=namespace).stdout)  # noqa: E731
+    doc = get(digest)
+    if "manifests" in doc:
+        doc = get(next(m["digest"] for m in doc["manifests"] if m["platform"]["architecture"] == "amd64"))
+    diff_ids = get(doc["config"]["digest"])["rootfs"]["diff_ids"]
+    return [chain_id(diff_ids[: i + 1]) for i in range(len(diff_ids))], doc
+
+
+def test_ctr_pull_and_run_take_the_normal_path(stack: Stack, registry, test_images) -> None:
+    """ctr sends no labels: zsnap unpacks through Prepare/Commit like overlayfs, and the container sees the
+    image exactly (every file's content, mode, owner, link; whiteouts applied)."""
+    image = test_images["features:gzip"]
+    ref = push(image, registry.host, "serve/ctr:gzip")
+    stack.ctrd.pull(ref, snapshotter="zsnap")
+    committed = {i.name: i for i in stack.snapshots() if i.kind == pb.COMMITTED}
+    chains, _ = image_chain(stack, ref, stack.ctrd.namespace)
+    assert len(committed) >= len(chains)  # containerd names them "<ns>/<n>/<chainID>"
+    assert all(any(name.endswith(c) for name in committed) for c in chains)
+    check_image_runs(stack, image, ref, stack.ctrd.namespace)
+    stack.ctrd.remove_image(ref)  # --sync: containerd's GC removes our snapshots too
+    assert not [i for i in stack.snapshots() if any(i.name.endswith(c) for c in chains)]
+
+
+def test_cri_pull_of_a_gzip_image_falls_back_to_the_normal_path(stack: Stack, registry, test_images) -> None:
+    """A CRI pull sends the labels; a gzip layer cannot be served lazily, so containerd unpacks it."""
+    image = test_images["features:gzip"]
+    ref = push(image, registry.host, "serve/cri:gzip")
+    image_id = cri.pull_image(stack.ctrd.address, ref, timeout=120)
+    assert image_id.startswith("sha256:")
+    status = cri.image_status(stack.ctrd.address, ref)
+    assert status is not None and status.id == image_id
+    check_image_runs(stack, image, ref, cri.CRI_NAMESPACE)
+    assert "takes the normal path" in stack.daemon.log()
+    cri.remove_image(stack.ctrd.address, ref)
+    assert cri.image_status(stack.ctrd.address, ref) is None
+
+
+@pytest.mark.skipif(not HAS_LAZY_HOST, reason="for the lead: needs fs.lazy.host (branch lazyhost)")
+def test_cri_pull_of_zstd_chunked_is_lazy(stack: Stack, registry, test_images, tmp_path) -> None:
+    """The ALREADY_EXISTS handshake: containerd records our lazily committed snapshots, downloads no layer,
+    and the container reads the image through the lazy host."""
+    import subprocess
+    import sys
+
+    image = test_images["features:gzip"]
+    src = push(image, registry.host, "serve/lazy:gzip")
+    ref = f"{registry.host}/serve/lazy:zstd-chunked"
+    subprocess.run(
+        [sys.executable, "-m", "snapshotter", "--root", str(tmp_path / "conv"), "convert",
+         f"docker://{src}", f"docker://{ref}"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    cri.pull_image(stack.ctrd.address, ref, timeout=120)
+    chains, manifest = image_chain(stack, ref, cri.CRI_NAMESPACE)
+    by_name = {i.name: i for i in stack.snapshots()}
+    for parent, chain in zip(["", *chains], chains, strict=False):
+        info = by_name[chain]  # committed under the target name itself, not "<ns>/<n>/..."
+        assert info.kind == pb.COMMITTED and info.parent == parent
+        assert info.labels["containerd.io/snapshot.ref"] == chain
+    content = set(stack.ctrd.ctr("content", "ls", "-q", namespace=cri.CRI_NAMESPACE).stdout.split())
+    assert not content & {layer["digest"] for layer in manifest["layers"]}  # no layer was downloaded
+    check_image_runs(stack, image, ref, cri.CRI_NAMESPACE)

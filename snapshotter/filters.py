@@ -11,9 +11,11 @@ Grammar (containerd ``filters/parser.go``)::
     quoted    := '"' ... '"' (Go escapes)  |  "/" ... "/" (regex, backslash escapes "/")
 
 A request's filters are alternatives: a snapshot is listed if any of them matches (or if there are none).
-Fields known here: ``name``, ``parent``, ``kind`` (``active``, ``committed``, ``view``) and
-``labels.<key>``. A selector on any other field is ignored (treated as matching): containerd checks the
-results it asked for again, so listing a superset is safe.
+Fields known here, with containerd's meaning (``metadata/adaptors.go``): ``name``, ``parent`` (present
+even when empty, so a root layer matches ``parent==""``), ``kind`` (``active``, ``committed``, ``view``)
+and ``labels.<key>`` (present only if set); ``!=`` matches an absent field. A selector on any other
+field is ignored (treated as matching): containerd checks the results it asked for again, so listing a
+superset is safe.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def _field(record: Record, path: tuple[str, ...]) -> str | None:
     if head == "name":
         return record.key
     if head == "parent":
-        return record.parent or None
+        return record.parent  # present even when empty: containerd filters a root layer by parent==""
     if head == "kind":
         return record.kind.label
     return ...  # type: ignore[return-value]
@@ -141,11 +143,9 @@ def _selector_matches(selector: Selector, record: Record) -> bool:
         return value is not None
     if selector.op == "!=":
         return value != selector.value
-    if value is None:
-        return False
     if selector.op == "==":
-        return value == selector.value
-    return re.search(selector.value, value) is not None
+        return value is not None and value == selector.value
+    return re.search(selector.value, value or "") is not None
 
 
 def matcher(filters: Sequence[str]) -> Callable[[Record], bool]:

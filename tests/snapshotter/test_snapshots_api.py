@@ -177,6 +177,7 @@ def test_list_filters(daemon: Daemon) -> None:
     assert names(daemon) == ["A", "B", "c", "v"]
     assert names(daemon, "name==B") == ["B"]
     assert names(daemon, "parent==B") == ["c", "v"]
+    assert names(daemon, 'parent==""') == ["A"]
     assert names(daemon, "kind==committed") == ["A", "B"]
     assert names(daemon, "kind==active") == ["c"]
     assert names(daemon, "kind==view") == ["v"]
@@ -187,7 +188,8 @@ def test_list_filters(daemon: Daemon) -> None:
     assert names(daemon, "name~=^[AB]$") == ["A", "B"]
     assert names(daemon, "name==A", "name==v") == ["A", "v"]  # alternatives
     # what containerd sends after a remote snapshotter answered ALREADY_EXISTS
-    assert names(daemon, 'labels."containerd.io/snapshot.ref"==sha256:aaa,parent==""') == []
+    assert names(daemon, 'labels."containerd.io/snapshot.ref"==sha256:aaa,parent==""') == ["A"]
+    assert names(daemon, 'labels."containerd.io/snapshot.ref"==sha256:aaa,parent=="B"') == []
     assert names(daemon, 'labels."containerd.io/snapshot.ref"==sha256:aaa') == ["A"]
     assert names(daemon, "something.unknown==x") == ["A", "B", "c", "v"]  # ignored: containerd re-checks
     code = code_of(lambda: list(daemon.stub().List(pb.ListSnapshotsRequest(filters=['name=="unterminated']))))

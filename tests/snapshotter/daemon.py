@@ -26,8 +26,9 @@ from tests.fixtures.common import stop_process
 REPO = Path(__file__).resolve().parents[2]
 
 
-def zsnap_command(root: Path) -> list[str]:
-    return [sys.executable, "-m", "snapshotter", "--root", str(root)]
+def zsnap_command(root: Path, module: str = "snapshotter") -> list[str]:
+    """``zsnap --root ROOT`` run from this worktree (``module``: another entry point with the same CLI)."""
+    return [sys.executable, "-m", module, "--root", str(root)]
 
 
 @dataclass
@@ -102,6 +103,7 @@ def start_daemon(
     config: str = "",
     args: Sequence[str] = (),
     abstract_notify: bool = False,
+    module: str = "snapshotter",
     timeout: float = 30.0,
 ) -> Daemon:
     """Start ``zsnap serve`` under ``base`` (config text ``config``, flags ``args``); wait for READY=1."""
@@ -120,8 +122,8 @@ def start_daemon(
             os.unlink(address)
         notify_sock.bind(address)
     log_path = base / "zsnap.log"
-    cmd = [*zsnap_command(root), "-v", "serve", "--config", str(config_path), "--socket", str(socket_path),
-           *args]  # fmt: skip
+    serve = ["serve", "--config", str(config_path), "--socket", str(socket_path), *args]
+    cmd = [*zsnap_command(root, module), "-v", *serve]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -14,6 +15,7 @@ import pytest
 
 from snapshotter import cri
 from snapshotter.proto import snapshots_pb2 as pb
+from tests.fixtures.common import wait_until
 from tests.fixtures.containerd import (
     CRI_ENABLED,
     Containerd,
@@ -33,11 +35,10 @@ HAS_LAZY_HOST = importlib.util.find_spec("fs.lazy.host") is not None
 class Stack:
     """One zsnap daemon and one containerd (CRI on) that routes the ``zsnap`` snapshotter to it."""
 
-    def __init__(self, base: Path, registry_host: str, *, lazy: bool) -> None:
+    def __init__(self, base: Path, registry_host: str, *, module: str = "snapshotter") -> None:
         self.base = base
-        config = f'lazy = {str(lazy).lower()}\nmetrics_address = "127.0.0.1:0"\n'
-        config += f'[registry]\nplain_http = ["{registry_host}"]\n'
-        self.daemon = start_daemon(base, config=config)
+        config = f'metrics_address = "127.0.0.1:0"\n[registry]\nplain_http = ["{registry_host}"]\n'
+        self.daemon = start_daemon(base, config=config, module=module)
         try:
             self.ctrd = start_containerd(
                 proxy_snapshotters={"zsnap": str(self.daemon.socket)},
@@ -60,16 +61,30 @@ class Stack:
             self.daemon.close()
 
 
-@pytest.fixture(scope="module")
-def stack(registry) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(registry_host: str, module: str = "snapshotter") -> Iterator[Stack]:
     base = short_tempdir()
-    s = Stack(base, registry.host, lazy=True)
+    s = Stack(base, registry_host, module=module)
     try:
         yield s
     finally:
         s.close()
         if not mounts_below(base):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack(registry) -> Iterator[Stack]:
+    """The daemon as shipped (lazy layers on if ``fs.lazy.host`` exists) behind a CRI-enabled containerd."""
+    with running_stack(registry.host) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def handshake_stack(registry) -> Iterator[Stack]:
+    """The daemon with the unpacking stand-in host (tests/snapshotter/unpacking_host.py)."""
+    with running_stack(registry.host, "tests.snapshotter.unpacking_host") as s:
+        yield s
 
 
 def run_in(ctrd: Containerd, ref: str, cmd: list[str], *, namespace: str, mounts=()) -> str:
@@ -160,3 +175,47 @@ def test_cri_pull_of_zstd_chunked_is_lazy(stack: Stack, registry, test_images, t
     content = set(stack.ctrd.ctr("content", "ls", "-q", namespace=cri.CRI_NAMESPACE).stdout.split())
     assert not content & {layer["digest"] for layer in manifest["layers"]}  # no layer was downloaded
     check_image_runs(stack, image, ref, cri.CRI_NAMESPACE)
+
+
+def test_lazy_handshake_with_real_containerd(handshake_stack: Stack, registry, test_images) -> None:
+    """CRI pull of a zstd image: every layer is committed by zsnap under its chain ID and answered with
+    ALREADY_EXISTS; containerd accepts them (List/Stat re-check), downloads no layer, and the container
+    runs on overlay mounts whose lowerdirs are the host's layer directories. Removing the image removes
+    our snapshots and detaches the image from the host."""
+    stack = handshake_stack
+    image = test_images["features:zstd"]
+    ref = push(image, registry.host, "serve/handshake:zstd")
+    cri.pull_image(stack.ctrd.address, ref, timeout=120)
+    chains, manifest = image_chain(stack, ref, cri.CRI_NAMESPACE)
+    by_name = {i.name: i for i in stack.snapshots()}
+    for parent, chain in zip(["", *chains], chains, strict=False):
+        info = by_name[chain]  # committed under the target name itself, not "<ns>/<n>/..."
+        assert (info.kind, info.parent) == (pb.COMMITTED, parent)
+        assert info.labels["containerd.io/snapshot.ref"] == chain
+        assert info.labels["containerd.io/snapshot/cri.image-ref"] == ref
+    content = set(stack.ctrd.ctr("content", "ls", "-q", namespace=cri.CRI_NAMESPACE).stdout.split())
+    assert not content & {layer["digest"] for layer in manifest["layers"]}  # no layer was downloaded
+    check_image_runs(stack, image, ref, cri.CRI_NAMESPACE)
+    # a second pull of the same image finds everything in place
+    cri.pull_image(stack.ctrd.address, ref, timeout=120)
+    cri.remove_image(stack.ctrd.address, ref)
+    wait_until(lambda: not set(chains) & {i.name for i in stack.snapshots()}, timeout=30,
+               what="containerd's GC to remove the lazy snapshots")  # fmt: skip
+    manifest_label = by_name[chains[0]].labels["containerd.io/snapshot/cri.manifest-digest"]
+    detached = (stack.daemon.root / "test-host" / "detached").read_text().split()
+    assert detached == [f"snapshots:{manifest_label}"]  # once, when the last lazy snapshot went
+
+
+def test_layers_the_host_cannot_serve_take_the_normal_path(
+    handshake_stack: Stack, registry, test_images
+) -> None:
+    """gzip layers (not lazily readable) fall back with one log line each; containerd unpacks them."""
+    stack = handshake_stack
+    image = test_images["features:gzip"]
+    ref = push(image, registry.host, "serve/handshake:gzip")
+    cri.pull_image(stack.ctrd.address, ref, timeout=120)
+    chains, _ = image_chain(stack, ref, cri.CRI_NAMESPACE)
+    assert stack.daemon.log().count("is not lazily readable") >= len(chains)
+    assert not set(chains) & {i.name for i in stack.snapshots()}  # unpacked under containerd's own keys
+    check_image_runs(stack, image, ref, cri.CRI_NAMESPACE)
+    cri.remove_image(stack.ctrd.address, ref)

@@ -68,6 +68,27 @@ def _prepare_socket(path: Path) -> None:
     raise ConfigError(f"another process already listens on {path}")
 
 
+async def _wait_for_stop(signals: Any, host: Any) -> None:
+    """Return on SIGTERM/SIGINT, or when the lazy host's FUSE session ended under us (unmounted by
+    someone else): then serving lazy layers is impossible and systemd's restart is the remedy."""
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            async for signum in signals:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
+
+        async def on_session_end() -> None:
+            await host.session_ended.wait()
+            log.error("the lazy layers' FUSE session ended under us: stopping")
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_signal)
+        if getattr(host, "session_ended", None) is not None:
+            nursery.start_soon(on_session_end)
+
+
 def _start_grpc(config: ServeConfig, service: SnapshotsService) -> grpc.Server:
     _prepare_socket(config.socket)
     server = grpc.server(ThreadPoolExecutor(max_workers=config.grpc_threads, thread_name_prefix="grpc"))
@@ -126,9 +147,7 @@ async def _serve(config: ServeConfig, store: Store, host: Any, signals: Any, tas
         log.info("zsnap snapshotter %s (lazy layers %s)", where, "on" if host is not None else "off")
         notify(f"READY=1\nSTATUS={where}")
         task_status.started(config.socket)
-        async for signum in signals:
-            log.info("%s: stopping", signal.Signals(signum).name)
-            break
+        await _wait_for_stop(signals, host)
         notify("STOPPING=1")
     finally:
         with trio.CancelScope(shield=True):

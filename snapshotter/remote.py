@@ -206,12 +206,15 @@ class RemoteLayers:
 
 
 def _host_options(options_cls: Any, config: Any) -> Any:
-    """``HostOptions`` from the daemon config: the fields both sides know (the host's defaults otherwise)."""
+    """``HostOptions`` from the daemon config: the fields both sides know (the host's defaults otherwise).
+
+    Plain-HTTP registries are passed per attach (:meth:`RemoteLayers._attach`). Mirrors and credentials
+    reach the host once it has options for them (``fs.lazy.host`` has none yet).
+    """
     wanted = {
         "prefetch": config.prefetch,
         "background_fetch": config.background_fetch,
         "fetch_timeout": config.fetch_timeout,
-        "plain_http": frozenset(config.registry.plain_http),
         "mirrors": dict(config.registry.mirrors),
         "auth": dict(config.registry.auth),
         "docker_config": config.registry.docker_config,

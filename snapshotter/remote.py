@@ -31,6 +31,9 @@ import trio
 
 from fs.errors import ZsnapError
 
+#: How many images without a lazily readable layer are remembered (so their Prepares skip the host).
+NOT_LAZY_MEMORY = 1024
+
 __all__ = ["Fallback", "LayerRequest", "LazyLayer", "RemoteLayers", "layer_request", "open_host"]
 
 log = logging.getLogger(__name__)
@@ -120,6 +123,8 @@ class RemoteLayers:
         self._lock = threading.Lock()
         self._image_locks: dict[str, threading.Lock] = {}
         self._attached: dict[str, dict[str, Any]] = {}  # holder -> {layer digest: AttachedLayer}
+        # images with no lazily readable layer: detached at once, answered without attaching again
+        self._not_lazy: dict[str, None] = {}
 
     @property
     def enabled(self) -> bool:
@@ -144,8 +149,18 @@ class RemoteLayers:
                     self._host.attach_image, image, holder=holder, manifest_digest=manifest, plain_http=plain
                 )
                 layers = {layer.digest: layer for layer in attached}
-                self._attached[holder] = layers
+                if any(layer.lazy for layer in attached):
+                    self._attached[holder] = layers
+                else:  # nothing to serve lazily: do not keep the image attached for nothing
+                    self._remember_not_lazy(holder)
+                    self._call(self._host.detach, holder)
             return layers
+
+    def _remember_not_lazy(self, holder: str) -> None:
+        with self._lock:
+            self._not_lazy[holder] = None
+            while len(self._not_lazy) > NOT_LAZY_MEMORY:
+                del self._not_lazy[next(iter(self._not_lazy))]
 
     def resolve(self, request: LayerRequest) -> LazyLayer | Fallback:
         """Attach ``request.image`` (once per image) and say whether its layer can be served lazily.
@@ -155,12 +170,16 @@ class RemoteLayers:
         if self._host is None:
             return Fallback("lazy serving is off")
         holder = f"snapshots:{request.manifest or request.image}"
+        if holder in self._not_lazy:
+            return Fallback(f"{request.image} has no lazily readable layer")
         try:
             layers = self._attach(request.image, request.manifest, holder)
-        except (ZsnapError, OSError) as exc:
+        except (ZsnapError, OSError, ValueError) as exc:
             return Fallback(f"cannot attach {request.image}: {exc}")
         except trio.TooSlowError:
-            return Fallback(f"attaching {request.image} took longer than {self._timeout:g} s")
+            return Fallback(f"cannot attach {request.image}: took longer than {self._timeout:g} s")
+        except trio.RunFinishedError:
+            return Fallback("the daemon is stopping")
         layer = layers.get(request.layer)
         if layer is None:
             return Fallback(f"layer {request.layer} is not in {request.image}")

@@ -245,7 +245,11 @@ class Snapshotter:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-        return mounts(record, parents, self.layer_dir)
+        try:  # resolving a lazy parent may attach its image (after a restart), and that may fail
+            return mounts(record, parents, self.layer_dir)
+        except BaseException:
+            self.remove(key)
+            raise
 
     def _delete(self, path: Path) -> None:
         try:

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import json
 import shutil
+import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from tests.fixtures.containerd import (
     start_containerd,
 )
 from tests.fixtures.images import NON_UTF8_NAME, diff_stat_listing, push, stat_listing_script
-from tests.snapshotter.daemon import short_tempdir, start_daemon
+from tests.snapshotter.daemon import REPO, short_tempdir, start_daemon, zsnap_command
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
@@ -38,8 +39,9 @@ class Stack:
 
     def __init__(self, base: Path, registry_host: str, *, module: str = "snapshotter") -> None:
         self.base = base
-        config = f'metrics_address = "127.0.0.1:0"\n[registry]\nplain_http = ["{registry_host}"]\n'
-        self.daemon = start_daemon(base, config=config, module=module)
+        self.module = module
+        self.config = f'metrics_address = "127.0.0.1:0"\n[registry]\nplain_http = ["{registry_host}"]\n'
+        self.daemon = start_daemon(base, config=self.config, module=module)
         try:
             self.ctrd = start_containerd(
                 proxy_snapshotters={"zsnap": str(self.daemon.socket)},
@@ -49,6 +51,12 @@ class Stack:
         except BaseException:
             self.daemon.close()
             raise
+
+    def restart_daemon(self) -> None:
+        """SIGTERM the daemon and start it again on the same root and socket (containerd re-dials)."""
+        assert self.daemon.terminate() == 0, self.daemon.log()[-3000:]
+        self.daemon.close()
+        self.daemon = start_daemon(self.base, config=self.config, module=self.module)
 
     def snapshots(self) -> list[pb.Info]:
         return [i for r in self.daemon.stub().List(pb.ListSnapshotsRequest()) for i in r.info]
@@ -116,6 +124,12 @@ def check_image_runs(stack: Stack, image, ref: str, namespace: str, ignore: tupl
     assert not problems, "\n".join(problems)
 
 
+def convert(src: str, dst: str, tmp_path: Path) -> None:
+    """``zsnap convert`` (zstd:chunked) from one registry reference to another."""
+    cmd = [*zsnap_command(tmp_path / "conv"), "convert", f"docker://{src}", f"docker://{dst}"]
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+
+
 def scrape(stack: Stack) -> str:
     url = f"http://127.0.0.1:{stack.daemon.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as reply:
@@ -168,17 +182,10 @@ def test_cri_pull_of_a_gzip_image_falls_back_to_the_normal_path(stack: Stack, re
 def test_cri_pull_of_zstd_chunked_is_lazy(stack: Stack, registry, test_images, tmp_path) -> None:
     """The ALREADY_EXISTS handshake: containerd records our lazily committed snapshots, downloads no layer,
     and the container reads the image through the lazy host."""
-    import subprocess
-    import sys
-
     image = test_images["features:gzip"]
     src = push(image, registry.host, "serve/lazy:gzip")
     ref = f"{registry.host}/serve/lazy:zstd-chunked"
-    subprocess.run(
-        [sys.executable, "-m", "snapshotter", "--root", str(tmp_path / "conv"), "convert",
-         f"docker://{src}", f"docker://{ref}"],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    convert(src, ref, tmp_path)
     cri.pull_image(stack.ctrd.address, ref, timeout=120)
     chains, manifest = image_chain(stack, ref, cri.CRI_NAMESPACE)
     by_name = {i.name: i for i in stack.snapshots()}
@@ -247,4 +254,28 @@ def test_layers_the_host_cannot_serve_take_the_normal_path(
     assert len(detached.read_text().split()) == detached_before + 1  # not kept attached for nothing
     assert not set(chains) & {i.name for i in stack.snapshots()}  # unpacked under containerd's own keys
     check_image_runs(stack, image, ref, cri.CRI_NAMESPACE)
+    cri.remove_image(stack.ctrd.address, ref)
+
+
+@pytest.mark.parametrize("which", ["handshake_stack", "stack"])
+def test_lazy_snapshots_survive_a_daemon_restart(which, request, registry, test_images, tmp_path) -> None:
+    """After a restart the daemon attaches the image again on first use: a container of an image pulled
+    lazily before the restart runs (stand-in host, and the real host once fs.lazy.host is in)."""
+    if which == "stack" and not HAS_LAZY_HOST:
+        pytest.skip("for the lead: needs fs.lazy.host (branch lazyhost)")
+    stack = request.getfixturevalue(which)
+    image = test_images["features:gzip"]
+    if which == "stack":
+        src = push(image, registry.host, "serve/restart:gzip")
+        ref = f"{registry.host}/serve/restart:zstd-chunked"
+        convert(src, ref, tmp_path)
+    else:
+        image = test_images["features:zstd"]
+        ref = push(image, registry.host, "serve/restart:zstd")
+    cri.pull_image(stack.ctrd.address, ref, timeout=120)
+    chains, _ = image_chain(stack, ref, cri.CRI_NAMESPACE)
+    stack.restart_daemon()
+    assert set(chains) <= {i.name for i in stack.snapshots()}
+    check_image_runs(stack, image, ref, cri.CRI_NAMESPACE, ignore=TOC_LOSSY if which == "stack" else ())
+    assert "zsnap_mounted_images 1.0" in scrape(stack)  # attached again by the restarted daemon
     cri.remove_image(stack.ctrd.address, ref)

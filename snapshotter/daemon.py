@@ -124,8 +124,7 @@ async def serve_snapshotter(config: ServeConfig, *, task_status: Any = trio.TASK
 
 async def _serve(config: ServeConfig, store: Store, host: Any, signals: Any, task_status: Any) -> None:
     remote = RemoteLayers(
-        host, trio.lowlevel.current_trio_token(), timeout=config.prepare_timeout,
-        plain_http=frozenset(config.registry.plain_http),
+        host, trio.lowlevel.current_trio_token(), timeout=config.prepare_timeout, registry=config.registry,
     )  # fmt: skip
     snapshotter = Snapshotter(
         config.root, MetaStore(store.index), lazy_dir=lambda r: remote.layer_dir(r.lazy)

@@ -31,6 +31,8 @@ import trio
 
 from fs.errors import ZsnapError
 
+from . import probe
+
 #: How many images without a lazily readable layer are remembered (so their Prepares skip the host).
 NOT_LAZY_MEMORY = 1024
 
@@ -111,15 +113,17 @@ class RemoteLayers:
         host: the running lazy host (``fs.lazy.host``), or None when lazy serving is off.
         token: the trio token of the run the host lives in.
         timeout: seconds an attach may take before the Prepare falls back to the normal path.
-        plain_http: registries (``host[:port]``) to reach over plain HTTP.
+        registry: plain-HTTP hosts and credentials (``RegistryConfig``) for the manifest probe; None: none.
     """
 
     def __init__(self, host: Any, token: trio.lowlevel.TrioToken | None, *, timeout: float = 60.0,
-                 plain_http: frozenset[str] = frozenset()) -> None:  # fmt: skip
+                 registry: Any = None) -> None:  # fmt: skip
         self._host = host
         self._token = token
         self._timeout = timeout
-        self._plain_http = plain_http
+        self._plain_http = frozenset(registry.plain_http) if registry is not None else frozenset()
+        self._docker_config = registry.docker_config if registry is not None else None
+        self._auth = dict(registry.auth) if registry is not None else {}
         self._lock = threading.Lock()
         self._image_locks: dict[str, threading.Lock] = {}
         self._attached: dict[str, dict[str, Any]] = {}  # holder -> {layer digest: AttachedLayer}
@@ -137,23 +141,37 @@ class RemoteLayers:
 
         return trio.from_thread.run(bounded, trio_token=self._token)
 
-    def _attach(self, image: str, manifest: str | None, holder: str) -> dict[str, Any]:
+    def _attach(self, image: str, manifest: str | None, holder: str, *, probe_first: bool) -> dict[str, Any]:
+        """The image's attached layers by digest; ``{}`` if it has no lazily readable layer (not attached).
+
+        ``probe_first``: read the manifest before attaching, so that an image without a lazily readable
+        layer is never attached (the host would download its layers whole: see ``snapshotter.probe``).
+        """
         with self._lock:
             image_lock = self._image_locks.setdefault(holder, threading.Lock())
         with image_lock:  # one attach per image, however many Prepares race for its layers
             layers = self._attached.get(holder)
-            if layers is None:
-                registry = image.removeprefix("docker://").split("/", 1)[0]
-                plain = True if registry in self._plain_http else None
-                attached = self._call(
-                    self._host.attach_image, image, holder=holder, manifest_digest=manifest, plain_http=plain
-                )
-                layers = {layer.digest: layer for layer in attached}
-                if any(layer.lazy for layer in attached):
-                    self._attached[holder] = layers
-                else:  # nothing to serve lazily: do not keep the image attached for nothing
+            if layers is not None:
+                return layers
+            registry = image.removeprefix("docker://").split("/", 1)[0]
+            plain = True if registry in self._plain_http else None
+            if probe_first:
+                lazy = self._call(
+                    probe.lazy_layers, image, manifest, plain_http=plain, docker_config=self._docker_config,
+                    auth=self._auth,
+                )  # fmt: skip
+                if not lazy:
                     self._remember_not_lazy(holder)
-                    self._call(self._host.detach, holder)
+                    return {}
+            attached = self._call(
+                self._host.attach_image, image, holder=holder, manifest_digest=manifest, plain_http=plain
+            )
+            layers = {layer.digest: layer for layer in attached}
+            if not any(layer.lazy for layer in attached):  # do not keep the image attached for nothing
+                self._remember_not_lazy(holder)
+                self._call(self._host.detach, holder)
+                return {}
+            self._attached[holder] = layers
             return layers
 
     def _remember_not_lazy(self, holder: str) -> None:
@@ -173,13 +191,15 @@ class RemoteLayers:
         if holder in self._not_lazy:
             return Fallback(f"{request.image} has no lazily readable layer")
         try:
-            layers = self._attach(request.image, request.manifest, holder)
+            layers = self._attach(request.image, request.manifest, holder, probe_first=True)
         except (ZsnapError, OSError, ValueError) as exc:
             return Fallback(f"cannot attach {request.image}: {exc}")
         except trio.TooSlowError:
             return Fallback(f"cannot attach {request.image}: took longer than {self._timeout:g} s")
         except trio.RunFinishedError:
             return Fallback("the daemon is stopping")
+        if not layers:
+            return Fallback(f"{request.image} has no lazily readable layer")
         layer = layers.get(request.layer)
         if layer is None:
             return Fallback(f"layer {request.layer} is not in {request.image}")
@@ -202,7 +222,7 @@ class RemoteLayers:
         holder = lazy["holder"]
         if holder not in self._attached:
             try:
-                self._attach(lazy["image"], lazy.get("manifest") or None, holder)
+                self._attach(lazy["image"], lazy.get("manifest") or None, holder, probe_first=False)
             except trio.TooSlowError:
                 raise ZsnapError("timed out re-attaching the image", image=lazy["image"]) from None
         return Path(self._host.layer_path(lazy["digest"]))

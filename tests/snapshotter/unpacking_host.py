@@ -112,12 +112,24 @@ async def open_unpacking_host(config: Any, store: Any) -> AsyncIterator[Unpackin
     yield UnpackingHost(config.root / "test-host")
 
 
+async def zstd_layers(image: str, manifest_digest: str | None, *, plain_http: bool | None = None,
+                      **_: Any) -> set[str]:  # fmt: skip
+    """The stand-in's probe: what it serves "lazily" (zstd layers), decided from the manifest."""
+    ref = ImageReference.parse(image)
+    async with open_registry_client(ref.registry, plain_http=plain_http) as client:
+        manifest = await client.get_manifest(ref.repository, manifest_digest or ref.reference)
+        doc = parse_manifest_or_index(manifest.data, manifest.media_type)
+    assert not isinstance(doc, ImageIndex), "the stand-in probe reads single-platform manifests only"
+    return {d.digest for d in doc.layers if "zstd" in d.media_type}
+
+
 def main(argv: list[str]) -> int:
     import snapshotter.daemon
     import snapshotter.remote
     from snapshotter.cli import main as zsnap_main
 
     snapshotter.remote.open_host = open_unpacking_host  # type: ignore[assignment]
+    snapshotter.remote.probe.lazy_layers = zstd_layers  # type: ignore[assignment]
     snapshotter.daemon.open_host = open_unpacking_host  # type: ignore[assignment]
     return zsnap_main(argv)
 

@@ -58,6 +58,12 @@ class Stack:
         self.daemon.close()
         self.daemon = start_daemon(self.base, config=self.config, module=self.module)
 
+        def reconnected() -> bool:  # containerd re-dials a proxy snapshotter with back-off (<= 3 s)
+            probe = ["snapshots", "--snapshotter", "zsnap", "ls"]
+            return self.ctrd.ctr(*probe, check=False, namespace=cri.CRI_NAMESPACE).returncode == 0
+
+        wait_until(reconnected, timeout=30, what="containerd to reconnect to the restarted daemon")
+
     def snapshots(self) -> list[pb.Info]:
         return [i for r in self.daemon.stub().List(pb.ListSnapshotsRequest()) for i in r.info]
 

@@ -120,3 +120,23 @@ def test_install_units(tmp_path: Path) -> None:
     config.write_text("# mine\n")
     subprocess.run(cmd, cwd=REPO, capture_output=True, check=True, timeout=60)
     assert config.read_text() == "# mine\n"  # an existing config is kept
+
+
+@pytest.mark.allow_warnings
+def test_unreachable_registry_falls_back_to_the_normal_path(short_tmp: Path) -> None:
+    """A lazy Prepare whose registry cannot be reached returns ordinary mounts, with one line saying why."""
+    labels = {
+        "containerd.io/snapshot.ref": "sha256:" + "1" * 64,
+        "containerd.io/snapshot/cri.image-ref": "127.0.0.1:1/nowhere/app:v1",
+        "containerd.io/snapshot/cri.layer-digest": "sha256:" + "2" * 64,
+        "containerd.io/snapshot/cri.manifest-digest": "sha256:" + "3" * 64,
+    }
+    config = "prepare_timeout = 20.0\n"
+    with running_daemon(short_tmp, config=config, module="tests.snapshotter.unpacking_host") as d:
+        request = pb.PrepareSnapshotRequest(key="k8s.io/1/extract-1 sha256:" + "1" * 64, labels=labels)
+        mounts = d.stub().Prepare(request, timeout=60).mounts
+        assert [m.type for m in mounts] == ["bind"]
+        lines = [line for line in d.log().splitlines() if "takes the normal path" in line]
+        assert len(lines) == 1 and "WARNING" in lines[0] and "cannot attach" in lines[0], d.log()[-2000:]
+        info = d.stub().Stat(pb.StatSnapshotRequest(key=request.key)).info
+        assert info.kind == pb.ACTIVE and dict(info.labels) == labels

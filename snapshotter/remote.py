@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ from . import probe
 
 #: How many images without a lazily readable layer are remembered (so their Prepares skip the host).
 NOT_LAZY_MEMORY = 1024
+#: Seconds a failed attach is remembered: the image's other layers fall back at once instead of each
+#: waiting for the same unreachable registry.
+FAILURE_MEMORY = 30.0
 
 __all__ = ["Fallback", "LayerRequest", "LazyLayer", "RemoteLayers", "layer_request", "open_host"]
 
@@ -129,6 +133,7 @@ class RemoteLayers:
         self._attached: dict[str, dict[str, Any]] = {}  # holder -> {layer digest: AttachedLayer}
         # images with no lazily readable layer: detached at once, answered without attaching again
         self._not_lazy: dict[str, None] = {}
+        self._failed: dict[str, tuple[float, str]] = {}  # holder -> (monotonic time, reason)
 
     @property
     def enabled(self) -> bool:
@@ -190,12 +195,17 @@ class RemoteLayers:
         holder = f"snapshots:{request.manifest or request.image}"
         if holder in self._not_lazy:
             return Fallback(f"{request.image} has no lazily readable layer")
+        failed = self._failed.get(holder)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY:
+            return Fallback(f"{failed[1]} ({time.monotonic() - failed[0]:.0f} s ago)")
         try:
             layers = self._attach(request.image, request.manifest, holder, probe_first=True)
         except (ZsnapError, OSError, ValueError) as exc:
-            return Fallback(f"cannot attach {request.image}: {exc}")
+            return self._failure(holder, f"cannot attach {request.image}: {exc}")
         except trio.TooSlowError:
-            return Fallback(f"cannot attach {request.image}: took longer than {self._timeout:g} s")
+            return self._failure(
+                holder, f"cannot attach {request.image}: took longer than {self._timeout:g} s"
+            )
         except trio.RunFinishedError:
             return Fallback("the daemon is stopping")
         if not layers:
@@ -209,6 +219,13 @@ class RemoteLayers:
             digest=request.layer, image=request.image, manifest=request.manifest or "", holder=holder,
             path=Path(layer.path),
         )  # fmt: skip
+
+    def _failure(self, holder: str, reason: str) -> Fallback:
+        with self._lock:
+            now = time.monotonic()
+            self._failed = {h: f for h, f in self._failed.items() if now - f[0] < FAILURE_MEMORY}
+            self._failed[holder] = (now, reason)
+        return Fallback(reason)
 
     def layer_dir(self, lazy: Mapping[str, str]) -> Path:
         """The directory of a lazy snapshot's layer, attaching its image again if this daemon has not

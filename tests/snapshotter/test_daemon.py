@@ -140,3 +140,9 @@ def test_unreachable_registry_falls_back_to_the_normal_path(short_tmp: Path) -> 
         assert len(lines) == 1 and "WARNING" in lines[0] and "cannot attach" in lines[0], d.log()[-2000:]
         info = d.stub().Stat(pb.StatSnapshotRequest(key=request.key)).info
         assert info.kind == pb.ACTIVE and dict(info.labels) == labels
+        # the image's next layer does not wait for the same registry again
+        nxt = pb.PrepareSnapshotRequest(
+            key="k8s.io/2/extract-2", labels={**labels, "containerd.io/snapshot.ref": "sha256:" + "4" * 64}
+        )
+        d.stub().Prepare(nxt, timeout=60)
+        assert "s ago)" in d.log().splitlines()[-1]

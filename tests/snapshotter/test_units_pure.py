@@ -94,3 +94,27 @@ def test_notify_path_and_abstract(tmp_path: Path) -> None:
 @pytest.mark.allow_warnings
 def test_notify_to_nobody_is_logged_not_raised(tmp_path: Path) -> None:
     assert notify("READY=1", environ={"NOTIFY_SOCKET": str(tmp_path / "absent.sock")}) is False
+
+
+def test_metastore_shares_the_store_environment(tmp_path: Path) -> None:
+    """Snapshot records live in a sub-database of the store's own LMDB, survive reopening, and the
+    store's own sub-databases cannot be taken."""
+    from fs.errors import StoreError
+    from fs.store import Store
+    from snapshotter.errors import SnapshotPrecondition
+    from snapshotter.metastore import MetaStore
+
+    with Store.open(tmp_path / "root") as store:
+        with pytest.raises(StoreError):
+            store.index.sub_database("blobs")
+        meta = MetaStore(store.index)
+        with meta.write() as txn:
+            txn.create("a", Kind.ACTIVE)
+            base = txn.commit("a", "A", labels={"l": "1"}, size=10, inodes=2)
+            txn.create("b", Kind.ACTIVE, parent="A")
+        with meta.write() as txn, pytest.raises(SnapshotPrecondition):
+            txn.remove("A")
+    with Store.open(tmp_path / "root") as store, MetaStore(store.index).read() as txn:
+        assert txn.get("A") == base
+        assert [r.key for r in txn.chain(txn.get("b"))] == ["A"]
+        assert txn.has_children(base)

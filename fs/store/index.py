@@ -104,6 +104,24 @@ class Index:
         self.sessions = dbs["sessions"]
         self.meta = dbs["meta"]
 
+    def sub_database(self, name: str) -> lmdb._Database:
+        """Open (creating if missing) a named sub-database that belongs to a user of the store.
+
+        For components that keep their own records next to the store's in the same environment (one
+        LMDB, one fsync per commit), e.g. the snapshotter's ``snapshots`` metadata. The environment has
+        room for two such names besides the store's own.
+
+        Raises:
+            StoreError: the name is one of the store's own, or LMDB refused (no room for more names).
+        """
+        if name in _DB_NAMES:
+            raise StoreError(f"sub-database {name!r} belongs to the store", path=str(self.path))
+        try:
+            with self.env.begin(write=True) as txn:
+                return self.env.open_db(name.encode(), txn=txn)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open sub-database {name!r}: {exc}", path=str(self.path)) from exc
+
     @contextlib.contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
         """One write transaction: committed if the block returns, aborted if it raises.

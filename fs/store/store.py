@@ -97,6 +97,12 @@ class Store:
             raise
         return cls(root, max_size, index, blobs, temps, session, reclaimed)
 
+    @property
+    def index(self) -> Index:
+        """The LMDB index, for components that keep their own sub-database in it
+        (:meth:`Index.sub_database`) and write it with :meth:`Index.write`."""
+        return self._index
+
     def close(self) -> None:
         """Flush access times, release handles still held, close descriptors. Idempotent."""
         if self._closed:

@@ -22,7 +22,7 @@ from fs.errors import ZsnapError
 DEFAULT_ROOT = "/var/lib/zsnap"
 
 # Subcommand modules, in the order `zsnap --help` lists them.
-_COMMAND_MODULES = ["store", "convert", "mount", "bench"]
+_COMMAND_MODULES = ["store", "convert", "mount", "serve", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

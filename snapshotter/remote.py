@@ -1,0 +1,299 @@
+"""Lazy layers for ``Prepare``: the one seam between the gRPC daemon and the lazy host (``fs.lazy.host``).
+
+containerd asks for a layer with ``Prepare(key, parent, labels)``. When the labels name the image and the
+layer (CRI pulls with ``disable_snapshot_annotations = false``, or ``ctr-remote images rpull``) and the
+target label ``containerd.io/snapshot.ref`` is set, :meth:`RemoteLayers.resolve` asks the lazy host to
+attach the whole image (all layers at once, one manifest fetch, cached for the following Prepares of the
+same image) and says whether this layer can be served lazily. The service then commits a lazy snapshot
+under the target name and answers ALREADY_EXISTS, which makes containerd skip download and unpack.
+Anything else (no labels, a layer that is not lazily readable, a registry that cannot be reached, a host
+that is not running) is a :class:`Fallback` with its reason: the layer takes the normal path.
+
+Threads: the gRPC handlers run on worker threads; the lazy host lives in the daemon's trio run. Every
+call into the host goes through ``trio.from_thread.run`` with the run's token, bounded by a timeout.
+
+Holders: an image attached for snapshots is held as ``snapshots:<manifest digest or ref>``; the service
+detaches it when the last lazy snapshot of that image is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fs.errors import ZsnapError
+
+from . import probe
+
+#: How many images without a lazily readable layer are remembered (so their Prepares skip the host).
+NOT_LAZY_MEMORY = 1024
+#: Seconds a failed attach is remembered: the image's other layers fall back at once instead of each
+#: waiting for the same unreachable registry.
+FAILURE_MEMORY = 30.0
+
+__all__ = ["Fallback", "LayerRequest", "LazyLayer", "RemoteLayers", "layer_request", "open_host"]
+
+log = logging.getLogger(__name__)
+
+TARGET_LABEL = "containerd.io/snapshot.ref"
+CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
+CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
+CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest"
+CRI_IMAGE_LAYERS = "containerd.io/snapshot/cri.image-layers"
+STARGZ_REFERENCE = "containerd.io/snapshot/remote/stargz.reference"
+STARGZ_DIGEST = "containerd.io/snapshot/remote/stargz.digest"
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    """What a Prepare's labels say about the layer containerd wants.
+
+    Attributes:
+        target: the chain ID containerd will look the snapshot up by (``containerd.io/snapshot.ref``).
+        image: the image reference (``docker://`` form), layer: the compressed layer digest,
+        manifest: the manifest digest (None when only the stargz labels came, which carry none).
+    """
+
+    target: str
+    image: str
+    layer: str
+    manifest: str | None = None
+
+
+@dataclass(frozen=True)
+class LazyLayer:
+    """A layer the host serves: record this in the snapshot (``Record.lazy``) and mount ``path``."""
+
+    digest: str
+    image: str
+    manifest: str
+    holder: str
+    path: Path
+
+    def record(self) -> dict[str, str]:
+        return {"digest": self.digest, "image": self.image, "manifest": self.manifest, "holder": self.holder}
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The layer takes the normal path (containerd downloads and unpacks); ``reason`` says why."""
+
+    reason: str
+
+
+def _docker_ref(ref: str) -> str:
+    return ref if "://" in ref else f"docker://{ref}"
+
+
+def layer_request(labels: Mapping[str, str]) -> LayerRequest | None:
+    """The lazy request the labels of a Prepare carry, or None if they carry none (pure)."""
+    target = labels.get(TARGET_LABEL)
+    if not target:
+        return None
+    if labels.get(CRI_IMAGE_REF) and labels.get(CRI_LAYER_DIGEST):
+        return LayerRequest(
+            target=target, image=_docker_ref(labels[CRI_IMAGE_REF]), layer=labels[CRI_LAYER_DIGEST],
+            manifest=labels.get(CRI_MANIFEST_DIGEST) or None,
+        )  # fmt: skip
+    if labels.get(STARGZ_REFERENCE) and labels.get(STARGZ_DIGEST):
+        image = _docker_ref(labels[STARGZ_REFERENCE])
+        return LayerRequest(target=target, image=image, layer=labels[STARGZ_DIGEST])
+    return None
+
+
+class RemoteLayers:
+    """Attaches images on the lazy host for Prepare and finds their layers' directories.
+
+    Args:
+        host: the running lazy host (``fs.lazy.host``), or None when lazy serving is off.
+        token: the trio token of the run the host lives in.
+        timeout: seconds an attach may take before the Prepare falls back to the normal path.
+        registry: plain-HTTP hosts and credentials (``RegistryConfig``) for the manifest probe; None: none.
+    """
+
+    def __init__(self, host: Any, token: trio.lowlevel.TrioToken | None, *, timeout: float = 60.0,
+                 registry: Any = None) -> None:  # fmt: skip
+        self._host = host
+        self._token = token
+        self._timeout = timeout
+        self._plain_http = frozenset(registry.plain_http) if registry is not None else frozenset()
+        self._docker_config = registry.docker_config if registry is not None else None
+        self._auth = dict(registry.auth) if registry is not None else {}
+        self._lock = threading.Lock()
+        self._image_locks: dict[str, threading.Lock] = {}
+        self._attached: dict[str, dict[str, Any]] = {}  # holder -> {layer digest: AttachedLayer}
+        # images with no lazily readable layer: detached at once, answered without attaching again
+        self._not_lazy: dict[str, None] = {}
+        self._failed: dict[str, tuple[float, str]] = {}  # holder -> (monotonic time, reason)
+
+    @property
+    def enabled(self) -> bool:
+        return self._host is not None
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        async def bounded() -> Any:
+            with trio.fail_after(self._timeout):
+                return await fn(*args, **kwargs)
+
+        return trio.from_thread.run(bounded, trio_token=self._token)
+
+    def _attach(self, image: str, manifest: str | None, holder: str, *, probe_first: bool) -> dict[str, Any]:
+        """The image's attached layers by digest; ``{}`` if it has no lazily readable layer (not attached).
+
+        ``probe_first``: read the manifest before attaching, so that an image without a lazily readable
+        layer is never attached (the host would download its layers whole: see ``snapshotter.probe``).
+        """
+        with self._lock:
+            image_lock = self._image_locks.setdefault(holder, threading.Lock())
+        with image_lock:  # one attach per image, however many Prepares race for its layers
+            layers = self._attached.get(holder)
+            if layers is not None:
+                return layers
+            registry = image.removeprefix("docker://").split("/", 1)[0]
+            plain = True if registry in self._plain_http else None
+            if probe_first:
+                lazy = self._call(
+                    probe.lazy_layers, image, manifest, plain_http=plain, docker_config=self._docker_config,
+                    auth=self._auth,
+                )  # fmt: skip
+                if not lazy:
+                    self._remember_not_lazy(holder)
+                    return {}
+            attached = self._call(
+                self._host.attach_image, image, holder=holder, manifest_digest=manifest, plain_http=plain
+            )
+            layers = {layer.digest: layer for layer in attached}
+            if not any(layer.lazy for layer in attached):  # do not keep the image attached for nothing
+                self._remember_not_lazy(holder)
+                self._call(self._host.detach, holder)
+                return {}
+            self._attached[holder] = layers
+            return layers
+
+    def _remember_not_lazy(self, holder: str) -> None:
+        with self._lock:
+            self._not_lazy[holder] = None
+            while len(self._not_lazy) > NOT_LAZY_MEMORY:
+                del self._not_lazy[next(iter(self._not_lazy))]
+
+    def resolve(self, request: LayerRequest) -> LazyLayer | Fallback:
+        """Attach ``request.image`` (once per image) and say whether its layer can be served lazily.
+
+        Never raises for registry, format or timeout trouble: those become a :class:`Fallback`.
+        """
+        if self._host is None:
+            return Fallback("lazy serving is off")
+        holder = f"snapshots:{request.manifest or request.image}"
+        if holder in self._not_lazy:
+            return Fallback(f"{request.image} has no lazily readable layer")
+        failed = self._failed.get(holder)
+        if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY:
+            return Fallback(f"{failed[1]} ({time.monotonic() - failed[0]:.0f} s ago)")
+        try:
+            layers = self._attach(request.image, request.manifest, holder, probe_first=True)
+        except (ZsnapError, OSError, ValueError) as exc:
+            return self._failure(holder, f"cannot attach {request.image}: {exc}")
+        except trio.TooSlowError:
+            return self._failure(
+                holder, f"cannot attach {request.image}: took longer than {self._timeout:g} s"
+            )
+        except trio.RunFinishedError:
+            return Fallback("the daemon is stopping")
+        if not layers:
+            return Fallback(f"{request.image} has no lazily readable layer")
+        layer = layers.get(request.layer)
+        if layer is None:
+            return Fallback(f"layer {request.layer} is not in {request.image}")
+        if not layer.lazy:
+            return Fallback(f"layer {request.layer} of {request.image} is not lazily readable")
+        return LazyLayer(
+            digest=request.layer, image=request.image, manifest=request.manifest or "", holder=holder,
+            path=Path(layer.path),
+        )  # fmt: skip
+
+    def _failure(self, holder: str, reason: str) -> Fallback:
+        with self._lock:
+            now = time.monotonic()
+            self._failed = {h: f for h, f in self._failed.items() if now - f[0] < FAILURE_MEMORY}
+            self._failed[holder] = (now, reason)
+        return Fallback(reason)
+
+    def layer_dir(self, lazy: Mapping[str, str]) -> Path:
+        """The directory of a lazy snapshot's layer, attaching its image again if this daemon has not
+        (after a restart).
+
+        Raises:
+            ZsnapError: lazy serving is off, or the image cannot be attached.
+        """
+        if self._host is None:
+            raise ZsnapError("lazy serving is off", layer=lazy.get("digest"))
+        holder = lazy["holder"]
+        if holder not in self._attached:
+            try:
+                self._attach(lazy["image"], lazy.get("manifest") or None, holder, probe_first=False)
+            except trio.TooSlowError:
+                raise ZsnapError("timed out re-attaching the image", image=lazy["image"]) from None
+        return Path(self._host.layer_path(lazy["digest"]))
+
+    def release(self, holder: str) -> None:
+        """Detach the image held by ``holder`` (its last lazy snapshot is gone)."""
+        if self._host is None:
+            return
+        with self._lock:
+            self._attached.pop(holder, None)
+        try:
+            self._call(self._host.detach, holder)
+        except (ZsnapError, OSError, trio.TooSlowError) as exc:
+            log.error("cannot detach %s from the lazy host: %s", holder, exc)
+
+    def statistics(self) -> tuple[int, int]:
+        """(images attached, layers attached) by this daemon's snapshots."""
+        with self._lock:
+            return len(self._attached), sum(len(layers) for layers in self._attached.values())
+
+
+def _host_options(options_cls: Any, config: Any) -> Any:
+    """``HostOptions`` from the daemon config: the fields both sides know (the host's defaults otherwise).
+
+    Plain-HTTP registries are passed per attach (:meth:`RemoteLayers._attach`). Mirrors and credentials
+    reach the host once it has options for them (``fs.lazy.host`` has none yet).
+    """
+    wanted = {
+        "prefetch": config.prefetch,
+        "background_fetch": config.background_fetch,
+        "fetch_timeout": config.fetch_timeout,
+        "mirrors": dict(config.registry.mirrors),
+        "auth": dict(config.registry.auth),
+        "docker_config": config.registry.docker_config,
+    }
+    if not dataclasses.is_dataclass(options_cls):
+        return options_cls()
+    known = {f.name for f in dataclasses.fields(options_cls)}
+    return options_cls(**{k: v for k, v in wanted.items() if k in known})
+
+
+@contextlib.asynccontextmanager
+async def open_host(config: Any, store: Any) -> AsyncIterator[Any]:
+    """The lazy host for the daemon (FUSE at ``<root>/mnt``), or None when lazy serving is off or this
+    build has no ``fs.lazy.host``; closed (unmounted) on exit."""
+    if not config.lazy:
+        log.info("lazy layers are off (lazy = false): every layer takes the normal path")
+        yield None
+        return
+    try:
+        from fs.lazy.host import HostOptions, open_lazy_host
+    except ImportError:
+        log.info("lazy layers are unavailable (no fs.lazy.host): every layer takes the normal path")
+        yield None
+        return
+    async with open_lazy_host(config.root, store, options=_host_options(HostOptions, config)) as host:
+        yield host

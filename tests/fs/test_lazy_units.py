@@ -86,7 +86,14 @@ def test_prefetch_batches_by_compressed_span() -> None:
 
 
 def test_overlay_command_and_options() -> None:
-    assert system.overlay_mount_command(["a"], "/m") == ["mount", "--bind", "-o", "ro,nosuid,nodev", "a", "/m"]
+    assert system.overlay_mount_command(["a"], "/m") == [
+        "mount",
+        "--bind",
+        "-o",
+        "ro,nosuid,nodev",
+        "a",
+        "/m",
+    ]
     assert system.overlay_mount_command(["top", "bottom"], "/m") == [
         "mount", "-t", "overlay", "overlay", "-o", "ro,nosuid,nodev,lowerdir=top:bottom", "/m"
     ]  # fmt: skip

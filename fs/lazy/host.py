@@ -358,7 +358,7 @@ class LazyHost:
             return
         self._table.insert(tree)
         la.tree = tree
-        self.ops.total_size += tree.payload_size  # type: ignore[attr-defined]
+        self.ops.total_size += tree.file_bytes
         self._start_fill(la)
 
     async def _release(self, holder: str, digests: list[str]) -> None:
@@ -384,7 +384,7 @@ class LazyHost:
         tree = la.tree
         assert tree is not None
         self._table.unlink(tree.name)
-        self.ops.total_size -= tree.payload_size  # type: ignore[attr-defined]
+        self.ops.total_size -= tree.file_bytes
         la.tree = None
         with contextlib.suppress(KeyError):
             self._table.tree(tree.slot)  # still held by the kernel: freed by forget
@@ -444,10 +444,10 @@ class LazyHost:
 
 def _build(slot: int, name: str, opened: OpenedLayer) -> LayerTree:
     """Worker thread: the layer's nodes (always with overlay whiteouts: a layer may be shared by overlays
-    and bind mounts alike), and the bytes of its regular files for statfs."""
-    tree = build_layer_tree(slot, name, opened.items, overlay=True, payload=opened)
-    opened.items = []  # the tree holds what is needed; the items were a copy
-    tree.payload_size = sum(n.size for n in tree.nodes if n is not None and stat.S_ISREG(n.mode))  # type: ignore[attr-defined]
+    and bind mounts alike) and the bytes of its regular files (statfs); then the layer drops what only
+    building needed."""
+    tree = build_layer_tree(slot, name, opened.iter_items(), overlay=True, payload=opened)
+    opened.seal()
     return tree
 
 

@@ -107,7 +107,8 @@ class Item:
 class Node:
     """One inode. ``entries`` (name -> inode, insertion ordered) is set for directories only.
 
-    ``layer`` is the slot of the layer the node belongs to (0 for the root); ``path`` names it in logs.
+    ``layer`` is the slot of the layer the node belongs to (0 for the root). Nodes carry no name (a
+    million of them would cost ~140 MB): :meth:`InodeTable.path_of` finds one when a log needs it.
     """
 
     inode: int
@@ -125,7 +126,6 @@ class Node:
     entries: dict[bytes, int] | None = None
     parent: int = ROOT_INODE
     layer: int = -1
-    path: str = "/"
     content: Any = None
 
     @property
@@ -138,7 +138,7 @@ class LayerTree:
     """The nodes of one layer (``nodes[i]`` has inode ``slot << 32 | i``; ``nodes[0]`` is its directory).
 
     ``lookups`` is the sum of the kernel's lookup counts over the layer's inodes; ``linked`` is False once
-    the layer was taken out of the root directory.
+    the layer was taken out of the root directory; ``file_bytes`` sums its regular files' sizes (statfs).
     """
 
     slot: int
@@ -147,6 +147,7 @@ class LayerTree:
     payload: Any = None
     lookups: int = 0
     linked: bool = False
+    file_bytes: int = 0
 
     @property
     def top(self) -> Node:
@@ -193,6 +194,7 @@ def build_layer_tree(
     for item in items:
         builder.add(item)
     builder.finish()
+    tree.file_bytes = sum(n.size for n in tree.nodes if n is not None and stat.S_ISREG(n.mode))
     if len(tree.nodes) > _INDEX_MASK:
         raise FormatError(f"layer has {len(tree.nodes)} entries, more than one layer can hold")
     return tree
@@ -261,6 +263,20 @@ class InodeTable:
         yield self._root
         for t in list(self._trees.values()):
             yield from (n for n in t.nodes if n is not None)
+
+    def path_of(self, node: Node) -> str:
+        """A path of ``node`` from the root (``/<layer>/a/b``), for logs: O(size of each parent dir)."""
+        parts: list[str] = []
+        while node.inode != ROOT_INODE:
+            try:
+                parent = self.get(node.parent)
+            except KeyError:
+                return "?/" + "/".join(reversed(parts))
+            assert parent.entries is not None
+            name = next((n for n, i in parent.entries.items() if i == node.inode), b"?")
+            parts.append(name.decode("utf-8", "surrogateescape"))
+            node = parent
+        return "/" + "/".join(reversed(parts))
 
     def lookup_path(self, path: str, start: int = ROOT_INODE) -> Node:
         """Resolve a ``/``-separated path (no symlinks followed) from ``start``; KeyError if missing."""
@@ -350,14 +366,15 @@ class InodeTable:
 
 
 class _LayerBuilder:
+    """Builds one layer's nodes. Only directories are indexed by path (files are found through their
+    parent's entries), which keeps the builder's peak memory small for layers of a million files."""
+
     def __init__(self, tree: LayerTree, overlay: bool) -> None:
         self.tree = tree
         self.base = tree.slot << INDEX_BITS
         self.overlay = overlay
-        self.top = self._new(
-            mode=stat.S_IFDIR | 0o755, nlink=2, entries={}, parent=ROOT_INODE, path=f"/{tree.name}"
-        )
-        self.by_path: dict[str, Node] = {"": self.top}
+        self.top = self._new(mode=stat.S_IFDIR | 0o755, nlink=2, entries={}, parent=ROOT_INODE)
+        self.dirs: dict[str, Node] = {"": self.top}
 
     def _new(self, **kw: Any) -> Node:
         nodes = self.tree.nodes
@@ -365,15 +382,29 @@ class _LayerBuilder:
         nodes.append(node)
         return node
 
+    def _get(self, path: str) -> Node | None:
+        """The node at ``path`` in this layer, or None."""
+        node = self.dirs.get(path)
+        if node is not None:
+            return node
+        parent_path, _, base = path.rpartition("/")
+        parent = self.dirs.get(parent_path)
+        if parent is None:
+            return None
+        assert parent.entries is not None
+        inode = parent.entries.get(base.encode("utf-8", "surrogateescape"))
+        return None if inode is None else self.tree.nodes[inode & _INDEX_MASK]
+
     def _dir(self, path: str) -> Node:
         """The directory node at ``path``, creating implicit parents."""
-        node = self.by_path.get(path)
+        node = self.dirs.get(path)
         if node is not None:
-            if node.entries is None:
-                raise FormatError(f"entry below non-directory {path!r}")
             return node
         parent_path, _, base = path.rpartition("/")
         parent = self._dir(parent_path)
+        assert parent.entries is not None
+        if base.encode("utf-8", "surrogateescape") in parent.entries:
+            raise FormatError(f"entry below non-directory {path!r}")
         node = self._new(mode=stat.S_IFDIR | 0o755, nlink=2, entries={})
         self._link(parent, base, node, path)
         return node
@@ -386,10 +417,9 @@ class _LayerBuilder:
             self._unlink(parent, bname, self.tree.nodes[old & _INDEX_MASK], path)  # type: ignore[arg-type]
         parent.entries[bname] = node.inode
         node.parent = parent.inode
-        node.path = f"{self.top.path}/{path}"
         if node.entries is not None:
             parent.nlink += 1
-        self.by_path[path] = node
+            self.dirs[path] = node
 
     def _unlink(self, parent: Node, bname: bytes, old: Node, path: str) -> None:
         assert parent.entries is not None
@@ -397,11 +427,11 @@ class _LayerBuilder:
         if old.entries is not None:
             parent.nlink -= 1
             prefix = path + "/"
-            for p in [p for p in self.by_path if p.startswith(prefix)]:
-                del self.by_path[p]
+            for p in [p for p in self.dirs if p.startswith(prefix)]:
+                del self.dirs[p]
+            self.dirs.pop(path, None)
         else:
             old.nlink -= 1
-        self.by_path.pop(path, None)
 
     def add(self, item: Item) -> None:
         check_relative_path(item.path)
@@ -435,17 +465,17 @@ class _LayerBuilder:
             path = item.path
             base = hidden
         parent = self._dir(parent_path)
+        existing = self._get(path)
         if item.kind == "hardlink":
             check_relative_path(item.target)
-            target = self.by_path.get(item.target)
+            target = self._get(item.target)
             if target is None or target.entries is not None:
                 raise FormatError(f"hardlink {path!r} -> {item.target!r}: target missing or a directory")
-            if target.inode == self.by_path.get(path, Node(-1, 0)).inode:
+            if existing is target:
                 return
             self._link(parent, base, target, path)
             target.nlink += 1
             return
-        existing = self.by_path.get(path)
         if item.kind == "dir" and existing is not None and existing.entries is not None:
             self._set_attrs(existing, item)  # re-declared directory keeps its children
             return
@@ -483,4 +513,4 @@ class _LayerBuilder:
             node.rdev = _makedev(item.dev_major, item.dev_minor)
 
     def finish(self) -> None:
-        self.by_path.clear()
+        self.dirs.clear()

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -103,6 +103,21 @@ class OpenedLayer:
     index: LayerIndex | None = None
     tar_digest: str | None = None
     dialect: Dialect | None = None
+    _plan: tuple[list[Chunk], list[Chunk]] | None = None
+
+    def iter_items(self) -> Iterator[Item]:
+        """The layer's entries as inode-table items (made one at a time from the index when lazy)."""
+        if self.items or self.index is None:
+            return iter(self.items)
+        return iter_index_items(self.index)
+
+    def seal(self) -> None:
+        """Keep only what serving needs once the inode tree is built: the fill plan (prefetch and
+        background chunk lists), not the items or the :class:`LayerIndex` (a million-entry layer's index
+        costs hundreds of MB; the tree's files share its chunk lists)."""
+        self._plan = (self.prefetch_chunks(), self.chunks_by_offset())
+        self.items = []
+        self.index = None
 
     async def read(
         self, fetcher: ChunkFetcher, store: Any, content: Any, file_size: int, off: int, size: int
@@ -125,6 +140,8 @@ class OpenedLayer:
 
     def chunks_by_offset(self) -> list[Chunk]:
         """Every fetchable (non-zeros) chunk of the layer once per digest, in blob order."""
+        if self._plan is not None:
+            return self._plan[1]
         if self.index is None:
             return []
         seen: set[str] = set()
@@ -141,6 +158,8 @@ class OpenedLayer:
         """Chunks the image marks as needed first: everything before ``.prefetch.landmark`` (eStargz), the
         files prioritized before it, and the TOC's prefetch list (``zsnapPrefetch`` in c/storage layers
         written by ``zsnap convert --prefetch-list``); [] with ``.no.prefetch.landmark`` or no marker."""
+        if self._plan is not None:
+            return self._plan[0]
         idx = self.index
         if idx is None or idx.no_prefetch:
             return []
@@ -159,12 +178,16 @@ class OpenedLayer:
 
 def index_items(index: LayerIndex) -> list[Item]:
     """Convert a :class:`LayerIndex` to inode-table items (content = the file's chunk list)."""
-    items: list[Item] = []
+    return list(iter_index_items(index))
+
+
+def iter_index_items(index: LayerIndex) -> Iterator[Item]:
+    """:func:`index_items`, one at a time (a big layer never has all its items in memory at once)."""
     for path, node in index:
         if node.path != path:  # a second name of a hardlinked file
-            items.append(Item(path=path, kind="hardlink", target=node.path))
+            yield Item(path=path, kind="hardlink", target=node.path)
             continue
-        items.append(
+        yield (
             Item(
                 path=path,
                 kind=node.type,
@@ -178,11 +201,10 @@ def index_items(index: LayerIndex) -> list[Item]:
                 dev_major=os.major(node.rdev),
                 dev_minor=os.minor(node.rdev),
                 target=node.link_target,
-                xattrs=dict(node.xattrs),
+                xattrs=node.xattrs,  # read, never changed, by the inode builder
                 content=node.chunks if node.type == "reg" else None,
             )
         )
-    return items
 
 
 async def open_layer(
@@ -248,12 +270,11 @@ async def _open_lazy(
     else:
         compressed = await _fetch(client, repository, desc.digest, toc_range, stats)
 
-    def parse() -> tuple[LayerIndex, list[Item]]:  # worker thread: a big TOC is seconds of CPU
+    def parse() -> LayerIndex:  # worker thread: a big TOC is seconds of CPU
         toc = decode_and_verify_toc(compressed, loc)
-        index = build_index(toc, loc.dialect, size, toc_offset=toc_range[0])
-        return index, index_items(index)
+        return build_index(toc, loc.dialect, size, toc_offset=toc_range[0])
 
-    index, items = await trio.to_thread.run_sync(parse)
+    index = await trio.to_thread.run_sync(parse)
     source = BlobSource(
         client=client,
         repository=repository,
@@ -262,7 +283,7 @@ async def _open_lazy(
         label=desc.digest,
         holder=holder,
     )
-    return OpenedLayer(desc=desc, items=items, source=source, index=index, dialect=loc.dialect)
+    return OpenedLayer(desc=desc, items=[], source=source, index=index, dialect=loc.dialect)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -138,14 +138,15 @@ class LazyOperations(pyfuse3.Operations):
         opened = self.layer_of(node)
         layer = opened.desc.digest if opened is not None else "-"
         key = (node.inode, type(exc).__name__)
+        path = self.table.path_of(node)
         if key in self._failed:
-            log.debug("EIO again: layer %s path %s: %s", layer, node.path, exc)
+            log.debug("EIO again: layer %s path %s: %s", layer, path, exc)
         else:
             self._failed.add(key)
             if isinstance(exc, ZsnapError):
-                log.warning("EIO: layer %s path %s: %s", layer, node.path, exc)
+                log.warning("EIO: layer %s path %s: %s", layer, path, exc)
             else:
-                log.error("EIO: layer %s path %s: unexpected %r", layer, node.path, exc, exc_info=exc)
+                log.error("EIO: layer %s path %s: unexpected %r", layer, path, exc, exc_info=exc)
         return pyfuse3.FUSEError(errno.EIO)
 
     # -- metadata ---------------------------------------------------------------------------------------

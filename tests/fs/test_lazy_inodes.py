@@ -28,7 +28,7 @@ def test_layers_are_top_level_directories() -> None:
     assert t.root.nlink == 4
     assert a.parent == ROOT_INODE and b.parent == ROOT_INODE
     f = t.lookup_path("aa/etc/passwd")
-    assert stat.S_ISREG(f.mode) and f.size == 5 and f.content == "C" and f.path == "/aa/etc/passwd"
+    assert stat.S_ISREG(f.mode) and f.size == 5 and f.content == "C" and t.path_of(f) == "/aa/etc/passwd"
     assert t.get(f.parent) is t.lookup_path("aa/etc")
     with pytest.raises(FormatError):
         _layer(t, "aa", [])

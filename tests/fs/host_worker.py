@@ -3,7 +3,8 @@
     python -m tests.fs.host_worker --root ROOT [--no-prefetch] [--no-background-fetch] REF...
 
 Opens the store at ROOT and a host (FUSE session at ``ROOT/mnt``), attaches each REF under holder
-``img<i>``, prints one JSON line ``{"layers": [[path, ...] per REF], "lazy": [[bool, ...] per REF]}``, then
+``img<i>``, prints one JSON line ``{"layers": [[path, ...] per REF], "lazy": [[bool, ...] per REF],
+"attach_seconds": [float per REF]}``, then
 serves until SIGTERM/SIGINT. Commands on stdin, one per line, each answered by one JSON line:
 
     attach REF HOLDER   -> {"layers": [path, ...]}       (or {"error": "..."})
@@ -79,13 +80,16 @@ async def main(args: argparse.Namespace) -> None:
         options = HostOptions(prefetch=not args.no_prefetch, background_fetch=not args.no_background_fetch)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_lazy_host(args.root, store, options=options) as host, trio.open_nursery() as n:
-                attached = []
+                attached, seconds = [], []
                 for i, ref in enumerate(args.refs):
+                    t0 = trio.current_time()
                     attached.append(await host.attach_image(ref, holder=f"img{i}"))
+                    seconds.append(trio.current_time() - t0)
                 _say(
                     {
                         "layers": [[str(la.path) for la in layers] for layers in attached],
                         "lazy": [[la.lazy for la in layers] for layers in attached],
+                        "attach_seconds": seconds,
                     }
                 )
                 n.start_soon(_commands, host, n.cancel_scope)

@@ -181,3 +181,50 @@ def test_attach_failure_leaves_nothing_behind(registry, vectors_dir: Path, host_
     assert "error" in answer
     state = w.ask("state")
     assert "bad" not in state["holders"] and len(state["linked"]) == 3
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_twenty_converted_images_in_one_host(
+    registry, vectors_dir: Path, host_worker, tmp_path: Path
+) -> None:
+    """20 distinct zstd:chunked images (a shared base layer + an own layer each) in one host: all
+    readable; prints the host's RSS and attach times (measured, not asserted)."""
+    from tests.fixtures.fuse import zsnap_command
+    from tests.fixtures.images import ImageSpec, LayerSpec, LayoutWriter, build_image, d, f
+
+    base = LayerSpec((d("etc"), f("etc/os-release", b"ID=zsnap-test\n")))
+    writer = LayoutWriter(tmp_path / "src")
+    batch = []
+    for i in range(20):
+        own = LayerSpec(
+            (d("app"), *(f(f"app/file{j}.txt", f"image {i} file {j}\n".encode()) for j in range(200)))
+        )
+        build_image(writer, ImageSpec(f"img{i}", (base, own), ("app",)), f"i{i}")
+        batch.append(f"oci:{writer.root}:i{i} docker://{registry.host}/host20/img{i}:v1\n")
+    writer.close()
+    (tmp_path / "batch").write_text("".join(batch))
+    done = subprocess.run(zsnap_command(tmp_path / "convroot", "convert", "--quiet", "--from-file",
+                                        str(tmp_path / "batch")), capture_output=True, text=True,
+                          timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    registry.push_oci_layout(vectors_dir / SKOPEO, "host20/vector:v1")
+    refs = [f"docker://{registry.host}/host20/vector:v1"]
+    refs += [f"docker://{registry.host}/host20/img{i}:v1" for i in range(20)]
+    w = host_worker(*refs)
+    layers = w.attached["layers"]
+    assert all(all(lz) for lz in w.attached["lazy"])
+    for i in range(20):
+        assert Path(layers[i + 1][-1], "app/file7.txt").read_bytes() == f"image {i} file 7\n".encode()
+    assert len(os.listdir(w.root / "mnt")) == 3 + 1 + 20  # the vector, the shared base, 20 own layers
+    seconds = w.attached["attach_seconds"]
+    print(
+        f"\nhost with 21 images: RSS {_rss_mb(w.proc.pid):.1f} MB; attach skopeo vector (4.4 MB) "
+        f"{seconds[0] * 1000:.0f} ms; small images median {sorted(seconds[1:])[10] * 1000:.0f} ms"
+    )

@@ -21,9 +21,11 @@ One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazil
 Fetch tasks live in the fetcher's nursery, not in the reader's task, so a reader that gives up (timeout) does
 not cancel a fetch another reader shares. Every fetch and every wait is bounded by ``fetch_timeout``.
 
-Store references: a chunk this mount *fetched* is put with ``holder=<holder>`` (``mount:<id>``, bound to the
-serving process so a crash releases it at the next store open) and :meth:`ChunkFetcher.release_refs` drops
-the holder at unmount, after which the chunks stay cached but evictable. Hits on chunks already in the
+One fetcher serves every layer of a host. Store references: a chunk *fetched* for a layer is put with that
+layer's holder (:attr:`BlobSource.holder`: ``layer:<digest>`` in the daemon, dropped when the layer is
+detached; else the fetcher's own ``holder``, e.g. ``mount:<id>`` bound to the serving process, which
+:meth:`ChunkFetcher.release_refs` drops at exit), after which the chunks stay cached but evictable. Puts
+run in worker threads under the store's write limiter. Hits on chunks already in the
 store take no ref (a write transaction per hit would cost more than the read); should GC evict one
 mid-mount, the next read refetches it transparently (``NotInStore`` -> miss).
 """

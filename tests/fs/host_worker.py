@@ -7,7 +7,7 @@ Opens the store at ROOT and a host (FUSE session at ``ROOT/mnt``), attaches each
 "attach_seconds": [float per REF]}``, then
 serves until SIGTERM/SIGINT. Commands on stdin, one per line, each answered by one JSON line:
 
-    attach REF HOLDER   -> {"layers": [path, ...]}       (or {"error": "..."})
+    attach REF HOLDER [MANIFEST-DIGEST]  -> {"layers": [path, ...]}       (or {"error": "..."})
     detach HOLDER       -> {"ok": true}
     state               -> {"trees": N, "linked": [...], "nodes": N, "stats": {...}, "holders": {...}}
 
@@ -52,7 +52,8 @@ async def _commands(host: LazyHost, done: trio.CancelScope) -> None:
             continue
         try:
             if words[0] == "attach":
-                layers = await host.attach_image(words[1], holder=words[2])
+                digest = words[3] if len(words) > 3 else None
+                layers = await host.attach_image(words[1], holder=words[2], manifest_digest=digest)
                 _say({"layers": [str(la.path) for la in layers]})
             elif words[0] == "detach":
                 await host.detach(words[1])

@@ -164,8 +164,12 @@ def test_two_images_share_a_layer_and_detach_keeps_the_shared_one(
         time.sleep(0.1)
     assert state["trees"] == 2, state
 
-    # attaching again gives the same inode numbers (slots are persistent per layer digest)
-    again = w.ask(f"attach {full} img2")
+    # attaching again gives the same inode numbers (slots are persistent per layer digest); by digest,
+    # whatever the tag says (one manifest request, verified)
+    manifest_digest = json.loads((vectors_dir / SKOPEO / "index.json").read_text())["manifests"][0]["digest"]
+    wrong = "sha256:" + "0" * 64
+    assert "error" in w.ask(f"attach docker://{registry.host}/host/features:nosuchtag img2 {wrong}")
+    again = w.ask(f"attach docker://{registry.host}/host/features:nosuchtag img2 {manifest_digest}")
     assert list(map(Path, again["layers"])) == full_layers
     assert os.stat(top / "feat/regular.txt").st_ino >> 32 == top.stat().st_ino >> 32
     assert w.ask("detach img1") == {"ok": True} and w.ask("detach img2") == {"ok": True}

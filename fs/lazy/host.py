@@ -259,9 +259,12 @@ class LazyHost:
             async with trio.open_nursery() as n:
                 for d in order:
                     n.start_soon(self._ensure_open, d, client, image.repository, limiter)
-        except BaseException:
+        except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._release(holder, added)
+            leaves = _leaves(exc)
+            if isinstance(exc, BaseExceptionGroup) and all(isinstance(e, ZsnapError) for e in leaves):
+                raise leaves[0] from None  # one clear error for the caller, not a group of them
             raise
         missing = [d.digest for d in order if d.digest not in self._holders.get(holder, ())]
         if missing:  # detached while attaching
@@ -449,6 +452,12 @@ def _build(slot: int, name: str, opened: OpenedLayer) -> LayerTree:
     tree = build_layer_tree(slot, name, opened.iter_items(), overlay=True, payload=opened)
     opened.seal()
     return tree
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 def _topmost_once(layers: tuple[LayerDescriptor, ...]) -> list[LayerDescriptor]:

@@ -178,13 +178,43 @@ def test_two_images_share_a_layer_and_detach_keeps_the_shared_one(
     assert w.stop() == 0, w.log_tail()
 
 
-def test_attach_failure_leaves_nothing_behind(registry, vectors_dir: Path, host_worker) -> None:
-    registry.push_oci_layout(vectors_dir / SKOPEO, "host/ok:v1")
-    w = host_worker(f"docker://{registry.host}/host/ok:v1")
-    answer = w.ask(f"attach docker://{registry.host}/host/missing:v1 bad")
+def _tampered_image(layout: Path) -> str:
+    """In ``layout`` (a copy of the skopeo vector), an image ``bad``: the vector whose top layer's TOC
+    digest annotation is wrong (the TOC will not verify)."""
+    index = json.loads((layout / "index.json").read_text())
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    manifest["layers"][2]["annotations"]["io.containers.zstd-chunked.manifest-checksum"] = (
+        "sha256:" + "1" * 64
+    )
+    data = json.dumps(manifest).encode()
+    hexd = hashlib.sha256(data).hexdigest()
+    (blobs / hexd).write_bytes(data)
+    index["manifests"].append(
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": f"sha256:{hexd}",
+            "size": len(data),
+            "annotations": {"org.opencontainers.image.ref.name": "bad"},
+        }
+    )
+    (layout / "index.json").write_text(json.dumps(index))
+    return f"oci:{layout}:bad"
+
+
+def test_attach_failure_leaves_nothing_behind(
+    registry, vectors_dir: Path, host_worker, tmp_path: Path
+) -> None:
+    base = _base_image(vectors_dir, tmp_path / "layout")
+    bad = _tampered_image(tmp_path / "layout")
+    w = host_worker(base)
+    answer = w.ask(f"attach docker://{registry.host}/host/missing:v1 nothere")
     assert "error" in answer
+    answer = w.ask(f"attach {bad} bad")  # two layers shared with img0 open fine, the top one does not
+    assert "TOC" in answer.get("error", "") or "digest" in answer.get("error", ""), answer
     state = w.ask("state")
-    assert "bad" not in state["holders"] and len(state["linked"]) == 3
+    assert set(state["holders"]) == {"img0"} and len(state["linked"]) == 2 and state["trees"] == 2
+    assert (Path(w.attached["layers"][0][0]) / "etc/passwd").read_bytes().startswith(b"root:")
 
 
 def _rss_mb(pid: int) -> float:

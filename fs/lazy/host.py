@@ -392,6 +392,13 @@ class LazyHost:
         with contextlib.suppress(KeyError):
             self._table.tree(tree.slot)  # still held by the kernel: freed by forget
             self._unlinked[la.digest] = tree
+        # Ask the kernel to drop what it cached of the layer (deepest first, the layer's own name last):
+        # an unhashed dentry is freed, and its inode forgotten, as soon as nobody uses it. Dentries
+        # below a merely unhashed parent would otherwise stay cached until memory pressure.
+        for node in tree.known_dirs():
+            assert node.entries is not None
+            for name in node.entries:
+                pyfuse3.invalidate_entry_async(node.inode, name, ignore_enoent=True)
         pyfuse3.invalidate_entry_async(ROOT_INODE, tree.name.encode(), ignore_enoent=True)
         await self._drop_refs(la.digest)
 

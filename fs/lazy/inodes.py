@@ -137,8 +137,9 @@ class Node:
 class LayerTree:
     """The nodes of one layer (``nodes[i]`` has inode ``slot << 32 | i``; ``nodes[0]`` is its directory).
 
-    ``lookups`` is the sum of the kernel's lookup counts over the layer's inodes; ``linked`` is False once
-    the layer was taken out of the root directory; ``file_bytes`` sums its regular files' sizes (statfs).
+    ``lookups`` is the sum of the kernel's lookup counts over the layer's inodes (``dir_lookups`` the
+    same per directory inode); ``linked`` is False once the layer was taken out of the root directory;
+    ``file_bytes`` sums its regular files' sizes (statfs).
     """
 
     slot: int
@@ -148,6 +149,12 @@ class LayerTree:
     lookups: int = 0
     linked: bool = False
     file_bytes: int = 0
+    dir_lookups: dict[int, int] = field(default_factory=dict)
+
+    def known_dirs(self) -> list[Node]:
+        """Directories of this layer the kernel holds (deepest first, roughly): every entry it holds is
+        a child of one of them, so invalidating their children reaches everything it cached."""
+        return [n for i in sorted(self.dir_lookups, reverse=True) if (n := self.nodes[i & _INDEX_MASK])]
 
     @property
     def top(self) -> Node:
@@ -294,6 +301,9 @@ class InodeTable:
         tree = self._trees.get(inode >> INDEX_BITS)
         if tree is not None:
             tree.lookups += n
+            node = tree.nodes[inode & _INDEX_MASK]
+            if node is not None and node.entries is not None:
+                tree.dir_lookups[inode] = tree.dir_lookups.get(inode, 0) + n
 
     def forget(self, inode: int, n: int) -> LayerTree | None:
         """The kernel forgot ``inode`` ``n`` times; returns the layer tree if this freed it."""
@@ -301,6 +311,12 @@ class InodeTable:
         if tree is None:
             return None
         tree.lookups = max(0, tree.lookups - n)
+        left = tree.dir_lookups.get(inode)
+        if left is not None:
+            if left > n:
+                tree.dir_lookups[inode] = left - n
+            else:
+                del tree.dir_lookups[inode]
         return self._maybe_free(tree)
 
     def _maybe_free(self, tree: LayerTree) -> LayerTree | None:

@@ -202,6 +202,7 @@ class ChunkFetcher:
         self._cpu = cpu_limiter or trio.CapacityLimiter(2)
         self._store_limiter = store_limiter or self._cpu  # store writes (fsync) never on the trio thread
         self._drained = trio.Event()  # set (and replaced) whenever the in-flight map becomes empty
+        self._shrunk = trio.Event()  # set (and replaced) whenever flights leave the in-flight map
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -273,6 +274,13 @@ class ChunkFetcher:
         """Return once no fetch is in flight (every fetched chunk is stored or failed)."""
         while self._inflight:
             await self._drained.wait()
+
+    async def wait_backlog(self, max_flights: int) -> None:
+        """Return once at most ``max_flights`` chunks are in flight (fetched chunks leave the map only
+        once stored): prefetch waits here so that fetching cannot outrun the store and buffer verified
+        bytes without bound."""
+        while len(self._inflight) > max_flights:
+            await self._shrunk.wait()
 
     def is_cached(self, chunk: ChunkLike) -> bool:
         """True when ``chunk`` needs no fetch (zeros, or in the store and not being fetched)."""
@@ -423,6 +431,8 @@ class ChunkFetcher:
         self._note_drained()
 
     def _note_drained(self) -> None:
+        self._shrunk.set()
+        self._shrunk = trio.Event()
         if not self._inflight:
             self._drained.set()
             self._drained = trio.Event()

@@ -2,7 +2,9 @@
 
 Only the manifest, (index,) and config are fetched here; every one is verified by digest (the registry
 client checks manifests fetched by digest and blobs, and a tag-resolved manifest is then addressed by its
-own digest). Layer descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs.
+own digest). With a manifest digest (what containerd hands the snapshotter) the manifest is fetched by it:
+one request. Documents are parsed by :mod:`fs.registry.manifests` (the model the converter uses too); layer
+descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs.
 
 ``oci:DIR[:TAG]`` references are served by :class:`LayoutClient`, a tiny stand-in with the registry client's
 read methods over a local OCI image layout (so a layout can be mounted without a registry).
@@ -165,7 +167,8 @@ async def resolve_image(
             raise ValueError("not a JSON object")
     except ValueError as exc:
         raise FormatError(f"config {doc.config.digest} of manifest {digest} is malformed: {exc}") from None
-    diff_ids = config_diff_ids(config_bytes) if (config.get("rootfs") or {}).get("diff_ids") else []
+    rootfs = config.get("rootfs")
+    diff_ids = config_diff_ids(config_bytes) if isinstance(rootfs, dict) and rootfs.get("diff_ids") else []
     if diff_ids and len(diff_ids) != len(doc.layers):
         raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(doc.layers)} layers")
     layers = tuple(

@@ -526,8 +526,10 @@ async def open_lazy_host(
             try:
                 nursery.start_soon(_run_session, host)
                 # a worker thread waits for the first reply (INIT done); then read-ahead may be raised
-                with trio.fail_after(30):
-                    await trio.to_thread.run_sync(os.stat, fuse_dir)
+                with trio.move_on_after(30) as waited:
+                    await trio.to_thread.run_sync(os.stat, fuse_dir, abandon_on_cancel=True)
+                if waited.cancelled_caught:
+                    raise ZsnapError(f"the FUSE session at {fuse_dir} did not answer within 30 s")
                 dev = system.mount_source_dev(fuse_dir, resolve=False)
                 if dev and options.read_ahead_kb:
                     await trio.to_thread.run_sync(system.set_read_ahead, dev, options.read_ahead_kb)

@@ -15,7 +15,9 @@ it in its own nursery, with one :class:`~fs.lazy.fetcher.ChunkFetcher`, one
 :class:`~fs.lazy.scheduler.FetchScheduler` (on-demand reads of any image before any prefetch or
 background work) and one registry client per (registry, plain-http) pair. Leaving the block stops
 prefetching, ends the session and unmounts it (nothing stacked on its layer directories may still be
-mounted then: unmount overlays first).
+mounted then: unmount overlays first). pyfuse3 holds one session per process: one host per process. All
+methods are called from the host's trio run; nothing in this process may read the FUSE tree from the trio
+thread (use a worker thread or another process).
 
 :meth:`LazyHost.attach_image` resolves the image with one manifest request (by ``manifest_digest`` when
 given; an index costs one more for this platform's manifest) plus the config, opens its distinct layers

@@ -2,8 +2,11 @@
 
 Layout (one module per stage; imports go downwards only)::
 
-    inodes.py     entries -> per-layer LayerTree (inode = slot<<32|index) in a growing/shrinking
-                  InodeTable; whiteouts -> 0/0 char devices, opaque xattr; image trusted.* dropped   pure
+    inodes.py     InodeTable: per-layer LayerTrees (inode = slot<<32|index), linked/unlinked at run
+                  time, freed when the kernel forgets them (lookup counts)                          pure
+    treebuild.py  entries -> LayerTree; whiteouts -> 0/0 char devices, opaque xattr; image trusted.*
+                  xattrs dropped                                                                     pure
+    slots.py      LayerSlots: persistent layer digest -> slot map (stable inode numbers)             I/O
     scheduler.py  FetchScheduler: on-demand > prefetch > background fetch slots                        pure
     storeio.py    StoreIO: store writes (LMDB commits, blob files) in worker threads, one limiter     I/O
     decode.py     chunk bytes: zstd across frames / gzip members, inner offset, sha256 check           pure

@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
 import logging
 import os
 import stat
@@ -66,13 +64,15 @@ from fs.errors import NotInStore, ZsnapError
 from fs.lazy import system
 from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.image import LayoutClient, resolve_image
-from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree, build_layer_tree
+from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer
 from fs.lazy.ops import LazyOperations
 from fs.lazy.prefetch import run_prefetch
 from fs.lazy.scheduler import FetchScheduler
+from fs.lazy.slots import LayerSlots
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
+from fs.lazy.treebuild import build_layer_tree
 from fs.registry import ImageReference, OciLayout, open_registry_client
 
 __all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost", "open_lazy_host"]
@@ -140,44 +140,6 @@ class _Layer:
     @property
     def hex(self) -> str:
         return self.digest.partition(":")[2]
-
-
-class LayerSlots:
-    """The persistent ``digest -> slot`` map behind inode numbers (a small JSON file, flock'ed).
-
-    Slots are never reused, so a layer keeps its inode numbers for the life of the root.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._cache: dict[str, int] = {}
-
-    def _load_or_assign(self, digest: str) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                data = {"next": 1, "slots": {}}
-            slots = data.setdefault("slots", {})
-            slot = slots.get(digest)
-            if slot is None:
-                slot = int(data.get("next", 1))
-                slots[digest] = slot
-                data["next"] = slot + 1
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(data, sort_keys=True))
-                os.replace(tmp, self.path)
-            self._cache.update({k: int(v) for k, v in slots.items()})
-            return int(slot)
-
-    async def slot(self, digest: str) -> int:
-        """The slot of ``digest`` (assigned on first use; file work in a worker thread)."""
-        cached = self._cache.get(digest)
-        if cached is not None:
-            return cached
-        return await trio.to_thread.run_sync(self._load_or_assign, digest)
 
 
 class LazyHost:

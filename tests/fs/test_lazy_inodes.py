@@ -152,7 +152,8 @@ def test_entry_below_file_rejected() -> None:
 
 
 def test_layers_come_and_go_and_are_freed_when_the_kernel_forgets() -> None:
-    from fs.lazy.inodes import INDEX_BITS, build_layer_tree
+    from fs.lazy.inodes import INDEX_BITS
+    from fs.lazy.treebuild import build_layer_tree
 
     t = InodeTable()
     a = build_layer_tree(5, "aa", [Item("etc", "dir"), Item("etc/passwd", "reg", size=3)])

@@ -319,8 +319,9 @@ async def _open_whole(
         try:
             t0 = trio.current_time()
             n = 0
-            # file writes run in worker threads (DESIGN.md 9), about 1 MiB at a time
-            async with await trio.open_file(tmp, "wb") as out:
+            # file writes run in the store's write threads (DESIGN.md 9), about 1 MiB at a time
+            out = await sio.run(open, tmp, "wb")
+            try:
                 pending: list[bytes] = []
                 buffered = 0
                 async with client.stream_blob(repository, desc.digest) as chunks:
@@ -329,10 +330,13 @@ async def _open_whole(
                         buffered += len(piece)
                         n += len(piece)
                         if buffered >= _WRITE_BATCH:
-                            await out.write(b"".join(pending))
+                            await sio.run(out.write, b"".join(pending))
                             pending, buffered = [], 0
                 if pending:
-                    await out.write(b"".join(pending))
+                    await sio.run(out.write, b"".join(pending))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await sio.run(out.close)
             stats.record_fetch(n, trio.current_time() - t0)
             if n != desc.size:
                 raise VerificationError(f"blob is {n} bytes, the manifest says {desc.size}")
@@ -345,7 +349,8 @@ async def _open_whole(
     if decompress is None:
         tar_digest = desc.digest
     else:
-        # a long CPU-bound pass: a worker thread, but not one of the store's write slots
+        # a long CPU-bound pass (its one put at the end included): a worker thread, but not one of the
+        # store's write slots, which it would hold for seconds
         tar_digest = await trio.to_thread.run_sync(
             _decompress_into_store, store, desc, decompress, scratch, holder
         )

@@ -50,6 +50,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -513,3 +514,6 @@ async def open_lazy_host(
                     fuse_dir.rmdir()
             else:
                 log.info("%s is still mounted", fuse_dir)
+            if options.scratch_dir is None:  # the host's own scratch (a caller's is the caller's)
+                scratch = root / "scratch" / f"host-{os.getpid()}"
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))

@@ -1,27 +1,41 @@
-"""The lazy file system: one pyfuse3 mount whose top-level directories are image layers, served on demand.
+"""The lazy file system: one pyfuse3 session whose top-level directories are image layers, served on demand.
 
 Layout (one module per stage; imports go downwards only)::
 
-    inodes.py     LayerIndex/tar entries -> InodeTable; whiteouts -> 0/0 char devices, opaque xattr  pure
+    inodes.py     InodeTable: per-layer LayerTrees (inode = slot<<32|index), linked/unlinked at run
+                  time, freed when the kernel forgets them (lookup counts)                          pure
+    treebuild.py  entries -> LayerTree; whiteouts -> 0/0 char devices, opaque xattr; image trusted.*
+                  xattrs dropped                                                                     pure
+    slots.py      LayerSlots: persistent layer digest -> slot map (stable inode numbers)             I/O
     scheduler.py  FetchScheduler: on-demand > prefetch > background fetch slots                        pure
+    storeio.py    StoreIO: store writes (LMDB commits, blob files) in worker threads, one limiter     I/O
     decode.py     chunk bytes: zstd across frames / gzip members, inner offset, sha256 check           pure
     stats.py      MountStats: counters, latency percentiles, the --stats-file JSON                     pure
     fetcher.py    ChunkFetcher: store hit -> pread | miss -> coalesce -> range GET -> verify -> store  I/O
     tarindex.py   index of an uncompressed tar (layers that cannot be read lazily)                     pure
-    layer.py      open a layer: verified TOC -> LayerIndex (lazy), or whole blob -> store (non-lazy)  I/O
+    layer.py      open a layer: verified TOC -> LayerIndex (lazy), or whole blob -> store (non-lazy);
+                  OpenedLayer.read: the layer's own read path (chunks or pread of its tar)          I/O
     image.py      REF -> manifest (host platform) -> config -> LayerDescriptors; oci: layouts         I/O
     prefetch.py   prefetch marked files, then background-fetch the rest                              I/O
-    ops.py        LazyOperations (pyfuse3): lookup/getattr/readdir/open/read/...; errors -> EIO       I/O
-    system.py     overlay/bind mount command, mountinfo, read_ahead_kb, mount records               OS
-    mount.py      run_mount: the life cycle behind ``zsnap mount`` (FUSE + overlayfs, signals, stats) I/O
+    ops.py        LazyOperations (pyfuse3): lookup/getattr/readdir/open/read/forget; errors -> EIO   I/O
+    system.py     overlay/bind mount command, mountinfo, read_ahead_kb, mount records, mountpoint
+                  checks                                                                              OS
+    host.py       LazyHost: ONE FUSE session, images attached/detached at run time, layers shared
+                  and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API) I/O
+    mount.py      run_mount: ``zsnap mount`` = a host + one image + overlayfs at MOUNTPOINT           I/O
 
 Contracts worth knowing:
 
 * Trust comes from the manifest: a TOC is verified against the digest in the layer annotations before it
   is parsed; every chunk is hashed against its TOC digest before it is served or cached; a mismatch is EIO.
-* Chunks are content-addressed in the store (key = chunk digest). A mount refs what it fetched under
-  ``mount:<id>`` (bound to the serving process) and drops the holder at exit: the cache outlives mounts,
+* Chunks are content-addressed in the store (key = chunk digest). A layer refs what it fetched under
+  ``layer:<digest>`` in the daemon (persistent, dropped when the layer is detached) or ``mount:<id>``
+  under ``zsnap mount`` (bound to the serving process, dropped at exit): the cache outlives mounts,
   evictable by ``zsnap store gc``.
+* The trio thread only answers FUSE: store writes, file writes, TOC parsing and tree building run in
+  worker threads; the serving process never resolves a path that could lead through its own mount.
+* Mounts for people (``zsnap mount``) are ``nosuid,nodev``; the session itself is ``suid,nodev`` with a
+  0700 root (containerd's bind mounts of a layer inherit its flags).
 * Non-UTF-8 file names come out of any JSON TOC as U+FFFD (the writers' encoders replace them); only
   layers served whole (plain tar/gzip/zstd) keep the raw bytes.
 * Never read a mount from the process that serves it (the trio thread would deadlock): tests and

@@ -21,9 +21,11 @@ One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazil
 Fetch tasks live in the fetcher's nursery, not in the reader's task, so a reader that gives up (timeout) does
 not cancel a fetch another reader shares. Every fetch and every wait is bounded by ``fetch_timeout``.
 
-Store references: a chunk this mount *fetched* is put with ``holder=<holder>`` (``mount:<id>``, bound to the
-serving process so a crash releases it at the next store open) and :meth:`ChunkFetcher.release_refs` drops
-the holder at unmount, after which the chunks stay cached but evictable. Hits on chunks already in the
+One fetcher serves every layer of a host. Store references: a chunk *fetched* for a layer is put with that
+layer's holder (:attr:`BlobSource.holder`: ``layer:<digest>`` in the daemon, dropped when the layer is
+detached; else the fetcher's own ``holder``, e.g. ``mount:<id>`` bound to the serving process, which
+:meth:`ChunkFetcher.release_refs` drops at exit), after which the chunks stay cached but evictable. Puts
+run in worker threads under the store's write limiter. Hits on chunks already in the
 store take no ref (a write transaction per hit would cost more than the read); should GC evict one
 mid-mount, the next read refetches it transparently (``NotInStore`` -> miss).
 """
@@ -82,6 +84,7 @@ class BlobSource:
         repository, digest: the blob.
         codec: ``"zstd"`` or ``"gzip"`` (how a chunk's compressed range decodes).
         label: short name for logs and errors (the layer digest).
+        holder: the store holder that refs the chunks fetched for this layer (None: the fetcher's).
     """
 
     client: Any
@@ -89,6 +92,7 @@ class BlobSource:
     digest: str
     codec: str
     label: str = ""
+    holder: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,12 +181,13 @@ class ChunkFetcher:
         stats: MountStats,
         nursery: trio.Nursery,
         *,
-        holder: str,
+        holder: str | None,
         fetch_timeout: float,
         max_gap: int = DEFAULT_MAX_GAP,
         max_request: int = DEFAULT_MAX_REQUEST,
         readahead: int = DEFAULT_READAHEAD,
         cpu_limiter: trio.CapacityLimiter | None = None,
+        store_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -195,6 +200,9 @@ class ChunkFetcher:
         self._nursery = nursery
         self._inflight: dict[str, _Flight] = {}
         self._cpu = cpu_limiter or trio.CapacityLimiter(2)
+        self._store_limiter = store_limiter or self._cpu  # store writes (fsync) never on the trio thread
+        self._drained = trio.Event()  # set (and replaced) whenever the in-flight map becomes empty
+        self._shrunk = trio.Event()  # set (and replaced) whenever flights leave the in-flight map
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -265,7 +273,14 @@ class ChunkFetcher:
     async def wait_idle(self) -> None:
         """Return once no fetch is in flight (every fetched chunk is stored or failed)."""
         while self._inflight:
-            await trio.sleep(0.005)
+            await self._drained.wait()
+
+    async def wait_backlog(self, max_flights: int) -> None:
+        """Return once at most ``max_flights`` chunks are in flight (fetched chunks leave the map only
+        once stored): prefetch waits here so that fetching cannot outrun the store and buffer verified
+        bytes without bound."""
+        while len(self._inflight) > max_flights:
+            await self._shrunk.wait()
 
     def is_cached(self, chunk: ChunkLike) -> bool:
         """True when ``chunk`` needs no fetch (zeros, or in the store and not being fetched)."""
@@ -392,11 +407,15 @@ class ChunkFetcher:
                 fl.error = res
                 if self._inflight.get(fl.chunk.digest) is fl:
                     del self._inflight[fl.chunk.digest]  # nothing to store: the next reader fetches again
+                    self._note_drained()
             fl.ready.set()  # readers go on with the verified bytes while they are stored
         self.stats.chunks_verified += len(good)
         try:
             if good:
-                await trio.to_thread.run_sync(self._put, list(good.items()), limiter=self._cpu)
+                holder = source.holder or self.holder
+                await trio.to_thread.run_sync(
+                    self._put, list(good.items()), holder, limiter=self._store_limiter
+                )
         except ZsnapError as exc:  # disk full, store failure: the bytes were served, just not cached
             log.info("could not store %d chunks of %s: %s", len(good), source.label, exc)
         finally:
@@ -409,17 +428,32 @@ class ChunkFetcher:
             if self._inflight.get(fl.chunk.digest) is fl:
                 del self._inflight[fl.chunk.digest]
             fl.ready.set()
+        self._note_drained()
 
-    def _put(self, items: list[tuple[str, bytes]]) -> None:
+    def _note_drained(self) -> None:
+        self._shrunk.set()
+        self._shrunk = trio.Event()
+        if not self._inflight:
+            self._drained.set()
+            self._drained = trio.Event()
+
+    def _put(self, items: list[tuple[str, bytes]], holder: str | None) -> None:
         """Worker thread: store verified chunks in one transaction."""
-        self.store.put_many([(data, digest) for digest, data in items], holder=self.holder)
+        self.store.put_many([(data, digest) for digest, data in items], holder=holder)
 
     # -- life cycle -------------------------------------------------------------------------------------
 
-    def release_refs(self) -> int:
-        """Drop every ref of this mount's holder (fetched chunks stay cached, evictable). Idempotent."""
+    async def release_refs(self) -> int:
+        """Drop every ref of the fetcher's own holder (fetched chunks stay cached, evictable), in a
+        worker thread. Idempotent; nothing to do without a holder."""
+        if self.holder is None:
+            return 0
         try:
-            return int(self.store.drop_holder(self.holder))
+            return int(
+                await trio.to_thread.run_sync(
+                    self.store.drop_holder, self.holder, limiter=self._store_limiter
+                )
+            )
         except ZsnapError as exc:
             log.info("could not drop the refs of %s: %s", self.holder, exc)
             return 0
@@ -431,14 +465,14 @@ async def open_fetcher(
     scheduler: FetchScheduler,
     stats: MountStats,
     *,
-    holder: str,
+    holder: str | None,
     fetch_timeout: float = 30.0,
     **kwargs: Any,
 ) -> AsyncIterator[ChunkFetcher]:
     """Run a :class:`ChunkFetcher` whose fetch tasks live in a nursery closed (cancelled) on exit.
 
-    On exit in-flight fetches are cancelled (their readers get errors) and the fetcher's store refs are
-    released.
+    On exit in-flight fetches are cancelled (their readers get errors) and the refs of ``holder`` are
+    released (sources carrying their own holder keep theirs: the owner of those names drops them).
     """
     if not math.isfinite(fetch_timeout) or fetch_timeout <= 0:
         raise ValueError("fetch_timeout must be a positive number of seconds")
@@ -450,4 +484,5 @@ async def open_fetcher(
             yield fetcher
         finally:
             nursery.cancel_scope.cancel()
-            fetcher.release_refs()
+            with trio.CancelScope(shield=True):
+                await fetcher.release_refs()

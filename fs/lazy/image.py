@@ -2,7 +2,9 @@
 
 Only the manifest, (index,) and config are fetched here; every one is verified by digest (the registry
 client checks manifests fetched by digest and blobs, and a tag-resolved manifest is then addressed by its
-own digest). Layer descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs.
+own digest). With a manifest digest (what containerd hands the snapshotter) the manifest is fetched by it:
+one request. Documents are parsed by :mod:`fs.registry.manifests` (the model the converter uses too); layer
+descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs.
 
 ``oci:DIR[:TAG]`` references are served by :class:`LayoutClient` (:class:`fs.registry.endpoint.LayoutReader`),
 the registry client's read methods over a local OCI image layout (so a layout can be mounted without a
@@ -17,12 +19,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from fs.errors import FormatError, NotFoundError
+from fs.errors import FormatError, NotFoundError, VerificationError
 from fs.lazy.layer import LayerDescriptor
-from fs.registry import INDEX_TYPES, ImageReference
+from fs.registry import ImageReference
 from fs.registry.endpoint import LayoutReader as LayoutClient
 from fs.registry.endpoint import open_endpoint
-from fs.registry.manifests import Descriptor, host_platform, platform_matches
+from fs.registry.manifests import (
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    config_diff_ids,
+    host_platform,
+    parse_manifest_or_index,
+    platform_matches,
+)
 
 __all__ = ["LayoutClient", "ResolvedImage", "open_image_client", "resolve_image"]
 
@@ -47,62 +57,58 @@ async def open_image_client(
         yield endpoint.source
 
 
-def _pick_platform(index: dict[str, Any], want: str | None) -> dict[str, Any]:
+def _pick_platform(index: ImageIndex, want: str | None) -> Descriptor:
     """The index entry for ``want`` (``os/arch[/variant]``; None = this host)."""
-    for i, m in enumerate(index.get("manifests") or []):
-        if platform_matches(Descriptor.from_json(m, where=f"index entry {i}"), want):
-            return m
+    for entry in index.manifests:
+        if platform_matches(entry, want):
+            return entry
     plat = want or "/".join(host_platform().values())
     raise NotFoundError(f"the image index has no manifest for {plat}")
 
 
 async def _manifest(
-    client: Any, ref: ImageReference, descriptor: dict[str, Any] | None
-) -> tuple[dict, str, str]:
-    """(json, media type, digest) of the manifest ``descriptor`` names, or of the reference itself."""
-    reference = descriptor["digest"] if descriptor else ref.reference
-    data, media_type, digest = await client.get_manifest(ref.repository, reference)
+    client: Any, ref: ImageReference, descriptor: Descriptor | None, digest: str | None = None
+) -> tuple[ImageManifest | ImageIndex, str]:
+    """(parsed manifest or index, digest) of what ``descriptor`` (or ``digest``) names, else of ``ref``."""
+    reference = descriptor.digest if descriptor else (digest or ref.reference)
+    data, media_type, got = await client.get_manifest(ref.repository, reference)
+    if digest is not None and descriptor is None and got != digest:
+        raise VerificationError(f"manifest is {got}, not the requested {digest}")
     try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise FormatError(f"manifest {digest} is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise FormatError(f"manifest {digest} is not a JSON object")
-    return doc, doc.get("mediaType") or media_type, digest
+        return parse_manifest_or_index(data, media_type or None), got
+    except FormatError as exc:
+        raise FormatError(f"manifest {got}: {exc}") from None
 
 
-async def resolve_image(client: Any, ref: ImageReference, *, want: str | None = None) -> ResolvedImage:
+async def resolve_image(
+    client: Any, ref: ImageReference, *, want: str | None = None, manifest_digest: str | None = None
+) -> ResolvedImage:
     """Fetch and verify the manifest (choosing this host's platform from an index) and config.
+
+    With ``manifest_digest`` the manifest is fetched by that digest (one request, verified), whatever
+    tag ``ref`` names.
 
     Raises:
         NotFoundError: no such image / no manifest for this platform.
         FormatError: malformed manifest or config, or DiffIDs not matching the layers.
         VerificationError, RegistryError: from the client.
     """
-    doc, media_type, digest = await _manifest(client, ref, None)
-    if media_type in INDEX_TYPES or "manifests" in doc:
-        doc, media_type, digest = await _manifest(client, ref, _pick_platform(doc, want))
+    doc, digest = await _manifest(client, ref, None, manifest_digest)
+    if isinstance(doc, ImageIndex):
+        doc, digest = await _manifest(client, ref, _pick_platform(doc, want))
+    config_bytes = await client.get_blob(ref.repository, doc.config.digest)
     try:
-        config_desc = doc["config"]
-        layer_docs = doc["layers"]
-        config = json.loads(await client.get_blob(ref.repository, config_desc["digest"]))
-        diff_ids = list(config.get("rootfs", {}).get("diff_ids") or [])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"manifest {digest} or its config is malformed: {exc!r}") from exc
-    if diff_ids and len(diff_ids) != len(layer_docs):
-        raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(layer_docs)} layers")
-    layers = []
-    for i, ld in enumerate(layer_docs):
-        try:
-            layers.append(
-                LayerDescriptor(
-                    media_type=str(ld["mediaType"]),
-                    digest=str(ld["digest"]),
-                    size=int(ld["size"]),
-                    annotations={str(k): str(v) for k, v in (ld.get("annotations") or {}).items()},
-                    diff_id=diff_ids[i] if diff_ids else None,
-                )
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"layer {i} of manifest {digest} is malformed: {exc!r}") from exc
-    return ResolvedImage(str(ref), ref.repository, digest, tuple(layers), config)
+        config = json.loads(config_bytes)
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise FormatError(f"config {doc.config.digest} of manifest {digest} is malformed: {exc}") from None
+    rootfs = config.get("rootfs")
+    diff_ids = config_diff_ids(config_bytes) if isinstance(rootfs, dict) and rootfs.get("diff_ids") else []
+    if diff_ids and len(diff_ids) != len(doc.layers):
+        raise FormatError(f"config lists {len(diff_ids)} diff_ids for {len(doc.layers)} layers")
+    layers = tuple(
+        LayerDescriptor.from_descriptor(d, diff_id=diff_ids[i] if diff_ids else None)
+        for i, d in enumerate(doc.layers)
+    )
+    return ResolvedImage(str(ref), ref.repository, digest, layers, config)

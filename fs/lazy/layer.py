@@ -22,8 +22,8 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,10 +41,12 @@ from fs.format.footer import FOOTER_FETCH_SIZE, parse_footer
 from fs.format.index import build_index
 from fs.format.tree import Chunk, LayerIndex
 from fs.format.verify import decode_and_verify_toc
-from fs.lazy.fetcher import BlobSource
+from fs.lazy.fetcher import BlobSource, ChunkFetcher
 from fs.lazy.inodes import Item
 from fs.lazy.stats import MountStats
+from fs.lazy.storeio import StoreIO
 from fs.lazy.tarindex import index_tar
+from fs.registry.manifests import Descriptor
 
 __all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
 
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Blob tail fetched when the footer must locate the TOC: the footer plus, often, a small TOC with it.
 TAIL_SIZE = max(FOOTER_FETCH_SIZE, 16 * 1024)
+#: whole-layer downloads are written to scratch in pieces of about this size
+_WRITE_BATCH = 1 << 20
 
 _UNCOMPRESSED_TYPES = frozenset(
     {
@@ -66,14 +70,14 @@ _UNCOMPRESSED_TYPES = frozenset(
 
 
 @dataclass(frozen=True)
-class LayerDescriptor:
-    """A layer as the (verified) manifest describes it, plus its DiffID from the (verified) config."""
+class LayerDescriptor(Descriptor):
+    """A layer descriptor of the (verified) manifest plus its DiffID from the (verified) config."""
 
-    media_type: str
-    digest: str
-    size: int
-    annotations: dict[str, str] = field(default_factory=dict)
     diff_id: str | None = None
+
+    @classmethod
+    def from_descriptor(cls, d: Descriptor, *, diff_id: str | None = None) -> LayerDescriptor:
+        return cls(d.media_type, d.digest, d.size, dict(d.annotations), d.platform, dict(d.extra), diff_id)
 
     @property
     def hex(self) -> str:
@@ -86,10 +90,11 @@ class LayerDescriptor:
 
 @dataclass
 class OpenedLayer:
-    """A layer ready to serve.
+    """A layer ready to serve; it owns its read path (:meth:`read`).
 
-    Exactly one of ``source`` (lazy: chunks fetched from the blob) and ``tar_digest`` (whole: the
-    uncompressed tar is a store object) is set.
+    Exactly one of ``source`` (lazy: chunks fetched from the blob through the host's fetcher) and
+    ``tar_digest`` (whole: the uncompressed tar is a store object, read by ``pread``) is set. A regular
+    file's ``content`` is its chunk list (lazy) or the offset of its bytes in the tar (whole).
     """
 
     desc: LayerDescriptor
@@ -98,6 +103,36 @@ class OpenedLayer:
     index: LayerIndex | None = None
     tar_digest: str | None = None
     dialect: Dialect | None = None
+    _plan: tuple[list[Chunk], list[Chunk]] | None = None
+
+    def iter_items(self) -> Iterator[Item]:
+        """The layer's entries as inode-table items (made one at a time from the index when lazy)."""
+        if self.items or self.index is None:
+            return iter(self.items)
+        return iter_index_items(self.index)
+
+    def seal(self) -> None:
+        """Keep only what serving needs once the inode tree is built: the fill plan (prefetch and
+        background chunk lists), not the items or the :class:`LayerIndex` (a million-entry layer's index
+        costs hundreds of MB; the tree's files share its chunk lists)."""
+        self._plan = (self.prefetch_chunks(), self.chunks_by_offset())
+        self.items = []
+        self.index = None
+
+    async def read(
+        self, fetcher: ChunkFetcher, store: Any, content: Any, file_size: int, off: int, size: int
+    ) -> bytes:
+        """Bytes ``[off, off+size)`` of a file of this layer (short at EOF).
+
+        Raises:
+            VerificationError, RegistryError, FormatError: fetching a lazy layer's chunk failed.
+            NotInStore: a whole layer's tar was evicted from the store.
+        """
+        if self.source is not None:
+            return await fetcher.read(self.source, content, file_size, off, size)
+        assert self.tar_digest is not None
+        fetcher.stats.cache_hits += 1
+        return bytes(store.pread(self.tar_digest, content + off, max(0, min(size, file_size - off))))
 
     @property
     def lazy(self) -> bool:
@@ -105,6 +140,8 @@ class OpenedLayer:
 
     def chunks_by_offset(self) -> list[Chunk]:
         """Every fetchable (non-zeros) chunk of the layer once per digest, in blob order."""
+        if self._plan is not None:
+            return self._plan[1]
         if self.index is None:
             return []
         seen: set[str] = set()
@@ -121,6 +158,8 @@ class OpenedLayer:
         """Chunks the image marks as needed first: everything before ``.prefetch.landmark`` (eStargz), the
         files prioritized before it, and the TOC's prefetch list (``zsnapPrefetch`` in c/storage layers
         written by ``zsnap convert --prefetch-list``); [] with ``.no.prefetch.landmark`` or no marker."""
+        if self._plan is not None:
+            return self._plan[0]
         idx = self.index
         if idx is None or idx.no_prefetch:
             return []
@@ -139,12 +178,16 @@ class OpenedLayer:
 
 def index_items(index: LayerIndex) -> list[Item]:
     """Convert a :class:`LayerIndex` to inode-table items (content = the file's chunk list)."""
-    items: list[Item] = []
+    return list(iter_index_items(index))
+
+
+def iter_index_items(index: LayerIndex) -> Iterator[Item]:
+    """:func:`index_items`, one at a time (a big layer never has all its items in memory at once)."""
     for path, node in index:
         if node.path != path:  # a second name of a hardlinked file
-            items.append(Item(path=path, kind="hardlink", target=node.path))
+            yield Item(path=path, kind="hardlink", target=node.path)
             continue
-        items.append(
+        yield (
             Item(
                 path=path,
                 kind=node.type,
@@ -158,11 +201,10 @@ def index_items(index: LayerIndex) -> list[Item]:
                 dev_major=os.major(node.rdev),
                 dev_minor=os.minor(node.rdev),
                 target=node.link_target,
-                xattrs=dict(node.xattrs),
+                xattrs=node.xattrs,  # read, never changed, by the inode builder
                 content=node.chunks if node.type == "reg" else None,
             )
         )
-    return items
 
 
 async def open_layer(
@@ -191,7 +233,7 @@ async def open_layer(
             return await _open_whole(
                 client, repository, desc, store=store, stats=stats, holder=holder, scratch=scratch
             )
-        return await _open_lazy(client, repository, desc, loc, stats)
+        return await _open_lazy(client, repository, desc, loc, stats, holder)
 
 
 async def _fetch(client: Any, repository: str, digest: str, rng: tuple[int, int], stats: MountStats) -> bytes:
@@ -203,7 +245,7 @@ async def _fetch(client: Any, repository: str, digest: str, rng: tuple[int, int]
 
 
 async def _open_lazy(
-    client: Any, repository: str, desc: LayerDescriptor, loc: Any, stats: MountStats
+    client: Any, repository: str, desc: LayerDescriptor, loc: Any, stats: MountStats, holder: str
 ) -> OpenedLayer:
     size = desc.size
     tail_start = size
@@ -227,18 +269,21 @@ async def _open_lazy(
         compressed = tail[toc_range[0] - tail_start : toc_range[1] - tail_start]
     else:
         compressed = await _fetch(client, repository, desc.digest, toc_range, stats)
-    toc = await trio.to_thread.run_sync(decode_and_verify_toc, compressed, loc)
-    index = await trio.to_thread.run_sync(
-        lambda: build_index(toc, loc.dialect, size, toc_offset=toc_range[0])
-    )
+
+    def parse() -> LayerIndex:  # worker thread: a big TOC is seconds of CPU
+        toc = decode_and_verify_toc(compressed, loc)
+        return build_index(toc, loc.dialect, size, toc_offset=toc_range[0])
+
+    index = await trio.to_thread.run_sync(parse)
     source = BlobSource(
         client=client,
         repository=repository,
         digest=desc.digest,
         codec="gzip" if loc.dialect is Dialect.ESTARGZ_GZIP else "zstd",
         label=desc.digest,
+        holder=holder,
     )
-    return OpenedLayer(desc=desc, items=index_items(index), source=source, index=index, dialect=loc.dialect)
+    return OpenedLayer(desc=desc, items=[], source=source, index=index, dialect=loc.dialect)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,30 +311,46 @@ async def _open_whole(
     scratch: Path,
 ) -> OpenedLayer:
     decompress = _decompressor(desc.media_type)
-    scratch.mkdir(parents=True, exist_ok=True)
-    if not store.has(desc.digest):
+    sio = store if isinstance(store, StoreIO) else StoreIO(store)
+    store = sio.store
+    await trio.to_thread.run_sync(lambda: scratch.mkdir(parents=True, exist_ok=True))
+    if not sio.has(desc.digest):
         tmp = scratch / f"download-{desc.hex}.{secrets.token_hex(4)}"
         try:
             t0 = trio.current_time()
             n = 0
-            with open(tmp, "wb") as out:
+            # file writes run in the store's write threads (DESIGN.md 9), about 1 MiB at a time
+            out = await sio.run(open, tmp, "wb")
+            try:
+                pending: list[bytes] = []
+                buffered = 0
                 async with client.stream_blob(repository, desc.digest) as chunks:
                     async for piece in chunks:  # the iterator raises VerificationError on a bad digest
-                        out.write(piece)
+                        pending.append(piece)
+                        buffered += len(piece)
                         n += len(piece)
+                        if buffered >= _WRITE_BATCH:
+                            await sio.run(out.write, b"".join(pending))
+                            pending, buffered = [], 0
+                if pending:
+                    await sio.run(out.write, b"".join(pending))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await sio.run(out.close)
             stats.record_fetch(n, trio.current_time() - t0)
             if n != desc.size:
                 raise VerificationError(f"blob is {n} bytes, the manifest says {desc.size}")
-            await trio.to_thread.run_sync(
-                lambda: store.put_file(tmp, digest=desc.digest, holder=holder, move=True)
-            )
+            await sio.put_file(tmp, digest=desc.digest, holder=holder, move=True)
         finally:
-            tmp.unlink(missing_ok=True)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
     else:
-        store.ref(desc.digest, holder)
+        await sio.ref(desc.digest, holder)
     if decompress is None:
         tar_digest = desc.digest
     else:
+        # a long CPU-bound pass (its one put at the end included): a worker thread, but not one of the
+        # store's write slots, which it would hold for seconds
         tar_digest = await trio.to_thread.run_sync(
             _decompress_into_store, store, desc, decompress, scratch, holder
         )

@@ -7,8 +7,12 @@ same failure log at DEBUG). Nothing here blocks the trio thread on the network: 
 await the :class:`~fs.lazy.fetcher.ChunkFetcher`.
 
 Layers are immutable, so the kernel may cache everything: entries and attributes carry long timeouts and
-files are opened with ``keep_cache`` (DESIGN.md decision 9). Inodes never go away while mounted, so
-``forget`` has nothing to do and lookup counts are not tracked.
+files are opened with ``keep_cache`` (DESIGN.md decision 12). The root directory is the one thing that
+changes (layers come and go): it is never cached here and the kernel keeps its attributes briefly.
+
+Lookup counts are kept per layer by the :class:`~fs.lazy.inodes.InodeTable` (every ``lookup`` reply and
+every ``readdir_reply`` but ``.``/``..`` counts one, ``forget`` subtracts); a removed layer's nodes are
+freed, and ``on_free`` called, once the kernel forgot all of them.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyfuse3
 
 from fs.errors import ZsnapError
 from fs.lazy.fetcher import ChunkFetcher
-from fs.lazy.inodes import InodeTable, Node
+from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree, Node
 from fs.lazy.layer import OpenedLayer
 from fs.lazy.stats import MountStats
 
@@ -34,17 +38,20 @@ log = logging.getLogger(__name__)
 
 #: entry/attribute cache lifetime given to the kernel, seconds (layers never change while mounted)
 CACHE_TIMEOUT = 24 * 3600.0
+#: the root directory lists the attached layers, which change: the kernel re-asks after this long
+ROOT_TIMEOUT = 1.0
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT
 
 
 class LazyOperations(pyfuse3.Operations):
-    """Serve ``table``; regular-file bytes come from ``layers[node.layer]`` (lazy chunks or the store).
+    """Serve ``table``; a regular file's bytes come from its layer (``table.tree(node.layer).payload``,
+    an :class:`~fs.lazy.layer.OpenedLayer`: lazy chunks or the store).
 
     Args:
-        table: the mount's inodes (never changes while mounted).
-        layers: opened layers, indexed like ``table.layer_names``.
+        table: the session's inodes (layers are inserted and unlinked by the host while serving).
         fetcher: reads chunks of lazy layers.
-        store: serves whole (non-lazy) layers' uncompressed tars by ``pread``.
+        store: serves whole (non-lazy) layers' uncompressed tars by ``pread`` (a read: inline).
+        on_free: called with a layer tree the kernel no longer references (after it was unlinked).
     """
 
     supports_dot_lookup = True
@@ -54,21 +61,39 @@ class LazyOperations(pyfuse3.Operations):
     def __init__(
         self,
         table: InodeTable,
-        layers: Sequence[OpenedLayer],
         fetcher: ChunkFetcher,
         store: Any,
         stats: MountStats,
+        on_free: Callable[[LayerTree], None] | None = None,
     ) -> None:
         super().__init__()
         self.table = table
-        self.layers = list(layers)
         self.fetcher = fetcher
         self.store = store
         self.stats = stats
+        self.on_free = on_free
+        #: bytes of regular files over the linked layers (statfs), kept by the host
+        self.total_size = 0
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self._dirlists: dict[int, list[tuple[bytes, int]]] = {}
         self._failed: set[tuple[int, str]] = set()
-        self._total_size = sum(n.size for n in table if stat.S_ISREG(n.mode))
+
+    def layer_of(self, node: Node) -> OpenedLayer | None:
+        """The opened layer serving ``node`` (None for the root)."""
+        try:
+            return self.table.tree(node.layer).payload  # type: ignore[no-any-return]
+        except KeyError:
+            return None
+
+    def _forgotten(self, tree: LayerTree) -> None:
+        """Drop what this object cached about a freed layer's inodes."""
+        for node in tree.nodes:
+            if node is not None:
+                self._attrs.pop(node.inode, None)
+                self._dirlists.pop(node.inode, None)
+        self._failed = {k for k in self._failed if k[0] >> 32 != tree.slot}
+        if self.on_free is not None:
+            self.on_free(tree)
 
     # -- helpers ----------------------------------------------------------------------------------------
 
@@ -84,8 +109,9 @@ class LazyOperations(pyfuse3.Operations):
             attrs = pyfuse3.EntryAttributes()
             attrs.st_ino = node.inode
             attrs.generation = 0
-            attrs.entry_timeout = CACHE_TIMEOUT
-            attrs.attr_timeout = CACHE_TIMEOUT
+            timeout = ROOT_TIMEOUT if node.inode == ROOT_INODE else CACHE_TIMEOUT
+            attrs.entry_timeout = timeout
+            attrs.attr_timeout = timeout
             attrs.st_mode = node.mode
             attrs.st_nlink = node.nlink
             attrs.st_uid = node.uid
@@ -97,22 +123,30 @@ class LazyOperations(pyfuse3.Operations):
             attrs.st_atime_ns = node.atime_ns
             attrs.st_mtime_ns = node.mtime_ns
             attrs.st_ctime_ns = node.ctime_ns
-            self._attrs[node.inode] = attrs
+            if node.inode != ROOT_INODE:  # the root's link count changes with the layers
+                self._attrs[node.inode] = attrs
         return attrs
+
+    def _reply(self, node: Node) -> pyfuse3.EntryAttributes:
+        """Attributes for a reply that makes the kernel hold one more lookup of ``node``."""
+        self.table.remember(node.inode)
+        return self._entry(node)
 
     def _fail(self, node: Node, exc: BaseException) -> pyfuse3.FUSEError:
         """Account and log a failed request once per (file, error kind); return the EIO to raise."""
         self.stats.eio += 1
-        layer = self.layers[node.layer].desc.digest if 0 <= node.layer < len(self.layers) else "-"
+        opened = self.layer_of(node)
+        layer = opened.desc.digest if opened is not None else "-"
         key = (node.inode, type(exc).__name__)
+        path = self.table.path_of(node)
         if key in self._failed:
-            log.debug("EIO again: layer %s path %s: %s", layer, node.path, exc)
+            log.debug("EIO again: layer %s path %s: %s", layer, path, exc)
         else:
             self._failed.add(key)
             if isinstance(exc, ZsnapError):
-                log.warning("EIO: layer %s path %s: %s", layer, node.path, exc)
+                log.warning("EIO: layer %s path %s: %s", layer, path, exc)
             else:
-                log.error("EIO: layer %s path %s: unexpected %r", layer, node.path, exc, exc_info=exc)
+                log.error("EIO: layer %s path %s: unexpected %r", layer, path, exc, exc_info=exc)
         return pyfuse3.FUSEError(errno.EIO)
 
     # -- metadata ---------------------------------------------------------------------------------------
@@ -124,13 +158,13 @@ class LazyOperations(pyfuse3.Operations):
         if parent.entries is None:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if name == b".":
-            return self._entry(parent)
+            return self._reply(parent)
         if name == b"..":
-            return self._entry(self._node(parent.parent))
+            return self._reply(self._node(parent.parent))
         inode = parent.entries.get(name)
         if inode is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._entry(self.table.get(inode))
+        return self._reply(self.table.get(inode))
 
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return self._entry(self._node(inode))
@@ -153,7 +187,7 @@ class LazyOperations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = (self._total_size + 4095) // 4096
+        s.f_blocks = (self.total_size + 4095) // 4096
         s.f_bfree = s.f_bavail = 0
         s.f_files = len(self.table)
         s.f_ffree = s.f_favail = 0
@@ -161,7 +195,10 @@ class LazyOperations(pyfuse3.Operations):
         return s
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        return None  # inodes live as long as the mount
+        for inode, nlookup in inode_list:
+            freed = self.table.forget(inode, nlookup)
+            if freed is not None:
+                self._forgotten(freed)
 
     # -- directories ------------------------------------------------------------------------------------
 
@@ -177,11 +214,18 @@ class LazyOperations(pyfuse3.Operations):
             node = self._node(fh)
             assert node.entries is not None
             listing = [(b".", fh), (b"..", node.parent), *node.entries.items()]
-            self._dirlists[fh] = listing
+            if fh != ROOT_INODE:  # the root's listing changes with the layers
+                self._dirlists[fh] = listing
         for i in range(start_id, len(listing)):
             name, inode = listing[i]
-            if not pyfuse3.readdir_reply(token, name, self._entry(self.table.get(inode)), i + 1):
+            try:
+                child = self.table.get(inode)
+            except KeyError:  # a layer freed between two readdir calls of the root
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._entry(child), i + 1):
                 break
+            if i >= 2:  # the kernel counts a lookup for every entry but "." and ".."
+                self.table.remember(inode)
 
     async def releasedir(self, fh: int) -> None:
         return None
@@ -200,13 +244,11 @@ class LazyOperations(pyfuse3.Operations):
         node = self._node(fh)
         if off >= node.size or size <= 0:
             return b""
-        layer = self.layers[node.layer]
+        layer = self.layer_of(node)
+        if layer is None:
+            raise pyfuse3.FUSEError(errno.EIO)
         try:
-            if layer.source is not None:
-                data = await self.fetcher.read(layer.source, node.content, node.size, off, size)
-            else:
-                data = self.store.pread(layer.tar_digest, node.content + off, min(size, node.size - off))
-                self.stats.cache_hits += 1
+            data = await layer.read(self.fetcher, self.store, node.content, node.size, off, size)
             self.stats.reads += 1
             self.stats.read_bytes += len(data)
             return data

@@ -30,6 +30,9 @@ __all__ = ["batches", "run_prefetch"]
 
 log = logging.getLogger(__name__)
 
+#: prefetch starts no new batch while more chunks than this are fetched but not yet stored (memory bound)
+MAX_BACKLOG = 256
+
 
 def batches(chunks: Sequence[Chunk], max_bytes: int) -> list[list[Chunk]]:
     """Split chunks (in blob order) into runs whose compressed span stays within ``max_bytes``."""
@@ -67,6 +70,7 @@ async def _fill(
         while todo:
             batch = todo.pop()
             await scheduler.wait_turn(priority, quiet=0.02)
+            await fetcher.wait_backlog(MAX_BACKLOG)
             missing = [c for c in batch if not fetcher.is_cached(c)]
             if not missing:
                 continue
@@ -86,6 +90,7 @@ async def _fill(
     async with trio.open_nursery() as n:
         for _ in range(workers):
             n.start_soon(worker)
+    await fetcher.wait_idle()  # "done" means stored, not just fetched
 
 
 async def run_prefetch(

@@ -135,6 +135,7 @@ class FetchScheduler:
         self._granted = dict.fromkeys(Priority, 0)
         self._waiting: list[Ticket] = []
         self._seq = itertools.count()
+        self._changed = trio.Event()  # set (and replaced) on every change of waiting/in-flight work
 
     def ticket(self, priority: Priority) -> Ticket:
         """A new claim at ``priority``; nothing happens until it is entered."""
@@ -154,7 +155,7 @@ class FetchScheduler:
         """
         while True:
             while self.busy_above(priority):
-                await trio.sleep(0.005)
+                await self._changed.wait()
             if quiet <= 0:
                 return
             await trio.sleep(quiet)
@@ -177,6 +178,8 @@ class FetchScheduler:
         return all(self._in_flight[p] == 0 for p in Priority if p < priority)
 
     def _dispatch(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
         if not self._waiting:
             return
         self._waiting.sort(key=Ticket.sort_key)

@@ -44,12 +44,18 @@ def new_mount_id() -> str:
     return secrets.token_hex(6)
 
 
-def overlay_mount_command(layer_dirs: Sequence[str], mountpoint: str) -> list[str]:
+def overlay_mount_command(
+    layer_dirs: Sequence[str], mountpoint: str, *, allow_suid_dev: bool = False
+) -> list[str]:
     """The ``mount`` command stacking ``layer_dirs`` (topmost first) read-only at ``mountpoint``.
 
     One layer is a read-only bind mount (overlayfs needs two lowerdirs without an upperdir). Layer dirs are
     given relative to the FUSE mount root and the command is meant to run with that root as its cwd, so the
     ``lowerdir=`` option stays short (it must fit one page) even for many layers.
+
+    The mount is ``nosuid,nodev`` (an image's setuid binaries, file capabilities and device nodes have no
+    effect there) unless ``allow_suid_dev``. The overlay gets no other option: no ``redirect_dir``,
+    ``metacopy`` or ``index`` (the layers carry no ``trusted.*`` xattr but the whiteouts' opaque flag).
 
     Raises:
         ValueError: no layers, or a layer name containing ``:`` or ``,`` (which the option syntax cannot
@@ -60,9 +66,10 @@ def overlay_mount_command(layer_dirs: Sequence[str], mountpoint: str) -> list[st
     for d in layer_dirs:
         if not d or any(ch in d for ch in ":,\\\n"):
             raise ValueError(f"layer directory name {d!r} cannot be used in an overlay lowerdir")
-    if len(layer_dirs) == 1:
-        return ["mount", "--bind", "-o", "ro", layer_dirs[0], mountpoint]
-    opts = f"ro,lowerdir={':'.join(layer_dirs)}"
+    flags = "suid,dev" if allow_suid_dev else "nosuid,nodev"
+    if len(layer_dirs) == 1:  # util-linux applies the flags with a second (remount) call
+        return ["mount", "--bind", "-o", f"ro,{flags}", layer_dirs[0], mountpoint]
+    opts = f"ro,{flags},lowerdir={':'.join(layer_dirs)}"
     if len(opts) > 4000:
         raise ValueError(f"overlay options too long for {len(layer_dirs)} layers ({len(opts)} bytes)")
     return ["mount", "-t", "overlay", "overlay", "-o", opts, mountpoint]
@@ -85,9 +92,15 @@ def _unescape_mountinfo(s: str) -> str:
     return "".join(out)
 
 
-def mount_source_dev(mountpoint: str | Path, *, mountinfo: str | None = None) -> str | None:
-    """``major:minor`` of the (last) mount at ``mountpoint`` per ``/proc/self/mountinfo``, else None."""
-    target = os.path.realpath(mountpoint)
+def mount_source_dev(
+    mountpoint: str | Path, *, mountinfo: str | None = None, resolve: bool = True
+) -> str | None:
+    """``major:minor`` of the (last) mount at ``mountpoint`` per ``/proc/self/mountinfo``, else None.
+
+    ``resolve=False`` takes ``mountpoint`` as an already resolved absolute path: a process serving a FUSE
+    mount must not resolve paths that may lead through that mount (the lookup would wait for itself).
+    """
+    target = os.path.realpath(mountpoint) if resolve else os.fspath(mountpoint)
     text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
     found = None
     for line in text.splitlines():
@@ -97,9 +110,37 @@ def mount_source_dev(mountpoint: str | Path, *, mountinfo: str | None = None) ->
     return found
 
 
-def is_mounted(mountpoint: str | Path) -> bool:
-    """True if something is mounted exactly at ``mountpoint`` (reads the mount table only)."""
-    return mount_source_dev(mountpoint) is not None
+def is_mounted(mountpoint: str | Path, *, resolve: bool = True) -> bool:
+    """True if something is mounted exactly at ``mountpoint`` (reads the mount table; ``resolve`` as for
+    :func:`mount_source_dev`)."""
+    return mount_source_dev(mountpoint, resolve=resolve) is not None
+
+
+def check_mountpoint(mountpoint: str | Path, root: str | Path) -> str:
+    """Resolve ``mountpoint`` and refuse places that would route the serving process through its own
+    mount: the store root itself, anything inside it (``<root>/mnt`` holds the FUSE session), and any
+    directory above it (an overlay there would hide the root from the process that serves it).
+
+    Returns:
+        The resolved mountpoint.
+
+    Raises:
+        ZsnapError: the mountpoint is unusable.
+    """
+    from fs.errors import ZsnapError
+
+    mp = os.path.realpath(mountpoint)
+    rt = os.path.realpath(root)
+    if mp == rt or mp.startswith(rt.rstrip("/") + "/"):
+        raise ZsnapError(
+            f"mountpoint {mountpoint} is inside the zsnap root {rt}: choose a directory outside it"
+        )
+    if rt.startswith(mp.rstrip("/") + "/"):
+        raise ZsnapError(
+            f"mountpoint {mountpoint} contains the zsnap root {rt}: mounting over it would hide the store "
+            "from the process serving the mount; choose a directory outside it"
+        )
+    return mp
 
 
 def set_read_ahead(dev: str, kib: int = 1024) -> bool:

@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mount.add_argument("--daemon", action="store_true", help="run in the background once ready")
     mount.add_argument("--plain-http", action="store_true", help="plain HTTP for non-loopback registries")
     mount.add_argument(
+        "--allow-suid-dev", action="store_true",
+        help="let the image's setuid/setgid bits, file capabilities and device nodes take effect at "
+        "MOUNTPOINT (default: the mount is nosuid,nodev)",
+    )  # fmt: skip
+    mount.add_argument(
         "--fetch-timeout", type=float, default=30.0, metavar="SECONDS",
         help="a read of uncached data fails with EIO after this long (default %(default)s)",
     )  # fmt: skip
@@ -52,9 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace, mount_id: str):  # -> MountConfig
     from fs.lazy.mount import MountConfig
+    from fs.lazy.system import check_mountpoint
 
     if args.fetch_timeout <= 0:
         raise ZsnapError("--fetch-timeout must be positive")
+    check_mountpoint(args.mountpoint, args.root)
     return MountConfig(
         root=args.root.resolve(),
         image=args.reference,
@@ -65,6 +72,7 @@ def _config(args: argparse.Namespace, mount_id: str):  # -> MountConfig
         plain_http=True if args.plain_http else None,
         fetch_timeout=args.fetch_timeout,
         mount_id=mount_id,
+        allow_suid_dev=args.allow_suid_dev,
     )
 
 
@@ -144,7 +152,6 @@ def _daemonize(cfg) -> int:  # type: ignore[no-untyped-def]
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-
 
 
 def _umount(args: argparse.Namespace) -> int:

@@ -177,3 +177,38 @@ async def test_prefetch_sets_from_landmarks_and_toc_list(vectors_dir: Path, feat
                            scratch=Path("/nonexistent"))  # fmt: skip
     assert top.index is not None and top.index.no_prefetch and top.prefetch_chunks() == []
     assert len(top.chunks_by_offset()) > 0
+
+
+async def test_store_writes_never_run_on_the_trio_thread(feat_layer) -> None:
+    import threading
+
+    from fs.lazy.storeio import StoreIO
+
+    _, store, layer = feat_layer
+    trio_thread = threading.get_ident()
+    writes: list[tuple[str, int]] = []
+
+    class Recording:
+        def __getattr__(self, name):
+            attr = getattr(store, name)
+            if name in ("put_many", "put_file", "ref", "unref", "drop_holder", "bind_holder"):
+
+                def recorded(*args, **kwargs):
+                    writes.append((name, threading.get_ident()))
+                    return attr(*args, **kwargs)
+
+                return recorded
+            return attr
+
+    rec = Recording()
+    sio = StoreIO(rec)
+    node, chunks = _file(layer, "feat/text-2M")
+    async with open_fetcher(rec, FetchScheduler(), MountStats(), holder=HOLDER, fetch_timeout=5,
+                            store_limiter=sio.limiter) as fetcher:  # fmt: skip
+        await fetcher.read(layer.source, chunks, node.size, 0, 4096)
+        await fetcher.wait_idle()
+    await sio.ref(chunks[0].digest, "other")
+    await sio.drop_holder("other")
+    names = {n for n, _ in writes}
+    assert {"put_many", "drop_holder", "ref"} <= names
+    assert all(tid != trio_thread for _, tid in writes), writes

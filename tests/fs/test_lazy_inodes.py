@@ -28,7 +28,7 @@ def test_layers_are_top_level_directories() -> None:
     assert t.root.nlink == 4
     assert a.parent == ROOT_INODE and b.parent == ROOT_INODE
     f = t.lookup_path("aa/etc/passwd")
-    assert stat.S_ISREG(f.mode) and f.size == 5 and f.content == "C" and f.path == "/aa/etc/passwd"
+    assert stat.S_ISREG(f.mode) and f.size == 5 and f.content == "C" and t.path_of(f) == "/aa/etc/passwd"
     assert t.get(f.parent) is t.lookup_path("aa/etc")
     with pytest.raises(FormatError):
         _layer(t, "aa", [])
@@ -149,3 +149,59 @@ def test_escaping_names_rejected(bad: str) -> None:
 def test_entry_below_file_rejected() -> None:
     with pytest.raises(FormatError):
         InodeTable().add_layer("l", [Item("f", "reg"), Item("f/x", "reg")])
+
+
+def test_layers_come_and_go_and_are_freed_when_the_kernel_forgets() -> None:
+    from fs.lazy.inodes import INDEX_BITS
+    from fs.lazy.treebuild import build_layer_tree
+
+    t = InodeTable()
+    a = build_layer_tree(5, "aa", [Item("etc", "dir"), Item("etc/passwd", "reg", size=3)])
+    t.insert(a)
+    t.add_layer("bb", [Item("x", "reg", size=4)], slot=9)
+    passwd = t.lookup_path("aa/etc/passwd")
+    assert passwd.inode == (5 << INDEX_BITS) | 2 and a.top.inode == 5 << INDEX_BITS  # slot, entry index
+    assert t.path_of(passwd) == "/aa/etc/passwd" and t.layer_names == ["aa", "bb"]
+    t.remember(a.top.inode)
+    t.remember(passwd.inode, 2)
+    assert a.lookups == 3 and a.dir_lookups == {a.top.inode: 1}
+    assert t.unlink("aa") is a and t.layer_names == ["bb"] and t.root.nlink == 3
+    assert t.get(passwd.inode) is passwd  # the kernel still holds it: still served
+    assert t.forget(passwd.inode, 2) is None
+    assert t.forget(a.top.inode, 1) is a  # the last lookup forgotten: freed
+    with pytest.raises(KeyError):
+        t.get(passwd.inode)
+    # rebuilt from the same entries in the same slot: the same numbers
+    again = build_layer_tree(5, "aa", [Item("etc", "dir"), Item("etc/passwd", "reg", size=3)])
+    t.insert(again)
+    assert t.lookup_path("aa/etc/passwd").inode == passwd.inode
+    with pytest.raises(FormatError):
+        t.insert(build_layer_tree(5, "cc", []))  # slot taken
+    with pytest.raises(FormatError):
+        t.insert(build_layer_tree(6, "bb", []))  # name taken
+
+
+def test_unlinked_layer_without_kernel_references_is_freed_at_once() -> None:
+    t = InodeTable()
+    t.add_layer("aa", [Item("f", "reg")], slot=1)
+    tree = t.unlink("aa")
+    assert t.trees() == [] and not tree.linked
+    with pytest.raises(KeyError):
+        t.unlink("aa")
+
+
+def test_image_trusted_xattrs_are_dropped_but_whiteout_opaque_kept() -> None:
+    t = InodeTable()
+    t.add_layer(
+        "l",
+        [
+            Item("d", "dir", xattrs={"trusted.overlay.opaque": b"y", "user.a": b"1"}),
+            Item("e", "dir", xattrs={"trusted.overlay.redirect": b"/d"}),
+            Item("f", "reg", xattrs={"trusted.overlay.metacopy": b"", "security.capability": b"\x01"}),
+            Item("o/.wh..wh..opq", "reg"),
+        ],
+    )
+    assert t.lookup_path("l/d").xattrs == {b"user.a": b"1"}
+    assert t.lookup_path("l/e").xattrs == {}
+    assert t.lookup_path("l/f").xattrs == {b"security.capability": b"\x01"}
+    assert t.lookup_path("l/o").xattrs == {OPAQUE_XATTR: b"y"}

@@ -86,13 +86,38 @@ def test_prefetch_batches_by_compressed_span() -> None:
 
 
 def test_overlay_command_and_options() -> None:
-    assert system.overlay_mount_command(["a"], "/m") == ["mount", "--bind", "-o", "ro", "a", "/m"]
+    assert system.overlay_mount_command(["a"], "/m") == [
+        "mount",
+        "--bind",
+        "-o",
+        "ro,nosuid,nodev",
+        "a",
+        "/m",
+    ]
     assert system.overlay_mount_command(["top", "bottom"], "/m") == [
-        "mount", "-t", "overlay", "overlay", "-o", "ro,lowerdir=top:bottom", "/m"
+        "mount", "-t", "overlay", "overlay", "-o", "ro,nosuid,nodev,lowerdir=top:bottom", "/m"
     ]  # fmt: skip
+    assert system.overlay_mount_command(["top", "bottom"], "/m", allow_suid_dev=True)[5] == (
+        "ro,suid,dev,lowerdir=top:bottom"
+    )
     for bad in ([], ["a:b", "c"], ["a,b", "c"]):
         with pytest.raises(ValueError):
             system.overlay_mount_command(bad, "/m")
+
+
+def test_mountpoints_inside_or_above_the_root_are_refused(tmp_path) -> None:
+    from fs.errors import ZsnapError
+
+    root = tmp_path / "root"
+    (root / "mnt").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    assert system.check_mountpoint(tmp_path / "elsewhere", root) == str(tmp_path / "elsewhere")
+    for bad in (root, root / "mnt", tmp_path, tmp_path / "elsewhere" / ".."):
+        with pytest.raises(ZsnapError, match="zsnap root"):
+            system.check_mountpoint(bad, root)
+    (tmp_path / "link").symlink_to(root / "mnt")  # a symlink into the root is just as bad
+    with pytest.raises(ZsnapError, match="inside the zsnap root"):
+        system.check_mountpoint(tmp_path / "link", root)
 
 
 def test_mount_source_dev_from_mountinfo() -> None:

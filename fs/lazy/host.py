@@ -1,0 +1,519 @@
+"""One FUSE session serving every attached image: layers are added and removed while it runs.
+
+The API the snapshotter daemon (and ``zsnap mount``) builds on::
+
+    async with open_lazy_host(root, store, options=HostOptions(...)) as host:
+        layers = await host.attach_image(ref, holder="snapshot:abc", manifest_digest=None, plain_http=None)
+            # -> [AttachedLayer(digest, diff_id, path, lazy)], bottom-first, each layer once
+        host.layer_path(digest)          # <fuse_dir>/<digest hex>
+        await host.detach("snapshot:abc")
+        host.stats                       # MountStats counters shared by every layer
+        host.session_ended               # trio.Event: the FUSE session went away (unmounted under us)
+
+:func:`open_lazy_host` mounts ONE pyfuse3 session at ``options.fuse_dir`` (default ``<root>/mnt``) and runs
+it in its own nursery, with one :class:`~fs.lazy.fetcher.ChunkFetcher`, one
+:class:`~fs.lazy.scheduler.FetchScheduler` (on-demand reads of any image before any prefetch or
+background work) and one registry client per (registry, plain-http) pair. Leaving the block stops
+prefetching, ends the session and unmounts it (nothing stacked on its layer directories may still be
+mounted then: unmount overlays first). pyfuse3 holds one session per process: one host per process. All
+methods are called from the host's trio run; nothing in this process may read the FUSE tree from the trio
+thread (use a worker thread or another process).
+
+:meth:`LazyHost.attach_image` resolves the image with one manifest request (by ``manifest_digest`` when
+given; an index costs one more for this platform's manifest) plus the config, opens its distinct layers
+concurrently (TOC fetched and verified, or the whole layer into the store; :mod:`fs.lazy.layer`) and adds
+each to the tree as ``<fuse_dir>/<digest hex>/``. A layer already attached is shared: layers are
+refcounted by holder (any string the caller chooses, e.g. one per snapshot); concurrent attaches of the
+same layer open it once. :meth:`LazyHost.detach` drops a holder; a layer no holder wants any more leaves
+the root directory at once (the kernel's dentry is invalidated), its prefetch stops, its store refs are
+dropped (its chunks stay cached, evictable), and its nodes are freed once the kernel forgot them.
+
+Store references: in the daemon (``options.bound_holder`` None) each layer's whole blobs/tars and fetched
+chunks are ref'd by the persistent holder ``layer:<digest>``, which survives a crash and a restart (the
+restarted daemon re-attaches; what it does not re-attach its owner drops with ``drop_holder``).
+``zsnap mount`` passes ``bound_holder="mount:<id>"``, bound to its process so that a crash releases it.
+
+Inode numbers (:mod:`fs.lazy.inodes`) are ``slot << 32 | entry index``; a layer's slot comes from a
+persistent map ``<root>/lazy/slots.json`` (digest -> slot, never reused), so a restarted host gives a layer
+the same inode numbers. Every store write and the slot map run in worker threads
+(:class:`~fs.lazy.storeio.StoreIO`): the trio thread only answers FUSE (DESIGN.md decision 9).
+
+Privileges: the session is mounted ``suid,nodev``: containerd bind-mounts single-layer snapshots, and a
+bind mount keeps its source's ``nosuid``. Its root directory is mode 0700 (root only), so nobody else can
+reach a setuid binary through ``<fuse_dir>``; overlays and bind mounts of layer directories decide their
+own flags (``zsnap mount`` makes them ``nosuid,nodev`` unless asked otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import stat
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from fs.errors import NotInStore, ZsnapError
+from fs.lazy import system
+from fs.lazy.fetcher import ChunkFetcher
+from fs.lazy.image import LayoutClient, resolve_image
+from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
+from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer
+from fs.lazy.ops import LazyOperations
+from fs.lazy.prefetch import run_prefetch
+from fs.lazy.scheduler import FetchScheduler
+from fs.lazy.slots import LayerSlots
+from fs.lazy.stats import MountStats
+from fs.lazy.storeio import StoreIO
+from fs.lazy.treebuild import build_layer_tree
+from fs.registry import ImageReference, OciLayout, open_registry_client
+
+__all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost", "open_lazy_host"]
+
+log = logging.getLogger(__name__)
+
+#: pyfuse3 mount options: read-only, visible to every user (containers; the root dir is 0700), kernel
+#: permission checks, setuid kept (bind mounts of a layer inherit the flag), device nodes never opened.
+FUSE_OPTIONS = frozenset(
+    {"fsname=zsnap", "subtype=zsnap", "ro", "allow_other", "default_permissions", "suid", "nodev"}
+)
+#: layers opened at the same time by one attach
+OPEN_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """How a :class:`LazyHost` serves.
+
+    Attributes:
+        prefetch: fetch the files a layer marks as needed first, once it is attached.
+        background_fetch: then fetch the rest of every lazy layer at the lowest priority.
+        fetch_timeout: a read of uncached data fails with EIO after this many seconds.
+        read_ahead_kb: the session's kernel read-ahead (0 leaves the default).
+        plain_http: default for registries that are not on loopback (None: loopback only).
+        fuse_dir: where the session is mounted (default ``<root>/mnt``).
+        bound_holder: one store holder for every layer, bound to this process (``zsnap mount``); None
+            gives each layer the persistent holder ``layer:<digest>``.
+        scratch_dir: download/decompression scratch (default ``<root>/scratch/host-<pid>``).
+    """
+
+    prefetch: bool = True
+    background_fetch: bool = True
+    fetch_timeout: float = 30.0
+    read_ahead_kb: int = 1024
+    plain_http: bool | None = None
+    fuse_dir: Path | None = None
+    bound_holder: str | None = None
+    scratch_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class AttachedLayer:
+    """One layer of an attached image: its directory in the FUSE tree and whether it is served lazily."""
+
+    digest: str
+    diff_id: str | None
+    path: Path
+    lazy: bool
+
+
+@dataclass(eq=False)
+class _Layer:
+    """A layer of the host: opening, or linked in the tree."""
+
+    digest: str
+    holders: set[str] = field(default_factory=set)
+    opened: OpenedLayer | None = None
+    tree: LayerTree | None = None
+    ready: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+    opening: bool = False
+    fill: trio.CancelScope | None = None
+
+    @property
+    def hex(self) -> str:
+        return self.digest.partition(":")[2]
+
+
+class LazyHost:
+    """The running host; create with :func:`open_lazy_host` (see the module docstring)."""
+
+    def __init__(
+        self, root: Path, store: Any, options: HostOptions, nursery: trio.Nursery, fetcher: ChunkFetcher,
+        scheduler: FetchScheduler, sio: StoreIO, stats: MountStats, exits: contextlib.AsyncExitStack,
+    ) -> None:  # fmt: skip
+        self.root = root
+        self.options = options
+        self.fuse_dir = options.fuse_dir or root / "mnt"
+        self.scratch = options.scratch_dir or root / "scratch" / f"host-{os.getpid()}"
+        self.stats = stats
+        self.session_ended = trio.Event()
+        self._store = store
+        self._sio = sio
+        self._nursery = nursery
+        self._fetcher = fetcher
+        self._scheduler = scheduler
+        self._exits = exits
+        self._table = InodeTable(now_ns=time.time_ns())
+        self._table.root.mode = stat.S_IFDIR | 0o700  # nobody but root walks into the layers directly
+        self.ops = LazyOperations(self._table, fetcher, store, stats, on_free=self._freed)
+        self._slots = LayerSlots(root / "lazy" / "slots.json")
+        self._layers: dict[str, _Layer] = {}
+        self._holders: dict[str, set[str]] = {}
+        self._unlinked: dict[str, LayerTree] = {}  # left the tree, the kernel still holds inodes
+        self._clients: dict[tuple[Any, ...], Any] = {}
+        self._client_lock = trio.Lock()
+        self._filling: dict[str, set[str]] = {"prefetch": set(), "background": set()}
+
+    # -- public API -------------------------------------------------------------------------------------
+
+    def layer_path(self, digest: str) -> Path:
+        """Where layer ``digest`` is (or would be) in the FUSE tree."""
+        return self.fuse_dir / digest.partition(":")[2]
+
+    @property
+    def holders(self) -> dict[str, list[str]]:
+        """Each holder's layer digests (a snapshot, for diagnostics)."""
+        return {h: sorted(ds) for h, ds in self._holders.items()}
+
+    def attached(self) -> list[str]:
+        """Digests of the layers in the tree."""
+        return [d for d, la in self._layers.items() if la.tree is not None]
+
+    async def attach_image(
+        self,
+        ref: ImageReference | str,
+        *,
+        holder: str,
+        manifest_digest: str | None = None,
+        plain_http: bool | None = None,
+    ) -> list[AttachedLayer]:
+        """Attach every layer of ``ref`` for ``holder`` (see the module docstring).
+
+        Returns:
+            The image's distinct layers, bottom-first (a layer listed twice keeps its topmost place).
+
+        Raises:
+            NotFoundError, FormatError, VerificationError, RegistryError: resolving or opening failed
+                (the holder keeps only what it held before).
+        """
+        if not holder:
+            raise ValueError("holder must be a non-empty string")
+        if isinstance(ref, str):
+            ref = ImageReference.parse(ref)
+        client = await self._client(ref, plain_http)
+        image = await resolve_image(client, ref, manifest_digest=manifest_digest)
+        if not image.layers:
+            raise ZsnapError(f"{ref} has no layers")
+        order = _topmost_once(image.layers)
+        mine = self._holders.setdefault(holder, set())
+        added = [d.digest for d in order if d.digest not in mine]
+        for d in order:  # claimed before any await: a concurrent detach sees them
+            self._layers.setdefault(d.digest, _Layer(d.digest)).holders.add(holder)
+            mine.add(d.digest)
+        try:
+            limiter = trio.CapacityLimiter(OPEN_CONCURRENCY)
+            async with trio.open_nursery() as n:
+                for d in order:
+                    n.start_soon(self._ensure_open, d, client, image.repository, limiter)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self._release(holder, added)
+            leaves = _leaves(exc)
+            if isinstance(exc, BaseExceptionGroup) and all(isinstance(e, ZsnapError) for e in leaves):
+                raise leaves[0] from None  # one clear error for the caller, not a group of them
+            raise
+        missing = [d.digest for d in order if d.digest not in self._holders.get(holder, ())]
+        if missing:  # detached while attaching
+            raise ZsnapError(f"{ref}: holder {holder} was detached while its image was being attached")
+        out = []
+        for d in order:
+            la = self._layers[d.digest]
+            assert la.opened is not None
+            out.append(AttachedLayer(d.digest, d.diff_id, self.layer_path(d.digest), la.opened.lazy))
+        return out
+
+    async def detach(self, holder: str) -> None:
+        """Drop ``holder``'s layers; a layer no holder wants any more leaves the tree. Idempotent."""
+        await self._release(holder, list(self._holders.get(holder, ())))
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _layer_holder(self, digest: str) -> str:
+        return self.options.bound_holder or f"layer:{digest}"
+
+    async def _client(self, ref: ImageReference, plain_http: bool | None) -> Any:
+        if ref.transport == "oci":
+            assert ref.path is not None
+            key: tuple[Any, ...] = ("oci", str(ref.path))
+        else:
+            plain = self.options.plain_http if plain_http is None else plain_http
+            key = ("docker", ref.registry, plain)
+        async with self._client_lock:
+            client = self._clients.get(key)
+            if client is None:
+                if key[0] == "oci":
+                    client = LayoutClient(OciLayout(ref.path))  # type: ignore[arg-type]
+                else:
+                    client = await self._exits.enter_async_context(
+                        open_registry_client(
+                            ref.registry, plain_http=key[2], timeout=self.options.fetch_timeout
+                        )
+                    )
+                self._clients[key] = client
+        return client
+
+    async def _ensure_open(
+        self, desc: LayerDescriptor, client: Any, repository: str, limiter: trio.CapacityLimiter
+    ) -> None:
+        la = self._layers.get(desc.digest)
+        if la is None:  # detached meanwhile
+            return
+        if la.opened is not None and la.tree is not None:
+            return
+        if la.ready.is_set() or la.opening:
+            await la.ready.wait()
+            if la.error is not None:
+                raise ZsnapError(f"layer {desc.digest} could not be opened: {la.error}") from la.error
+            return
+        la.opening = True
+        try:
+            async with limiter:
+                await self._open(la, desc, client, repository)
+        except BaseException as exc:
+            la.error = exc
+            if self._layers.get(la.digest) is la:
+                del self._layers[la.digest]  # the next attach tries again
+            raise
+        finally:
+            la.ready.set()
+
+    async def _open(self, la: _Layer, desc: LayerDescriptor, client: Any, repository: str) -> None:
+        holder = self._layer_holder(desc.digest)
+        old = self._unlinked.pop(desc.digest, None)
+        if old is not None:  # detached, not yet forgotten by the kernel: the same nodes come back
+            opened: OpenedLayer = old.payload
+            with contextlib.suppress(NotInStore):
+                for digest in {desc.digest, opened.tar_digest} - {None}:
+                    if not opened.lazy:
+                        await self._sio.ref(digest, holder)  # type: ignore[arg-type]
+            tree = old
+        else:
+            opened = await open_layer(
+                client,
+                repository,
+                desc,
+                store=self._sio,
+                stats=self.stats,
+                holder=holder,
+                scratch=self.scratch,
+            )
+            slot = await self._slots.slot(desc.digest)
+            tree = await trio.to_thread.run_sync(_build, slot, desc.hex, opened)
+        la.opened = opened
+        if not la.holders:  # every holder left while it was opening
+            if self._layers.get(la.digest) is la:
+                del self._layers[la.digest]
+            await self._drop_refs(la.digest)
+            return
+        self._table.insert(tree)
+        la.tree = tree
+        self.ops.total_size += tree.file_bytes
+        self._start_fill(la)
+
+    async def _release(self, holder: str, digests: list[str]) -> None:
+        mine = self._holders.get(holder)
+        if mine is None:
+            return
+        for digest in digests:
+            mine.discard(digest)
+            la = self._layers.get(digest)
+            if la is None:
+                continue
+            la.holders.discard(holder)
+            if not la.holders and la.tree is not None:
+                await self._remove(la)
+        if not mine:
+            self._holders.pop(holder, None)
+
+    async def _remove(self, la: _Layer) -> None:
+        """Take a layer out of the tree: stop its fill, unlink it, tell the kernel, drop its refs."""
+        del self._layers[la.digest]
+        if la.fill is not None:
+            la.fill.cancel()
+        tree = la.tree
+        assert tree is not None
+        self._table.unlink(tree.name)
+        self.ops.total_size -= tree.file_bytes
+        la.tree = None
+        with contextlib.suppress(KeyError):
+            self._table.tree(tree.slot)  # still held by the kernel: freed by forget
+            self._unlinked[la.digest] = tree
+        # Ask the kernel to drop what it cached of the layer (deepest first, the layer's own name last):
+        # an unhashed dentry is freed, and its inode forgotten, as soon as nobody uses it. Dentries
+        # below a merely unhashed parent would otherwise stay cached until memory pressure.
+        for node in tree.known_dirs():
+            assert node.entries is not None
+            for name in node.entries:
+                pyfuse3.invalidate_entry_async(node.inode, name, ignore_enoent=True)
+        pyfuse3.invalidate_entry_async(ROOT_INODE, tree.name.encode(), ignore_enoent=True)
+        await self._drop_refs(la.digest)
+
+    async def _drop_refs(self, digest: str) -> None:
+        if self.options.bound_holder is None:  # the shared bound holder is dropped at exit
+            try:
+                await self._sio.drop_holder(self._layer_holder(digest))
+            except ZsnapError as exc:
+                log.info("could not drop the store refs of layer %s: %s", digest, exc)
+
+    def _freed(self, tree: LayerTree) -> None:
+        opened: OpenedLayer | None = tree.payload
+        if opened is not None and self._unlinked.get(opened.desc.digest) is tree:
+            del self._unlinked[opened.desc.digest]
+
+    def _start_fill(self, la: _Layer) -> None:
+        opened = la.opened
+        assert opened is not None
+        want = [
+            p
+            for p, on in (("prefetch", self.options.prefetch), ("background", self.options.background_fetch))
+            if on
+        ]
+        if not opened.lazy or not want:
+            self._fill_done(la.digest, want)
+            return
+        for phase in want:
+            self._filling[phase].add(la.digest)
+            setattr(self.stats, f"{phase}_done", False)
+        la.fill = trio.CancelScope()
+        self._nursery.start_soon(self._fill, la, la.fill, want)
+
+    async def _fill(self, la: _Layer, scope: trio.CancelScope, phases: list[str]) -> None:
+        assert la.opened is not None
+        scratch_stats = MountStats()  # run_prefetch's own flags; the host keeps the shared ones
+        try:
+            with scope:
+                for phase in phases:
+                    await run_prefetch(
+                        [la.opened], self._fetcher, self._scheduler, scratch_stats,
+                        prefetch=phase == "prefetch", background=phase == "background",
+                    )  # fmt: skip
+                    self._fill_done(la.digest, [phase])
+        finally:
+            self._fill_done(la.digest, phases)
+
+    def _fill_done(self, digest: str, phases: list[str]) -> None:
+        for phase in phases:
+            self._filling[phase].discard(digest)
+            if not self._filling[phase]:
+                setattr(self.stats, f"{phase}_done", True)
+
+
+def _build(slot: int, name: str, opened: OpenedLayer) -> LayerTree:
+    """Worker thread: the layer's nodes (always with overlay whiteouts: a layer may be shared by overlays
+    and bind mounts alike) and the bytes of its regular files (statfs); then the layer drops what only
+    building needed."""
+    tree = build_layer_tree(slot, name, opened.iter_items(), overlay=True, payload=opened)
+    opened.seal()
+    return tree
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _topmost_once(layers: tuple[LayerDescriptor, ...]) -> list[LayerDescriptor]:
+    """The distinct layers bottom-first, each at its topmost position."""
+    seen: set[str] = set()
+    top_down = []
+    for d in reversed(layers):
+        if d.digest not in seen:
+            seen.add(d.digest)
+            top_down.append(d)
+    return list(reversed(top_down))
+
+
+async def _run_session(host: LazyHost) -> None:
+    try:
+        await pyfuse3.main(min_tasks=4, max_tasks=64)
+    finally:
+        host.session_ended.set()
+
+
+@contextlib.asynccontextmanager
+async def open_lazy_host(
+    root: Path, store: Any, *, options: HostOptions | None = None
+) -> AsyncIterator[LazyHost]:
+    """Mount the host's FUSE session and serve it until the block exits (see the module docstring).
+
+    ``store`` is an open :class:`~fs.store.Store` (the caller closes it after the block).
+
+    Raises:
+        ZsnapError: the FUSE session could not be mounted (e.g. something is mounted there already).
+        ValueError: a bad option.
+    """
+    options = options or HostOptions()
+    if options.fetch_timeout <= 0:
+        raise ValueError("fetch_timeout must be a positive number of seconds")
+    root = Path(root)
+    # resolved once, before mounting: afterwards this process must not resolve paths through its mount
+    fuse_dir = Path(os.path.realpath(options.fuse_dir or root / "mnt"))
+    options = dataclasses.replace(options, fuse_dir=fuse_dir)
+    if system.is_mounted(fuse_dir, resolve=False):
+        raise ZsnapError(f"{fuse_dir} is already a mount point: is another zsnap serving this root?")
+    await trio.to_thread.run_sync(lambda: fuse_dir.mkdir(parents=True, exist_ok=True))
+    stats = MountStats()
+    scheduler = FetchScheduler()
+    sio = StoreIO(store)
+    mounted = False
+    try:
+        async with contextlib.AsyncExitStack() as exits, trio.open_nursery() as nursery:
+            fetcher = ChunkFetcher(
+                store, scheduler, stats, nursery, holder=options.bound_holder,
+                fetch_timeout=options.fetch_timeout, store_limiter=sio.limiter,
+            )  # fmt: skip
+            host = LazyHost(root, store, options, nursery, fetcher, scheduler, sio, stats, exits)
+            try:
+                pyfuse3.init(host.ops, str(fuse_dir), set(FUSE_OPTIONS))
+            except RuntimeError as exc:
+                raise ZsnapError(f"cannot mount the FUSE session at {fuse_dir}: {exc}") from exc
+            mounted = True
+            try:
+                nursery.start_soon(_run_session, host)
+                # a worker thread waits for the first reply (INIT done); then read-ahead may be raised
+                with trio.move_on_after(30) as waited:
+                    await trio.to_thread.run_sync(os.stat, fuse_dir, abandon_on_cancel=True)
+                if waited.cancelled_caught:
+                    raise ZsnapError(f"the FUSE session at {fuse_dir} did not answer within 30 s")
+                dev = system.mount_source_dev(fuse_dir, resolve=False)
+                if dev and options.read_ahead_kb:
+                    await trio.to_thread.run_sync(system.set_read_ahead, dev, options.read_ahead_kb)
+                yield host
+            finally:
+                pyfuse3.terminate()
+                nursery.cancel_scope.cancel()  # prefetch, fetches and the session loop
+    finally:
+        with trio.CancelScope(shield=True):
+            if mounted:
+                try:
+                    pyfuse3.close(unmount=True)
+                except Exception as exc:  # already unmounted under us
+                    log.info("closing the FUSE session at %s: %r", fuse_dir, exc)
+            if not system.is_mounted(fuse_dir, resolve=False):
+                with contextlib.suppress(OSError):
+                    fuse_dir.rmdir()
+            else:
+                log.info("%s is still mounted", fuse_dir)
+            if options.scratch_dir is None:  # the host's own scratch (a caller's is the caller's)
+                scratch = root / "scratch" / f"host-{os.getpid()}"
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))

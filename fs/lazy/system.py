@@ -103,7 +103,7 @@ def is_mounted(mountpoint: str | Path) -> bool:
 
 
 def set_read_ahead(dev: str, kib: int = 1024) -> bool:
-    """Raise ``/sys/class/bdi/<dev>/read_ahead_kb`` to ``kib`` (LIMITS.md: the biggest sequential knob).
+    """Raise ``/sys/class/bdi/<dev>/read_ahead_kb`` to ``kib`` (the biggest sequential knob, docs/DESIGN.md).
 
     Returns False (and logs at INFO) when the knob is missing or not writable; never raises.
     """

@@ -37,6 +37,7 @@ FORBIDDEN = [
     (re.compile(r"(?<![\w.])" + re.escape(_WORKPLACE)), "an absolute path under the workplace root"),
 ]
 MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
 DOC_NAME = re.compile(r"\b([A-Z][A-Z0-9_-]*\.md)\b")
 SH_DIRNAME = re.compile(r"""\$\(\s*dirname\s+"?\$(?:0|\{BASH_SOURCE(?:\[0\])?\})"?\s*\)((?:/\.\.)+)""")
 
@@ -133,7 +134,7 @@ def scan(root: Path, files: list[Path]) -> list[str]:
                 if pattern.search(line):
                     problems.append(f"{rel}:{lineno}: refers to {what}: {line.strip()}")
                     break
-            for doc in DOC_NAME.findall(line):
+            for doc in DOC_NAME.findall(URL.sub("", line)):
                 if doc not in names:
                     problems.append(f"{rel}:{lineno}: names {doc}, which is not in the repository")
             if rel.suffix == ".md":
@@ -196,7 +197,7 @@ PLANTED = {  # kind: (file, text, what the report must say)
         "climbs 1 above",
     ),
     "shell": ("scripts/x.sh", 'cd "$(dirname "$0")/../.."\n', "climbs above"),
-    "md link": ("docs/A.md", "[notes](../../notes.txt)\n", "leaves the repository"),
+    "md link": ("docs/notes.md", "[notes](../../notes.txt)\n", "leaves the repository"),
     "dangling doc": ("fs/m.py", '"""Footers (LIMITS' + '.md §1)."""\n', "not in the repository"),
 }
 
@@ -215,8 +216,8 @@ def test_scan_accepts_paths_inside_the_repository(tmp_path: Path) -> None:
         "tests/conftest.py": "from pathlib import Path\nV = Path(__file__).resolve().parents[1] / 'x'\n",
         "tests/fs/t.py": "from pathlib import Path\nR = Path(__file__).parents[2]\nD = R / 'docs'\n",
         "scripts/x.sh": 'cd "$(dirname "$0")/.."\n',
-        "docs/A.md": "[b](B.md) [readme](../README.md#x) [web](https://example.org/a.md)\n",
-        "docs/B.md": "See A" + ".md.\n",
+        "docs/a.md": "[b](b.md) [readme](../README.md#x) [web](https://example.org/X.md)\n",
+        "docs/b.md": "See [a](a.md).\n",
         "README.md": "x\n",
     }
     for rel, text in files.items():

@@ -41,6 +41,11 @@ class StoreStats:
     holders: tuple[str, ...]
     max_size: int | None
 
+    @classmethod
+    def empty(cls, root: str) -> StoreStats:
+        """The stats of a store that holds nothing (e.g. one not created yet under ``root``)."""
+        return cls(root, 0, 0, 0, 0, 0, (), 0, (), None)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

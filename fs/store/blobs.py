@@ -17,18 +17,20 @@ lock again, unlink the file only if no record came back meanwhile.
 Reads look the digest up in a read snapshot (~1 µs) and ``pread`` through a small LRU of open file
 descriptors. Files are immutable and content-addressed, so a descriptor kept open across a gc reads the
 same valid bytes (POSIX keeps unlinked open files alive). Last-access times are kept in memory and
-flushed in one transaction every ``ACCESS_FLUSH_SECONDS`` or ``ACCESS_FLUSH_ENTRIES`` reads, and at gc
-and close: a read never writes to the index.
+flushed in one transaction every ``ACCESS_FLUSH_SECONDS`` or ``ACCESS_FLUSH_ENTRIES`` reads by one
+long-lived flusher thread per store (started by the first such read, stopped by close), and at gc and
+close: a read never writes to the index.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
@@ -54,6 +56,8 @@ from .records import (
 
 __all__ = ["BlobArea"]
 
+log = logging.getLogger(__name__)
+
 ACCESS_FLUSH_SECONDS = 30.0
 ACCESS_FLUSH_ENTRIES = 4096
 FD_CACHE_SIZE = 256
@@ -72,6 +76,7 @@ class BlobArea:
         self._atimes: dict[bytes, float] = {}
         self._last_flush = time.monotonic()
         self._flush_lock = threading.Lock()
+        self._flusher = _Flusher(self.flush_access_times, name="zsnap-atime-flush")
         self._me = ProcessId.current()
 
     def make_dirs(self) -> None:
@@ -167,11 +172,11 @@ class BlobArea:
         if (
             len(self._atimes) >= ACCESS_FLUSH_ENTRIES
             or time.monotonic() - self._last_flush > ACCESS_FLUSH_SECONDS
-        ) and not self._flush_lock.locked():
+        ) and not self._flusher.pending:
             # Never on the reader's thread: a read may run on an event loop (the FUSE server), and a
             # write transaction waits for the cross-process writer lock and fsyncs.
             self._last_flush = time.monotonic()
-            threading.Thread(target=self.flush_access_times, name="zsnap-atime-flush", daemon=True).start()
+            self._flusher.request()
 
     def flush_access_times(self) -> int:
         """Write buffered last-access times to the index (one transaction). Returns entries written."""
@@ -386,10 +391,67 @@ class BlobArea:
         self._fds.discard(keys)
 
     def close(self) -> None:
-        with self._flush_lock:  # a background flush in progress finishes before the index closes
+        self._flusher.stop()  # joins the flusher thread: a flush in progress finishes first
+        with self._flush_lock:  # so does one running on a caller's thread (gc, Store.flush)
             pass
         self.flush_access_times()
         self._fds.clear()
+
+
+class _Flusher:
+    """One long-lived daemon thread that runs ``flush`` each time it is asked to, until :meth:`stop`.
+
+    The thread starts at the first :meth:`request` (a store nobody reads from never has one). Requests made
+    while a flush runs coalesce into one more flush. Errors are logged, never raised into readers.
+    """
+
+    def __init__(self, flush: Callable[[], object], *, name: str) -> None:
+        self._flush = flush
+        self._name = name
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True while a requested flush has not started yet."""
+        return self._wake.is_set()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The flusher thread, once started (None before the first request)."""
+        return self._thread
+
+    def request(self) -> None:
+        """Ask for a flush soon, on the flusher thread; returns at once. Ignored after :meth:`stop`."""
+        with self._lock:
+            if self._stopping:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread after the flush it is running (if any) and wait for it. Idempotent."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self._flush()
+            except Exception as exc:  # e.g. disk full: the times stay best-effort, readers go on
+                log.warning("store: flushing access times failed: %s", exc)
 
 
 class _Retry(Exception):

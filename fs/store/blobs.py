@@ -31,7 +31,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,7 +39,7 @@ from fs.errors import NotInStore, StoreError, VerificationError
 
 from .files import FdCache, copy_in, fsync_dir, os_error, write_all
 from .holders import ProcessId
-from .index import Index
+from .index import Index, Txn
 from .records import (
     BlobRecord,
     Counters,
@@ -143,7 +143,7 @@ class BlobArea:
         except FileNotFoundError:
             raise NotInStore(f"{digest} is not in the store (removed concurrently)") from None
         try:
-            data = os.pread(entry[0], length, offset)
+            data = os.pread(entry.fd, length, offset)
         finally:
             self._fds.unpin(entry)
         if len(data) != length:
@@ -249,7 +249,7 @@ class BlobArea:
     ) -> tuple[list[str], int]:
         """Store several blobs in one index transaction; returns (digests, blob bytes in the store)."""
         holder_b = check_holder(holder) if holder is not None else None
-        staged: list[list] = []  # [key, wip path | None, size, data]
+        staged: list[_Staged] = []
         pending: list[tuple[Path, int]] = []  # written, not yet synced
         writing: set[str] = set()
         try:
@@ -263,24 +263,24 @@ class BlobArea:
                     writing.add(digest)
                     pending.append(self._write_wip(data))
                     wip = pending[-1][0]
-                staged.append([digest.encode(), wip, len(data), data])
+                staged.append(_Staged(digest.encode(), wip, len(data), data))
             self._sync_wip(pending)
             try:
                 total = self._publish(staged, holder_b)
             except _Retry:  # a duplicate we skipped was removed by gc meanwhile: write it after all
                 for entry in staged:
-                    if entry[1] is None:
-                        pending.append(self._write_wip(entry[3]))
-                        entry[1] = pending[-1][0]
+                    if entry.wip is None and entry.data is not None:
+                        pending.append(self._write_wip(entry.data))
+                        entry.wip = pending[-1][0]
                 self._sync_wip(pending)
                 total = self._publish(staged, holder_b)
         finally:
             for _, fd in pending:
                 os.close(fd)
             for entry in staged:
-                if entry[1] is not None:
-                    entry[1].unlink(missing_ok=True)
-        return [entry[0].decode() for entry in staged], total
+                if entry.wip is not None:
+                    entry.wip.unlink(missing_ok=True)
+        return [entry.key.decode() for entry in staged], total
 
     def put_file(
         self, path: Path, *, digest: str | None = None, holder: str | None = None, move: bool = False
@@ -304,19 +304,19 @@ class BlobArea:
             size, actual = copy_in(Path(path), wip, move)
             if digest is not None and actual != digest:
                 raise VerificationError(f"{path} hashes to {actual}, not to the claimed {digest}")
-            total = self._publish([[actual.encode(), wip, size, None]], holder_b)
+            total = self._publish([_Staged(actual.encode(), wip, size, None)], holder_b)
             if move:
                 Path(path).unlink(missing_ok=True)
         finally:
             wip.unlink(missing_ok=True)
         return actual, total
 
-    def _publish(self, staged: list[list], holder: bytes | None) -> int:
+    def _publish(self, staged: list[_Staged], holder: bytes | None) -> int:
         """Rename staged wip files into place and index them, in one write transaction."""
         now = time.time()
-        if holder is None and all(entry[1] is None for entry in staged):
+        if holder is None and all(entry.wip is None for entry in staged):
             for entry in staged:  # all duplicates: nothing to write (no write transaction)
-                self._touch(entry[0])
+                self._touch(entry.key)
             with self._index.read() as txn:
                 return read_counters(txn, self._index).bytes
         renamed: list[tuple[str, Path]] = []  # (final, wip): undone on failure so a retry finds its files
@@ -324,7 +324,8 @@ class BlobArea:
         with self._index.write() as txn:
             try:
                 delta = Counters()
-                for key, wip, size, _ in staged:
+                for entry in staged:
+                    key, wip, size = entry.key, entry.wip, entry.size
                     if txn.get(key, db=self._index.blobs) is None:
                         if wip is None:  # removed since we checked: write it after all
                             raise _Retry
@@ -377,7 +378,7 @@ class BlobArea:
                 raise NotInStore(f"{digest} is not in the store")
             return {h.decode() for h in blob_holders(txn, self._index, key)}
 
-    def drop_holder_refs(self, txn, holder: bytes) -> int:
+    def drop_holder_refs(self, txn: Txn, holder: bytes) -> int:
         """Inside a write txn: drop every ref of ``holder``; returns how many."""
         delta = Counters()
         keys = holder_refs(txn, self._index, holder)
@@ -452,6 +453,18 @@ class _Flusher:
                 self._flush()
             except Exception as exc:  # e.g. disk full: the times stay best-effort, readers go on
                 log.warning("store: flushing access times failed: %s", exc)
+
+
+@dataclass(slots=True)
+class _Staged:
+    """One blob of a publish: its key, the synced wip file (None: already stored), size and bytes.
+
+    ``data`` is None for a file copied in (nothing to rewrite if a retry needs it)."""
+
+    key: bytes
+    wip: Path | None
+    size: int
+    data: bytes | None
 
 
 class _Retry(Exception):

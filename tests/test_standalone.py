@@ -42,11 +42,24 @@ DOC_NAME = re.compile(r"\b([A-Z][A-Z0-9_-]*\.md)\b")
 SH_DIRNAME = re.compile(r"""\$\(\s*dirname\s+"?\$(?:0|\{BASH_SOURCE(?:\[0\])?\})"?\s*\)((?:/\.\.)+)""")
 
 
+#: Never part of the repository, when it is not a git checkout (an unpacked archive) and files are walked.
+UNTRACKED_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", "build"}
+
+
 def tracked_files(root: Path) -> list[Path]:
-    """Tracked files of the git work tree at ``root`` (relative paths)."""
-    out = subprocess.run(
-        ["git", "-C", str(root), "ls-files", "-z"], check=True, capture_output=True
-    ).stdout.decode()
+    """Tracked files of the git work tree at ``root`` (relative paths); every file if it is no checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z"], check=True, capture_output=True
+        ).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        return [
+            path.relative_to(root)
+            for path in root.rglob("*")
+            if path.is_file()
+            and not UNTRACKED_DIRS.intersection(path.relative_to(root).parts)
+            and not any(part.endswith(".egg-info") for part in path.relative_to(root).parts)
+        ]
     return [Path(p) for p in out.split("\0") if p]
 
 
@@ -157,7 +170,7 @@ def scan(root: Path, files: list[Path]) -> list[str]:
 
 def test_no_tracked_file_refers_outside_the_repository() -> None:
     files = tracked_files(REPO)
-    assert len(files) > 50, "git ls-files found too little: not the repository?"
+    assert len(files) > 50, "found too few files: not the repository?"
     problems = scan(REPO, files)
     assert not problems, "references outside the repository:\n" + "\n".join(problems)
 
@@ -209,6 +222,13 @@ def test_scan_finds_a_planted_reference(kind: str, tmp_path: Path) -> None:
     (tmp_path / rel).write_text(text)
     problems = scan(tmp_path, [Path(rel)])
     assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_without_git_every_file_but_caches_is_scanned(tmp_path: Path) -> None:
+    for rel in ("fs/a.py", "docs/b.md", ".venv/lib/x.py", "fs/__pycache__/a.pyc"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x\n")
+    assert sorted(tracked_files(tmp_path)) == [Path("docs/b.md"), Path("fs/a.py")]
 
 
 def test_scan_accepts_paths_inside_the_repository(tmp_path: Path) -> None:

@@ -128,11 +128,13 @@ async def convert_images(
         for request in requests:
             plans.append(await _plan_image(request, pool, options, layer_jobs, platform, all_platforms))
         endpoints.update(pool.opened)
+        manifests = [m for p in plans for m in p.manifests]
         reporter.event(
             "plan",
             images=len(plans),
-            layers=sum(len(p.manifests) for p in plans),
-            distinct_layers=len(layer_jobs),
+            manifests=len(manifests),
+            layers=sum(len(m.layer_jobs) for m in manifests),  # every layer reference, copied ones too
+            distinct_layers=len(layer_jobs),  # what will actually be converted (once each)
         )
 
         async def run_job(job: LayerJob) -> None:

@@ -21,7 +21,8 @@ pytest_plugins = [
     "tests.fixtures.fuse",
 ]
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+#: Real peer-tool output (skopeo 1.9.3, ctr-remote 0.12), kept in the repository; provenance in its README.
+VECTORS = Path(__file__).resolve().parent / "data" / "vectors"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,5 +54,5 @@ def _fail_on_warnings(request: pytest.FixtureRequest, caplog: pytest.LogCaptureF
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
     if not VECTORS.is_dir():
-        pytest.fail(f"shared test vectors missing at {VECTORS}")
+        pytest.fail(f"test vectors missing at {VECTORS}")
     return VECTORS

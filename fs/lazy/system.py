@@ -144,7 +144,7 @@ def check_mountpoint(mountpoint: str | Path, root: str | Path) -> str:
 
 
 def set_read_ahead(dev: str, kib: int = 1024) -> bool:
-    """Raise ``/sys/class/bdi/<dev>/read_ahead_kb`` to ``kib`` (LIMITS.md: the biggest sequential knob).
+    """Raise ``/sys/class/bdi/<dev>/read_ahead_kb`` to ``kib`` (the biggest sequential knob, docs/DESIGN.md).
 
     Returns False (and logs at INFO) when the knob is missing or not writable; never raises.
     """

@@ -17,19 +17,21 @@ lock again, unlink the file only if no record came back meanwhile.
 Reads look the digest up in a read snapshot (~1 µs) and ``pread`` through a small LRU of open file
 descriptors. Files are immutable and content-addressed, so a descriptor kept open across a gc reads the
 same valid bytes (POSIX keeps unlinked open files alive). Last-access times are kept in memory and
-flushed in one transaction every ``ACCESS_FLUSH_SECONDS`` or ``ACCESS_FLUSH_ENTRIES`` reads, and at gc
-and close: a read never writes to the index.
+flushed in one transaction every ``ACCESS_FLUSH_SECONDS`` or ``ACCESS_FLUSH_ENTRIES`` reads by one
+long-lived flusher thread per store (started by the first such read, stopped by close), and at gc and
+close: a read never writes to the index.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,7 +39,7 @@ from fs.errors import NotInStore, StoreError, VerificationError
 
 from .files import FdCache, copy_in, fsync_dir, os_error, write_all
 from .holders import ProcessId
-from .index import Index
+from .index import Index, Txn
 from .records import (
     BlobRecord,
     Counters,
@@ -53,6 +55,8 @@ from .records import (
 )
 
 __all__ = ["BlobArea"]
+
+log = logging.getLogger(__name__)
 
 ACCESS_FLUSH_SECONDS = 30.0
 ACCESS_FLUSH_ENTRIES = 4096
@@ -72,6 +76,7 @@ class BlobArea:
         self._atimes: dict[bytes, float] = {}
         self._last_flush = time.monotonic()
         self._flush_lock = threading.Lock()
+        self._flusher = _Flusher(self.flush_access_times, name="zsnap-atime-flush")
         self._me = ProcessId.current()
 
     def make_dirs(self) -> None:
@@ -138,7 +143,7 @@ class BlobArea:
         except FileNotFoundError:
             raise NotInStore(f"{digest} is not in the store (removed concurrently)") from None
         try:
-            data = os.pread(entry[0], length, offset)
+            data = os.pread(entry.fd, length, offset)
         finally:
             self._fds.unpin(entry)
         if len(data) != length:
@@ -167,11 +172,11 @@ class BlobArea:
         if (
             len(self._atimes) >= ACCESS_FLUSH_ENTRIES
             or time.monotonic() - self._last_flush > ACCESS_FLUSH_SECONDS
-        ) and not self._flush_lock.locked():
+        ) and not self._flusher.pending:
             # Never on the reader's thread: a read may run on an event loop (the FUSE server), and a
             # write transaction waits for the cross-process writer lock and fsyncs.
             self._last_flush = time.monotonic()
-            threading.Thread(target=self.flush_access_times, name="zsnap-atime-flush", daemon=True).start()
+            self._flusher.request()
 
     def flush_access_times(self) -> int:
         """Write buffered last-access times to the index (one transaction). Returns entries written."""
@@ -244,7 +249,7 @@ class BlobArea:
     ) -> tuple[list[str], int]:
         """Store several blobs in one index transaction; returns (digests, blob bytes in the store)."""
         holder_b = check_holder(holder) if holder is not None else None
-        staged: list[list] = []  # [key, wip path | None, size, data]
+        staged: list[_Staged] = []
         pending: list[tuple[Path, int]] = []  # written, not yet synced
         writing: set[str] = set()
         try:
@@ -258,24 +263,24 @@ class BlobArea:
                     writing.add(digest)
                     pending.append(self._write_wip(data))
                     wip = pending[-1][0]
-                staged.append([digest.encode(), wip, len(data), data])
+                staged.append(_Staged(digest.encode(), wip, len(data), data))
             self._sync_wip(pending)
             try:
                 total = self._publish(staged, holder_b)
             except _Retry:  # a duplicate we skipped was removed by gc meanwhile: write it after all
                 for entry in staged:
-                    if entry[1] is None:
-                        pending.append(self._write_wip(entry[3]))
-                        entry[1] = pending[-1][0]
+                    if entry.wip is None and entry.data is not None:
+                        pending.append(self._write_wip(entry.data))
+                        entry.wip = pending[-1][0]
                 self._sync_wip(pending)
                 total = self._publish(staged, holder_b)
         finally:
             for _, fd in pending:
                 os.close(fd)
             for entry in staged:
-                if entry[1] is not None:
-                    entry[1].unlink(missing_ok=True)
-        return [entry[0].decode() for entry in staged], total
+                if entry.wip is not None:
+                    entry.wip.unlink(missing_ok=True)
+        return [entry.key.decode() for entry in staged], total
 
     def put_file(
         self, path: Path, *, digest: str | None = None, holder: str | None = None, move: bool = False
@@ -299,19 +304,19 @@ class BlobArea:
             size, actual = copy_in(Path(path), wip, move)
             if digest is not None and actual != digest:
                 raise VerificationError(f"{path} hashes to {actual}, not to the claimed {digest}")
-            total = self._publish([[actual.encode(), wip, size, None]], holder_b)
+            total = self._publish([_Staged(actual.encode(), wip, size, None)], holder_b)
             if move:
                 Path(path).unlink(missing_ok=True)
         finally:
             wip.unlink(missing_ok=True)
         return actual, total
 
-    def _publish(self, staged: list[list], holder: bytes | None) -> int:
+    def _publish(self, staged: list[_Staged], holder: bytes | None) -> int:
         """Rename staged wip files into place and index them, in one write transaction."""
         now = time.time()
-        if holder is None and all(entry[1] is None for entry in staged):
+        if holder is None and all(entry.wip is None for entry in staged):
             for entry in staged:  # all duplicates: nothing to write (no write transaction)
-                self._touch(entry[0])
+                self._touch(entry.key)
             with self._index.read() as txn:
                 return read_counters(txn, self._index).bytes
         renamed: list[tuple[str, Path]] = []  # (final, wip): undone on failure so a retry finds its files
@@ -319,7 +324,8 @@ class BlobArea:
         with self._index.write() as txn:
             try:
                 delta = Counters()
-                for key, wip, size, _ in staged:
+                for entry in staged:
+                    key, wip, size = entry.key, entry.wip, entry.size
                     if txn.get(key, db=self._index.blobs) is None:
                         if wip is None:  # removed since we checked: write it after all
                             raise _Retry
@@ -372,7 +378,7 @@ class BlobArea:
                 raise NotInStore(f"{digest} is not in the store")
             return {h.decode() for h in blob_holders(txn, self._index, key)}
 
-    def drop_holder_refs(self, txn, holder: bytes) -> int:
+    def drop_holder_refs(self, txn: Txn, holder: bytes) -> int:
         """Inside a write txn: drop every ref of ``holder``; returns how many."""
         delta = Counters()
         keys = holder_refs(txn, self._index, holder)
@@ -386,10 +392,79 @@ class BlobArea:
         self._fds.discard(keys)
 
     def close(self) -> None:
-        with self._flush_lock:  # a background flush in progress finishes before the index closes
+        self._flusher.stop()  # joins the flusher thread: a flush in progress finishes first
+        with self._flush_lock:  # so does one running on a caller's thread (gc, Store.flush)
             pass
         self.flush_access_times()
         self._fds.clear()
+
+
+class _Flusher:
+    """One long-lived daemon thread that runs ``flush`` each time it is asked to, until :meth:`stop`.
+
+    The thread starts at the first :meth:`request` (a store nobody reads from never has one). Requests made
+    while a flush runs coalesce into one more flush. Errors are logged, never raised into readers.
+    """
+
+    def __init__(self, flush: Callable[[], object], *, name: str) -> None:
+        self._flush = flush
+        self._name = name
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True while a requested flush has not started yet."""
+        return self._wake.is_set()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The flusher thread, once started (None before the first request)."""
+        return self._thread
+
+    def request(self) -> None:
+        """Ask for a flush soon, on the flusher thread; returns at once. Ignored after :meth:`stop`."""
+        with self._lock:
+            if self._stopping:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread after the flush it is running (if any) and wait for it. Idempotent."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self._flush()
+            except Exception as exc:  # e.g. disk full: the times stay best-effort, readers go on
+                log.warning("store: flushing access times failed: %s", exc)
+
+
+@dataclass(slots=True)
+class _Staged:
+    """One blob of a publish: its key, the synced wip file (None: already stored), size and bytes.
+
+    ``data`` is None for a file copied in (nothing to rewrite if a retry needs it)."""
+
+    key: bytes
+    wip: Path | None
+    size: int
+    data: bytes | None
 
 
 class _Retry(Exception):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fs.errors import DiskFull, StoreError
 
-__all__ = ["FdCache", "copy_in", "fsync_dir", "os_error", "write_all"]
+__all__ = ["FdCache", "PinnedFd", "copy_in", "fsync_dir", "os_error", "write_all"]
 
 _COPY_BUFFER = 1 << 20
 
@@ -39,44 +39,56 @@ def os_error(exc: OSError, what: str, path: Path, needed: int | None = None) -> 
     return StoreError(f"cannot {what}: {exc.strerror or exc}", path=str(path))
 
 
+class PinnedFd:
+    """A cached descriptor: ``pins`` readers use it; ``evicted`` once it left the LRU (the last unpin
+    closes it then)."""
+
+    __slots__ = ("evicted", "fd", "pins")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pins = 1
+        self.evicted = False
+
+
 class FdCache:
     """LRU of read-only descriptors, pinned while in use so eviction never closes one mid-pread."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, list] = OrderedDict()  # key -> [fd, pins, evicted]
+        self._entries: OrderedDict[bytes, PinnedFd] = OrderedDict()
 
-    def pin(self, key: bytes, path: str) -> list:
+    def pin(self, key: bytes, path: str) -> PinnedFd:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
-                entry[1] += 1
+                entry.pins += 1
                 return entry
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # FileNotFoundError: caller maps it
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                entry[1] += 1
+                entry.pins += 1
                 os.close(fd)
                 return entry
-            entry = self._entries[key] = [fd, 1, False]
+            entry = self._entries[key] = PinnedFd(fd)
             while len(self._entries) > self._capacity:
                 _, old = self._entries.popitem(last=False)
                 self._retire(old)
             return entry
 
-    def unpin(self, entry: list) -> None:
+    def unpin(self, entry: PinnedFd) -> None:
         with self._lock:
-            entry[1] -= 1
-            if entry[2] and entry[1] == 0:
-                os.close(entry[0])
+            entry.pins -= 1
+            if entry.evicted and entry.pins == 0:
+                os.close(entry.fd)
 
-    def _retire(self, entry: list) -> None:
-        entry[2] = True
-        if entry[1] == 0:
-            os.close(entry[0])
+    def _retire(self, entry: PinnedFd) -> None:
+        entry.evicted = True
+        if entry.pins == 0:
+            os.close(entry.fd)
 
     def discard(self, keys: Iterable[bytes]) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .blobs import BlobArea
 from .holders import AliveCache, ProcessId
@@ -52,7 +53,7 @@ class GCReport:
     over_cap: bool
     seconds: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_json(self) -> str:
@@ -203,7 +204,7 @@ def close_session(index: Index, key: bytes) -> None:
 def remove_dead_wip(blobs: BlobArea) -> list[str]:
     """Remove ``wip/`` files whose writer process is dead; returns their paths."""
     alive = AliveCache()
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(blobs.wip_dir)
     except FileNotFoundError:

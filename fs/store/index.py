@@ -25,12 +25,16 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeAlias
 
 import lmdb
 
 from fs.errors import StoreError
 
-__all__ = ["MAP_SIZE", "Index"]
+__all__ = ["MAP_SIZE", "Index", "Txn"]
+
+#: A transaction of this index (values come back as ``bytes``: the environment never uses ``buffers``).
+Txn: TypeAlias = "lmdb.Transaction[bytes]"
 
 MAP_SIZE = 64 << 30  # virtual: the file is sparse and grows with use
 MAX_READERS = 1024
@@ -123,7 +127,7 @@ class Index:
             raise StoreError(f"cannot open sub-database {name!r}: {exc}", path=str(self.path)) from exc
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
+    def write(self) -> Iterator[Txn]:
         """One write transaction: committed if the block returns, aborted if it raises.
 
         Blocks (in LMDB's process-shared writer mutex) while another thread or process writes. Never
@@ -150,7 +154,7 @@ class Index:
             raise StoreError(f"cannot commit to the store index: {exc}", path=str(self.path)) from exc
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
+    def read(self) -> Iterator[Txn]:
         """One read-only snapshot; cheap (LMDB reuses reader slots)."""
         try:
             with self.env.begin() as txn:

@@ -7,15 +7,14 @@ as the rows they count, so ``stats`` is O(1) in the number of blobs.
 
 from __future__ import annotations
 
+import builtins
 import re
 import struct
 from dataclasses import dataclass, replace
 
-import lmdb
-
 from fs.errors import NotInStore
 
-from .index import Index
+from .index import Index, Txn
 
 __all__ = [
     "BlobRecord",
@@ -82,7 +81,8 @@ _SIZE_ONLY = struct.Struct("<Q")
 
 def record_size(raw: bytes) -> int:
     """The size field of a packed :class:`BlobRecord`, without building the object (hot path)."""
-    return _SIZE_ONLY.unpack_from(raw)[0]
+    size: int = _SIZE_ONLY.unpack_from(raw)[0]
+    return size
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +97,13 @@ class Counters:
 
     _FMT = struct.Struct("<5q")
 
-    def pack(self) -> bytes:
+    def pack(self) -> builtins.bytes:  # ``bytes`` is a field here
         return self._FMT.pack(
             self.objects, self.bytes, self.refs, self.referenced_objects, self.referenced_bytes
         )
 
     @classmethod
-    def unpack(cls, raw: bytes | None) -> Counters:
+    def unpack(cls, raw: builtins.bytes | None) -> Counters:
         return cls() if raw is None else cls(*cls._FMT.unpack(raw))
 
     def plus(self, other: Counters) -> Counters:
@@ -116,15 +116,15 @@ class Counters:
 _COUNTERS_KEY = b"counters"
 
 
-def read_counters(txn: lmdb.Transaction, index: Index) -> Counters:
+def read_counters(txn: Txn, index: Index) -> Counters:
     return Counters.unpack(txn.get(_COUNTERS_KEY, db=index.meta))
 
 
-def write_counters(txn: lmdb.Transaction, index: Index, counters: Counters) -> None:
+def write_counters(txn: Txn, index: Index, counters: Counters) -> None:
     txn.put(_COUNTERS_KEY, counters.pack(), db=index.meta)
 
 
-def add_ref(txn: lmdb.Transaction, index: Index, key: bytes, holder: bytes) -> Counters:
+def add_ref(txn: Txn, index: Index, key: bytes, holder: bytes) -> Counters:
     """Record that ``holder`` holds blob ``key`` (idempotent). Returns the counter delta.
 
     Raises:
@@ -144,7 +144,7 @@ def add_ref(txn: lmdb.Transaction, index: Index, key: bytes, holder: bytes) -> C
     return Counters(refs=1, referenced_objects=int(first), referenced_bytes=rec.size if first else 0)
 
 
-def remove_ref(txn: lmdb.Transaction, index: Index, key: bytes, holder: bytes) -> Counters:
+def remove_ref(txn: Txn, index: Index, key: bytes, holder: bytes) -> Counters:
     """Drop ``holder``'s ref on blob ``key`` if it exists. Returns the counter delta."""
     ref_key = key + b"\0" + holder
     if not txn.delete(ref_key, db=index.refs):
@@ -160,7 +160,7 @@ def remove_ref(txn: lmdb.Transaction, index: Index, key: bytes, holder: bytes) -
     return Counters(refs=-1, referenced_objects=-int(last), referenced_bytes=-rec.size if last else 0)
 
 
-def holder_refs(txn: lmdb.Transaction, index: Index, holder: bytes) -> list[bytes]:
+def holder_refs(txn: Txn, index: Index, holder: bytes) -> list[bytes]:
     """Blob keys held by ``holder``."""
     prefix = holder + b"\0"
     keys = []
@@ -173,7 +173,7 @@ def holder_refs(txn: lmdb.Transaction, index: Index, holder: bytes) -> list[byte
     return keys
 
 
-def blob_holders(txn: lmdb.Transaction, index: Index, key: bytes) -> list[bytes]:
+def blob_holders(txn: Txn, index: Index, key: bytes) -> list[bytes]:
     """Holders of blob ``key``."""
     prefix = key + b"\0"
     holders = []
@@ -186,7 +186,7 @@ def blob_holders(txn: lmdb.Transaction, index: Index, key: bytes) -> list[bytes]
     return holders
 
 
-def delete_blob(txn: lmdb.Transaction, index: Index, key: bytes, rec: BlobRecord) -> Counters:
+def delete_blob(txn: Txn, index: Index, key: bytes, rec: BlobRecord) -> Counters:
     """Delete an unreferenced blob's record (the caller removes the file). Returns the counter delta."""
     txn.delete(key, db=index.blobs)
     return Counters(objects=-1, bytes=-rec.size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 __all__ = ["StoreStats", "TempObjectStats"]
 
@@ -41,7 +42,12 @@ class StoreStats:
     holders: tuple[str, ...]
     max_size: int | None
 
-    def to_dict(self) -> dict:
+    @classmethod
+    def empty(cls, root: str) -> StoreStats:
+        """The stats of a store that holds nothing (e.g. one not created yet under ``root``)."""
+        return cls(root, 0, 0, 0, 0, 0, (), 0, (), None)
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_json(self) -> str:

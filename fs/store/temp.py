@@ -49,12 +49,14 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 from fs.errors import ProducerFailed, StoreError
 
 from .holders import AliveCache, ProcessId
-from .index import Index
+from .index import Index, Txn
 from .tempstate import (
     FAILED,
     PRODUCING,
@@ -71,6 +73,39 @@ from .tempstate import (
 __all__ = ["READY", "TempArea", "TempHandle"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """The object exists: our claim on it is recorded."""
+
+    path: Path
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """The producer we waited for failed (``reason``); our claim was dropped with it."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Produce:
+    """We produce it (generation ``gen``), holding the name's exclusive ``lock``."""
+
+    gen: str
+    lock: NameLock
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Someone else produces it: wait on ``lock``, then try again."""
+
+    lock: NameLock
+
+
+_Outcome: TypeAlias = _Ready | _Failed | _Produce | _Wait
 
 
 class TempArea:
@@ -102,14 +137,14 @@ class TempArea:
 
     # -- protocol steps (each one write transaction) -------------------------------------------------
 
-    def _load(self, txn, name: str) -> TempRecord | None:
+    def _load(self, txn: Txn, name: str) -> TempRecord | None:
         raw = txn.get(name.encode(), db=self._index.temps)
         return None if raw is None else TempRecord.decode(raw)
 
-    def _save(self, txn, name: str, rec: TempRecord) -> None:
+    def _save(self, txn: Txn, name: str, rec: TempRecord) -> None:
         txn.put(name.encode(), rec.encode(), db=self._index.temps)
 
-    def _settle(self, txn, name: str, rec: TempRecord) -> Path | None:
+    def _settle(self, txn: Txn, name: str, rec: TempRecord) -> Path | None:
         """Store ``rec`` after claims changed; returns a file to delete once the txn commits."""
         if rec.state == READY and not rec.claims:
             path = self.path_of(name, rec.gen)
@@ -125,11 +160,11 @@ class TempArea:
         self._save(txn, name, rec)
         return None
 
-    def _try(self, name: str, claim: Claim) -> tuple[str, object]:
+    def _try(self, name: str, claim: Claim) -> _Outcome:
         lock = self._lock(name)
         got = lock.try_exclusive()
         stale: Path | None = None
-        outcome: tuple[str, object] = ("wait", lock)
+        outcome: _Outcome = _Wait(lock)
         try:
             with self._index.write() as txn:
                 rec = self._load(txn, name)
@@ -138,11 +173,11 @@ class TempArea:
                 if rec is not None and claim.cid in rec.failed:
                     reason = rec.failed.pop(claim.cid)[0]
                     self._settle(txn, name, rec)
-                    outcome = ("failed", reason)
+                    outcome = _Failed(reason)
                 elif rec is not None and rec.state == READY:
                     rec.claims[claim.cid] = claim.entry()
                     self._save(txn, name, rec)
-                    outcome = ("ready", (self.path_of(name, rec.gen), rec.size))
+                    outcome = _Ready(self.path_of(name, rec.gen), rec.size)
                 elif got:
                     if rec is not None and rec.state == PRODUCING:
                         stale = self.path_of(name, rec.gen)
@@ -152,12 +187,12 @@ class TempArea:
                         new.claims, new.failed = rec.claims, rec.failed
                     new.claims[claim.cid] = claim.entry()
                     self._save(txn, name, new)
-                    outcome = ("produce", (new.gen, lock))
+                    outcome = _Produce(new.gen, lock)
                 elif rec is not None and rec.state == PRODUCING:
                     rec.claims[claim.cid] = claim.entry()
                     self._save(txn, name, rec)
         finally:
-            if outcome[0] != "produce":
+            if not isinstance(outcome, _Produce):
                 lock.release()
         if stale is not None:
             remove_path(stale)
@@ -221,20 +256,21 @@ class TempArea:
         claim = self._new_claim(name, holder)
         try:
             while True:
-                kind, payload = self._try(name, claim)
-                if kind == "ready":
-                    return self._handle(name, payload[0], claim, payload[1])
-                if kind == "failed":
-                    raise ProducerFailed(f"the producer of temp object {name} failed: {payload}")
-                if kind == "produce":
-                    gen, lock = payload
-                    return self._produce_sync(name, claim, gen, lock, producer)
-                payload.wait_sync()
+                outcome = self._try(name, claim)
+                if isinstance(outcome, _Ready):
+                    return self._handle(name, outcome.path, claim, outcome.size)
+                if isinstance(outcome, _Failed):
+                    raise ProducerFailed(f"the producer of temp object {name} failed: {outcome.reason}")
+                if isinstance(outcome, _Produce):
+                    return self._produce_sync(name, claim, outcome.gen, outcome.lock, producer)
+                outcome.lock.wait_sync()
         except BaseException:
             self.drop_claim(name, claim)
             raise
 
-    def _produce_sync(self, name, claim, gen, lock, producer) -> TempHandle:
+    def _produce_sync(
+        self, name: str, claim: Claim, gen: str, lock: NameLock, producer: Callable[[Path], None]
+    ) -> TempHandle:
         try:
             producer(self.path_of(name, gen))
             return self._finish(name, claim, gen, lock)
@@ -254,20 +290,21 @@ class TempArea:
         try:
             while True:
                 await trio.lowlevel.checkpoint()
-                kind, payload = self._try(name, claim)
-                if kind == "ready":
-                    return self._handle(name, payload[0], claim, payload[1])
-                if kind == "failed":
-                    raise ProducerFailed(f"the producer of temp object {name} failed: {payload}")
-                if kind == "produce":
-                    gen, lock = payload
-                    return await self._produce_async(name, claim, gen, lock, producer)
-                await payload.wait_async()
+                outcome = self._try(name, claim)
+                if isinstance(outcome, _Ready):
+                    return self._handle(name, outcome.path, claim, outcome.size)
+                if isinstance(outcome, _Failed):
+                    raise ProducerFailed(f"the producer of temp object {name} failed: {outcome.reason}")
+                if isinstance(outcome, _Produce):
+                    return await self._produce_async(name, claim, outcome.gen, outcome.lock, producer)
+                await outcome.lock.wait_async()
         except BaseException:
             self.drop_claim(name, claim)
             raise
 
-    async def _produce_async(self, name, claim, gen, lock, producer) -> TempHandle:
+    async def _produce_async(
+        self, name: str, claim: Claim, gen: str, lock: NameLock, producer: Callable[[Path], None]
+    ) -> TempHandle:
         import trio
 
         path = self.path_of(name, gen)
@@ -337,7 +374,7 @@ class TempArea:
 
     def scan_orphans(self) -> list[str]:
         """Delete files in ``tmp/`` without a record (and idle lock files); returns removed paths."""
-        removed = []
+        removed: list[str] = []
         try:
             files = os.listdir(self.tmp_dir)
             locks = os.listdir(self.lock_dir)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .holders import AliveCache, ProcessId
@@ -71,8 +71,9 @@ class TempRecord:
     producer: str | None = None
     size: int | None = None
     created: float = field(default_factory=time.time)
-    claims: dict[str, list] = field(default_factory=dict)
-    failed: dict[str, list] = field(default_factory=dict)
+    #: JSON rows, claim id -> ``[holder, pid, start]`` / ``[reason, pid, start]``
+    claims: dict[str, list[Any]] = field(default_factory=dict)
+    failed: dict[str, list[Any]] = field(default_factory=dict)
     error: str | None = None
 
     def encode(self) -> bytes:
@@ -165,7 +166,7 @@ class Claim:
     holder: str
     proc: ProcessId
 
-    def entry(self) -> list:
+    def entry(self) -> list[Any]:
         return [self.holder, self.proc.pid, self.proc.start]
 
 

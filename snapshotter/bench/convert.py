@@ -5,7 +5,7 @@ registry; then each tool converts it to zstd:chunked at the same zstd level into
 
 * zsnap: ``zsnap convert docker://… docker://…`` (fresh store, so nothing is cached);
 * skopeo: ``skopeo copy --dest-compress-format zstd:chunked`` under ``unshare -m`` with a tmpfs over its
-  blob-info cache (otherwise it silently reuses the gzip blobs, see CONTAINERD.md);
+  blob-info cache (otherwise it silently reuses the gzip blobs, see docs/DESIGN.md);
 * ctr-remote: ``ctr-remote images convert --zstdchunked --oci`` inside a private containerd, after the
   ``ctr pull`` it needs first (timed separately).
 

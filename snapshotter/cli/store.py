@@ -45,18 +45,28 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _unused(args: argparse.Namespace) -> bool:
+    """True if nothing has opened a store under ``--root`` yet (there is no index)."""
+    return not (args.root / "index").is_dir()
+
+
 def _open(args: argparse.Namespace):
     from fs.store import Store
 
-    if not (args.root / "index").is_dir():
+    if _unused(args):
         raise StoreError("no store here (nothing has used it yet)", path=str(args.root))
     return Store.open(args.root)
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with _open(args) as store:
-        stats = store.stats()
-        reclaimed = list(store.reclaimed)
+    from fs.store import StoreStats
+
+    if _unused(args):  # report an empty store without creating one
+        stats, reclaimed = StoreStats.empty(str(args.root)), []
+    else:
+        with _open(args) as store:
+            stats = store.stats()
+            reclaimed = list(store.reclaimed)
     if args.json:
         print(json.dumps({**stats.to_dict(), "reclaimed": reclaimed}, sort_keys=True))
         return 0

@@ -1,4 +1,4 @@
-"""fs.format against the real skopeo 1.9.3 and ctr-remote 0.12 images in shared/vectors."""
+"""fs.format against the real skopeo 1.9.3 and ctr-remote 0.12 images in tests/data/vectors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``zsnap mount`` end to end on the shared peer vectors, served by a real registry.
+"""``zsnap mount`` end to end on the peer vectors in tests/data/vectors, served by a real registry.
 
 Every mount runs as a subprocess (``zsnap_mount`` fixture); this process only reads the mount.
 """

@@ -10,6 +10,7 @@ import random
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -132,6 +133,22 @@ async def test_stream_blob(pushed: str, big_blob: bytes) -> None:
             async with client.stream_blob(REPO, MISSING) as chunks:
                 async for _ in chunks:
                     pass
+
+
+async def test_stream_blob_left_early_releases_the_connection(pushed: str) -> None:
+    transport = httpx.AsyncHTTPTransport()
+    pool = transport._pool  # httpcore.AsyncConnectionPool: its ``connections`` are public
+
+    def busy() -> list:
+        return [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
+
+    async with open_registry_client(pushed, transport=transport) as client:
+        async with client.stream_blob(REPO, BIG, chunk_size=16 << 10) as chunks:
+            async for _ in chunks:
+                assert len(busy()) == 1  # the body is still being read on it
+                break
+        assert busy() == [], "leaving the stream early must release (or close) its connection"
+        assert await client.get_ranges(REPO, BIG, [(0, 10)])  # the client is still usable
 
 
 # -- uploads ------------------------------------------------------------------------------------------

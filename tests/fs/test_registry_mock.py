@@ -198,13 +198,33 @@ async def test_stream_blob_detects_corruption() -> None:
                     pass
 
 
+class _TrackedBody(httpx.AsyncByteStream):
+    """A response body that records whether it was closed (what releases a real connection)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), 64 << 10):
+            yield self.data[start : start + (64 << 10)]
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
 async def test_stream_blob_left_early_is_clean() -> None:
-    async with (
-        client_for(serve_range) as client,
-        client.stream_blob("demo/app", DIGEST, chunk_size=1000) as chunks,
-    ):
-        async for _ in chunks:
-            break
+    bodies: list[_TrackedBody] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(_TrackedBody(BLOB))
+        return httpx.Response(200, stream=bodies[-1])
+
+    async with client_for(handler) as client:
+        async with client.stream_blob("demo/app", DIGEST, chunk_size=1000) as chunks:
+            async for _ in chunks:
+                break
+        assert len(bodies) == 1 and bodies[0].closed, "leaving the stream early must release the response"
 
 
 async def test_manifest_digest_verification() -> None:

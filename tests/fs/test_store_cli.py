@@ -10,15 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from fs.store import Store
+from fs.store import Store, StoreStats
 
-ZSNAP = str(Path(sys.executable).parent / "zsnap")
+REPO = Path(__file__).resolve().parents[2]
+#: ``python -m snapshotter`` from the repository root runs this checkout's code (the installed ``zsnap``
+#: script may belong to another checkout sharing the venv).
+ZSNAP = [sys.executable, "-m", "snapshotter"]
 TEMP = "uncompressed/sha256:" + "cd" * 32
 
 
 def zsnap(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200"}  # wide enough that rich does not fold long names
-    proc = subprocess.run([ZSNAP, *args], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run([*ZSNAP, *args], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     if check and proc.returncode != 0:
         pytest.fail(f"zsnap {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -61,8 +64,18 @@ def test_gc_with_cap_json_then_human(populated) -> None:
     assert stats["objects"] == 1 and len(stats["temp_objects"]) == 1  # held temp object untouched
 
 
+def test_stats_of_an_unused_root_is_an_empty_report(tmp_path: Path) -> None:
+    root = tmp_path / "nothing"
+    stats = json.loads(zsnap("--root", str(root), "store", "stats", "--json").stdout)
+    assert stats == {**json.loads(StoreStats.empty(str(root)).to_json()), "reclaimed": []}
+    assert stats["objects"] == 0 and stats["temp_objects"] == []
+    human = zsnap("--root", str(root), "store", "stats")
+    assert human.stderr == "" and "blobs" in human.stdout and "none" in human.stdout
+    assert not root.exists(), "stats must not create a store"
+
+
 def test_cli_errors(tmp_path: Path) -> None:
-    missing = zsnap("--root", str(tmp_path / "nothing"), "store", "stats", check=False)
+    missing = zsnap("--root", str(tmp_path / "nothing"), "store", "gc", check=False)
     assert missing.returncode == 1 and "no store" in missing.stderr
     Store.open(tmp_path / "s").close()
     bad = zsnap("--root", str(tmp_path / "s"), "store", "gc", "--max-size", "lots", check=False)

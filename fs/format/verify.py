@@ -14,7 +14,8 @@ from fs.format.annotations import TocLocation
 from fs.format.dialect import Dialect
 from fs.format.estargz import extract_gzip_toc
 from fs.format.frames import SKIPPABLE_HEADER_SIZE, is_skippable_magic, parse_skippable_header
-from fs.format.toc import MAX_TOC_SIZE, Toc, parse_toc
+from fs.format.toc import MAX_TOC_SIZE, Toc
+from fs.format.tocparse import parse_toc
 
 __all__ = [
     "MAX_TAR_SPLIT_SIZE",

@@ -40,7 +40,7 @@ from fs.digest import EMPTY_SHA256
 from fs.errors import FormatError
 from fs.format.dialect import Dialect
 from fs.format.frames import SKIPPABLE_HEADER_SIZE
-from fs.format.paths import check_hardlink_target, check_path
+from fs.format.paths import check_device, check_hardlink_target, check_path
 from fs.format.toc import CHUNK_TYPE_ZEROS, Toc, TocEntry, rfc3339_to_ns
 from fs.format.tree import (
     NO_PREFETCH_LANDMARK,
@@ -97,11 +97,6 @@ class _Times:
             ns = rfc3339_to_ns(text)
             value = self._cache[text] = None if ns == _GO_ZERO_TIME_NS else ns
             return value
-
-
-# Linux dev_t as the kernel keeps it (MINORBITS = 20): a bigger number cannot be a real device.
-_MAX_DEV_MAJOR = (1 << 12) - 1
-_MAX_DEV_MINOR = (1 << 20) - 1
 
 
 class _Builder:
@@ -221,11 +216,7 @@ class _Builder:
             node.link_target = e.link_name
             node.size = len(e.link_name.encode("utf-8"))
         elif e.type in ("char", "block"):
-            if e.dev_major > _MAX_DEV_MAJOR or e.dev_minor > _MAX_DEV_MINOR:
-                raise FormatError(
-                    f"device number {e.dev_major}:{e.dev_minor} is out of range "
-                    f"(major < {_MAX_DEV_MAJOR + 1}, minor < {_MAX_DEV_MINOR + 1})"
-                )
+            check_device(e.dev_major, e.dev_minor)
             node.rdev = os.makedev(e.dev_major, e.dev_minor)
         elif e.type == "dir":
             node.nlink = 2

@@ -19,7 +19,18 @@ from fs.errors import FormatError
 from fs.format.tree import normalize_name
 from fs.limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["LayerNames", "check_hardlink_target", "check_path"]
+__all__ = [
+    "MAX_DEV_MAJOR",
+    "MAX_DEV_MINOR",
+    "LayerNames",
+    "check_device",
+    "check_hardlink_target",
+    "check_path",
+]
+
+# Linux dev_t as the kernel keeps it (MINORBITS = 20): a bigger number cannot be a real device.
+MAX_DEV_MAJOR = (1 << 12) - 1
+MAX_DEV_MINOR = (1 << 20) - 1
 
 
 class _Typed(Protocol):
@@ -56,6 +67,19 @@ def check_path(name: str, path: str, limits: Limits = DEFAULT_LIMITS, what: str 
                 f"a component of {name!r} is {longest} bytes long, more than {limits.max_name_length} "
                 "(max-name-length)"
             )
+
+
+def check_device(major: int, minor: int) -> None:
+    """Refuse a device number the kernel cannot represent (``os.makedev`` would overflow or truncate).
+
+    Raises:
+        FormatError: major or minor out of range.
+    """
+    if not (0 <= major <= MAX_DEV_MAJOR and 0 <= minor <= MAX_DEV_MINOR):
+        raise FormatError(
+            f"device number {major}:{minor} is out of range (major < {MAX_DEV_MAJOR + 1}, "
+            f"minor < {MAX_DEV_MINOR + 1})"
+        )
 
 
 def check_hardlink_target(name: str, link_name: str, seen: Mapping[str, _Typed]) -> _Typed:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 from fs.errors import FormatError, NotFoundError, VerificationError
 
 from . import media
+from .manifests import Descriptor, load_json
 
 __all__ = ["REF_NAME", "OciLayout"]
 
@@ -30,8 +31,8 @@ _LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 
 
-def _check_digest(digest: str) -> str:
-    if not _DIGEST_RE.fullmatch(digest):
+def _check_digest(digest: Any) -> str:
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
         raise FormatError(f"invalid digest {digest!r} (sha256:<64 hex>)")
     return digest[len("sha256:") :]
 
@@ -71,15 +72,18 @@ class OciLayout:
 
     def read_index(self) -> dict[str, Any]:
         """``index.json`` parsed (an empty index if the layout has none yet)."""
+        where = f"{self.path}/index.json"
         try:
-            data = json.loads((self.path / "index.json").read_bytes())
+            raw = (self.path / "index.json").read_bytes()
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": []}
-        except ValueError as exc:
-            raise FormatError(f"{self.path}/index.json is not valid JSON: {exc}") from exc
+        data = load_json(raw, where)
         if not isinstance(data, dict) or not isinstance(data.get("manifests", []), list):
-            raise FormatError(f"{self.path}/index.json is not an image index")
+            raise FormatError(f"{where} is not an image index")
         data.setdefault("manifests", [])
+        for i, entry in enumerate(data["manifests"]):
+            # The same checks as for a registry's index (digest, size, media type, annotations).
+            Descriptor.from_json(entry, where=f"{where} entry {i}")
         return data
 
     def tags(self) -> list[str]:

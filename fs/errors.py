@@ -69,8 +69,17 @@ class ZsnapError(Exception):
         self.path = path
 
     def __str__(self) -> str:
-        where = [f"{key} {getattr(self, key)}" for key in _CONTEXT_KEYS if getattr(self, key)]
+        where = [f"{key} {_printable(getattr(self, key))}" for key in _CONTEXT_KEYS if getattr(self, key)]
         return f"{self.message} ({', '.join(where)})" if where else self.message
+
+
+def _printable(value: str, limit: int = 200) -> str:
+    """Context as one printable line: an image may name a file with 10,000 components or with bytes that
+    are not UTF-8 (kept as lone surrogates), and neither may break or flood the ``zsnap: error:`` line."""
+    text = str(value)
+    if len(text) > limit:
+        text = f"{text[: limit // 2]}…{text[-limit // 2 :]} ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class FormatError(ZsnapError):

@@ -153,20 +153,18 @@ def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerChec
         index = build_index(toc, location.dialect, size, toc_offset=location.offset)
         result = LayerCheck(layer.digest, location.dialect.value)
         seen: set[int] = set()
+        # Each chunk's compressed range is copied out of the mapping (no buffer export outlives the
+        # mapping, even in a traceback); decoding is streamed, so memory never follows a declared size.
         with mmap.mmap(blob.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)  # chunks are read in place: memory does not grow with their size
-            try:
-                for _, node in index:
-                    if node.type != "reg" or id(node) in seen:  # hardlinks share one node
-                        continue
-                    seen.add(id(node))
-                    with error_context(path=node.path):
-                        for chunk in node.chunks:
-                            result.bytes_verified += _check_chunk(view, chunk, codec)
-                            result.chunks += 1
-                    result.files += 1
-            finally:
-                view.release()
+            for _, node in index:
+                if node.type != "reg" or id(node) in seen:  # hardlinks share one node
+                    continue
+                seen.add(id(node))
+                with error_context(path=node.path):
+                    for chunk in node.chunks:
+                        result.bytes_verified += _check_chunk(mapped, chunk, codec)
+                        result.chunks += 1
+                result.files += 1
         if diff_id is not None:
             blob.seek(0)
             actual = _stream_digest(blob, codec)
@@ -176,7 +174,7 @@ def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerChec
     return result
 
 
-def _check_chunk(blob: memoryview, chunk: Chunk, codec: str) -> int:
+def _check_chunk(blob: mmap.mmap, chunk: Chunk, codec: str) -> int:
     """Verify one chunk exactly as the lazy mount does (:func:`fs.lazy.decode.check_chunk`: ``zeros``
     chunks by the digest of their zero bytes, others decoded in pieces); returns its size."""
     check_chunk(codec, blob[chunk.compressed_offset : chunk.compressed_end], chunk)

@@ -145,12 +145,22 @@ def error_context(
     """Attach image/layer/path to any :class:`ZsnapError` passing through, without overwriting.
 
     Inner frames know the most specific context (the file), outer frames the broadest (the image);
-    each fills only what is still missing.
+    each fills only what is still missing. Errors inside exception groups (a trio nursery opening several
+    layers at once) get it too.
     """
     try:
         yield
-    except ZsnapError as exc:
-        for key, value in (("image", image), ("layer", layer), ("path", path)):
-            if value and not getattr(exc, key):
-                setattr(exc, key, value)
+    except BaseException as exc:
+        for leaf in _zsnap_leaves(exc):
+            for key, value in (("image", image), ("layer", layer), ("path", path)):
+                if value and not getattr(leaf, key):
+                    setattr(leaf, key, value)
         raise
+
+
+def _zsnap_leaves(exc: BaseException) -> Iterator[ZsnapError]:
+    if isinstance(exc, ZsnapError):
+        yield exc
+    elif isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _zsnap_leaves(inner)

@@ -136,7 +136,7 @@ def test_malformed_tocs_fail_the_mount_with_one_error_line(
     mp = tmp_path / "mnt"
     mp.mkdir()
     line = _one_error_line(_zsnap(tmp_path / "root", "mount", "--daemon", ref, str(mp)))
-    assert expected in line and "layer sha256:" in line, line
+    assert expected in line and f"image {ref}" in line and "layer sha256:" in line, line
     assert "entry 1" in line or "path " in line, line
     assert len(line) < 1500, line
     assert layer  # the manifest exists: the error came from the TOC, not from a missing image
@@ -174,7 +174,7 @@ def test_convert_refuses_layers_the_mount_would_refuse(
     )
     done = _zsnap(tmp_path / "root", "convert", src, f"docker://{registry.host}/hostile/out:1")
     line = _one_error_line(done)
-    assert message in line and f"path {entry}" in line, line
+    assert message in line and f"path {entry}" in line and "image " in line and "layer sha256:" in line, line
     assert not _manifest_exists(registry.host, "hostile/out", "1")
 
 

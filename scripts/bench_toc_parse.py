@@ -1,8 +1,9 @@
 """Benchmark: parse + index a synthetic c/storage TOC of N entries; time and peak RSS, one process per run.
 
-Usage: python scripts/bench_toc_parse.py N [--exact]   (``--exact`` runs the pure-Python reference parser,
-the baseline). Prints a human line and a JSON line. Each run is its own process so that peak RSS
-(``ru_maxrss``) belongs to that run alone.
+Usage: PYTHONPATH=. python scripts/bench_toc_parse.py N [--exact]   (``--exact`` runs the pure-Python
+reference parser). For the baseline of an older tree run it with ``PYTHONPATH=<that tree>``. Prints a human
+line and a JSON line. Each run is its own process so that peak RSS (``ru_maxrss``) belongs to that run
+alone; compare runs made together (the machine is shared and noisy).
 """
 
 from __future__ import annotations
@@ -51,16 +52,18 @@ def main() -> None:
     n = int(sys.argv[1])
     exact = "--exact" in sys.argv
     from fs.format import Dialect, build_index, parse_toc
-    from fs.format import toc as toc_module
+
+    try:  # this tree: the pure-Python reference parser the fast path falls back to
+        from fs.format.tocparse import _parse_toc_exact as exact_parser
+    except ImportError:  # a tree before the fast path (PYTHONPATH=/path/to/old/tree): its only parser
+        exact_parser = parse_toc
 
     data = make_toc(n)
     blob_size = 100 + 400 * n + 1000
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if exact:
-        toc = getattr(toc_module, "_parse_toc_exact", parse_toc)(
-            data, Dialect.CSTORAGE, max_size=len(data)
-        )  # the reference parser (baseline)
+        toc = exact_parser(data, Dialect.CSTORAGE, max_size=len(data))
     else:
         toc = parse_toc(data, Dialect.CSTORAGE, max_size=len(data))
     t1 = time.perf_counter()

@@ -14,7 +14,7 @@ max-chunk-size             1 GiB                  uncompressed size of one chunk
 max-zero-chunk-size        1 GiB                  one ``chunkType: zeros`` run (hashed when first served)
 max-toc-compressed-size    150 MiB                compressed TOC bytes (c/storage ``maxTocSize``)
 max-toc-size               150 MiB                decompressed TOC JSON
-max-toc-entries            2,000,000              TOC entries of one layer (index memory is ~linear in it)
+max-toc-entries            1,000,000              TOC entries of one layer (mount memory is ~linear in it)
 max-path-depth             1,024                  components of one path (Linux PATH_MAX 4096 allows ~2k)
 max-name-length            255                    bytes of one path component (Linux NAME_MAX)
 max-path-length            4,096                  bytes of one whole path or link target (PATH_MAX)
@@ -51,7 +51,7 @@ class Limits:
     max_zero_chunk_size: int = 1024 * _MiB
     max_toc_compressed_size: int = 150 * _MiB
     max_toc_size: int = 150 * _MiB
-    max_toc_entries: int = 2_000_000
+    max_toc_entries: int = 1_000_000
     max_path_depth: int = 1024
     max_name_length: int = 255
     max_path_length: int = 4096

@@ -283,3 +283,17 @@ def test_tar_reader_refuses_what_the_mount_refuses(members, message: str, entry:
     assert isinstance(info.value, ZsnapError)
     if entry is not None:
         assert info.value.path == entry
+
+
+def test_real_tocs_take_the_compiled_path(vectors_dir: Path):
+    """The speed (and memory) of TOC parsing depends on real producers' TOCs not falling back."""
+    from fs.format import sniff_toc_dialect
+    from fs.format.tocparse import _parse_toc_fast
+
+    files = sorted(vectors_dir.glob("*/toc/*.toc.json"))
+    assert files
+    for f in files:
+        data = f.read_bytes()
+        assert _parse_toc_fast(data, sniff_toc_dialect(data)) is not None, f
+    ours = Toc(1, [_reg("a", xattrs={"user.x": b"1"})], tar_split_digest=D1, prefetch=["a"])
+    assert _parse_toc_fast(serialize_toc(ours, CS), CS) == ours

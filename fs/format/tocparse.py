@@ -13,8 +13,9 @@ path accepts (tested property-based).
 
 Memory is bounded before it is spent: the size cap is checked first, the number of entries is bounded
 (an upper bound counted on the raw bytes for the fast path, a budget of decoded objects for the exact
-one) before entries are built, and strings that cannot be encoded as UTF-8 (a lone UTF-16 surrogate
-escape) are refused at parse time, so no later stage meets them.
+one) before entries are built, a TOC that needs the exact parser (about 10x the memory per entry) is
+read only up to :data:`EXACT_MAX_ENTRIES` entries, and strings that cannot be encoded as UTF-8 (a lone
+UTF-16 surrogate escape) are refused at parse time, so no later stage meets them.
 """
 
 from __future__ import annotations
@@ -148,34 +149,43 @@ def _too_many(n: int | str, limit: int) -> str:
     return f"TOC has {n} entries, more than the limit of {limit} (max-toc-entries)"
 
 
-def _parse_toc_fast(data: bytes, dialect: Dialect) -> Toc | None:
-    """The compiled path: a :class:`Toc`, or None when the input is not in canonical form (fall back)."""
+def _parse_toc_fast(data: bytes, dialect: Dialect) -> Toc | str:
+    """The compiled path: a :class:`Toc`, or why the input is not in canonical form (then fall back)."""
     try:
         top = _DECODERS[dialect].decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return str(exc)
     if dialect.is_estargz and top.version != 1:
-        return None
+        return f"eStargz TOC version {top.version}"
     entries: list[TocEntry] = top.entries
     digests = [e.digest for e in entries if e.digest] + [e.chunk_digest for e in entries if e.chunk_digest]
     split = getattr(top, "tarSplitDigest", "")
     if not _all_digests(digests) or not _DIGEST_RE.fullmatch(split):
-        return None  # the exact parser names the entry
+        return "a malformed digest"
     times = {e.modtime for e in entries} | {e.accesstime for e in entries} | {e.changetime for e in entries}
     times.discard("")
     for t in times:
         try:
             rfc3339_to_ns(t)
-        except FormatError:
-            return None  # the exact parser names the entry
+        except FormatError as exc:
+            return exc.message
     for e in entries:
         if e.xattrs:
             try:
                 e.xattrs = _decode_xattrs(e.xattrs)
-            except FormatError:
-                return None
+            except FormatError as exc:
+                return exc.message
     prefetch = top.zsnapPrefetch if dialect.is_cstorage else []
     return Toc(version=top.version, entries=entries, tar_split_digest=split, prefetch=prefetch)
+
+
+#: The exact parser builds a Python object per JSON value (about 10x the compiled path's memory); TOCs
+#: not in the canonical form no known producer departs from are read that way only up to this size.
+EXACT_MAX_ENTRIES = 100_000
+
+
+class _TooManyEntries(FormatError):
+    """More entries than allowed (raised before they are all built)."""
 
 
 def parse_toc(
@@ -188,7 +198,8 @@ def parse_toc(
         dialect: selects the schema (known keys) — c/storage or eStargz.
         max_size: reject larger inputs before parsing.
         max_entries: reject TOCs with more entries (default: ``DEFAULT_LIMITS.max_toc_entries``), before
-            they are built.
+            they are built. A TOC not in the canonical form (see the module docstring) is read only up to
+            :data:`EXACT_MAX_ENTRIES` entries.
 
     Raises:
         FormatError: over the size or entry cap, not UTF-8, not JSON, data after the top object, wrong
@@ -201,11 +212,26 @@ def parse_toc(
     limit = DEFAULT_LIMITS.max_toc_entries if max_entries is None else max_entries
     data = bytes(data)
     # Every entry of the canonical form has a "type" key: an upper bound on the entries, counted in C.
-    if data.count(b'"type"') <= limit and _FOREIGN.encode() not in data:
+    types = data.count(b'"type"')
+    if types > limit:
+        problem = _too_many(f"up to {types}", limit)
+    elif _FOREIGN.encode() in data:
+        problem = f"contains {_FOREIGN!r}"
+    else:
         toc = _parse_toc_fast(data, dialect)
-        if toc is not None:
+        if isinstance(toc, Toc):
             return toc
-    return _parse_toc_exact(data, dialect, max_size=max_size, max_entries=limit)
+        problem = toc
+    exact_limit = min(limit, EXACT_MAX_ENTRIES)
+    try:
+        return _parse_toc_exact(data, dialect, max_size=max_size, max_entries=exact_limit)
+    except _TooManyEntries:
+        if exact_limit == limit:
+            raise
+        raise FormatError(
+            f"TOC is not in the canonical form producers write ({problem}) and has more than "
+            f"{exact_limit} entries, the most zsnap reads in that form"
+        ) from None
 
 
 def _decode_xattrs(encoded: dict[str, str]) -> dict[str, bytes]:
@@ -250,7 +276,7 @@ def _object_budget(max_entries: int) -> Callable[[list[tuple[str, Any]]], _Pairs
         nonlocal count
         count += 1
         if budget and count > budget:
-            raise FormatError(_too_many(f"more than {max_entries}", max_entries))
+            raise _TooManyEntries(_too_many(f"more than {max_entries}", max_entries))
         return _Pairs(pairs)
 
     return hook
@@ -338,7 +364,7 @@ def _parse_toc_exact(
     for p in prefetch:
         _check_text(p, f"TOC {PREFETCH_KEY!r}")
     if max_entries and len(raw_entries) > max_entries:
-        raise FormatError(_too_many(len(raw_entries), max_entries))
+        raise _TooManyEntries(_too_many(len(raw_entries), max_entries))
     lookup = _LOOKUP[dialect]
     entries = [_parse_entry(i, raw, lookup) for i, raw in enumerate(raw_entries)]
     return Toc(version=version, entries=entries, tar_split_digest=tar_split_digest, prefetch=prefetch)

@@ -297,3 +297,15 @@ def test_real_tocs_take_the_compiled_path(vectors_dir: Path):
         assert _parse_toc_fast(data, sniff_toc_dialect(data)) is not None, f
     ours = Toc(1, [_reg("a", xattrs={"user.x": b"1"})], tar_split_digest=D1, prefetch=["a"])
     assert _parse_toc_fast(serialize_toc(ours, CS), CS) == ours
+
+
+def test_non_canonical_tocs_are_read_exactly_only_up_to_a_bound(monkeypatch):
+    """A TOC that forces the pure-Python parser (here: one ``null``) cannot make it build 1M entries."""
+    from fs.format import tocparse
+
+    monkeypatch.setattr(tocparse, "EXACT_MAX_ENTRIES", 4)
+    assert len(parse_toc(_entries_json(4, null=True), CS, max_entries=10).entries) == 4
+    with pytest.raises(FormatError, match="canonical form") as info:
+        parse_toc(_entries_json(5, null=True), CS, max_entries=10)
+    assert "uid" in str(info.value)  # says what made it non-canonical
+    assert len(parse_toc(_entries_json(10), CS, max_entries=10).entries) == 10  # canonical: the full limit

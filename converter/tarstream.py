@@ -39,6 +39,7 @@ from converter.tarheader import (
     parse_pax,
 )
 from fs.errors import FormatError, UnsupportedFormat
+from fs.format.paths import LayerNames
 
 __all__ = [
     "BLOCK_SIZE",
@@ -67,13 +68,19 @@ class TarStreamReader:
         for piece in reader.trailer():
             ...
 
+    Every entry's name, hardlink target and symlink target are checked by ``names`` (default: a fresh
+    :class:`~fs.format.paths.LayerNames` with the default limits) as it is read, so a layer the mount would
+    refuse (a ``../`` name, a hardlink out of the layer or to a missing entry, a path over the limits) is
+    refused here, naming the entry, before anything is written.
+
     Payload not read before advancing to the next entry is skipped (and then missing from the byte-exact
     concatenation). ``on_read`` (optional) sees every byte read from the stream, in order, in the pieces
     the stream returned (e.g. to hash the input on another thread). The reader buffers the stream in
     blocks of ``read_size`` bytes; :attr:`offset` is the input position of the next byte it hands out.
 
     Raises (from iteration / ``read_payload`` / ``trailer``):
-        FormatError: bad checksum, malformed number or PAX record, truncated input.
+        FormatError: bad checksum, malformed number or PAX record, truncated input, a name the layer
+            rules refuse.
         UnsupportedFormat: a typeflag zsnap cannot convert faithfully (see module docstring).
     """
 
@@ -83,8 +90,10 @@ class TarStreamReader:
         *,
         read_size: int = 1 << 20,
         on_read: Callable[[bytes], None] | None = None,
+        names: LayerNames | None = None,
     ) -> None:
         self._stream = stream
+        self._names = LayerNames() if names is None else names
         self._on_read = on_read
         self._read_size = read_size
         self._buf = b""
@@ -221,6 +230,7 @@ class TarStreamReader:
                 continue
             raw = raw_parts[0] if len(raw_parts) == 1 else b"".join(raw_parts)
             entry = parse_entry(block, pax, long_name, long_link, raw, start, header_offset)
+            self._names.add(entry.name, entry.type, entry.link_name)  # what a mount would refuse
             self._current = entry
             self._remaining = size = entry.payload_size
             self._pad = -size % BLOCK_SIZE

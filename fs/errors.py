@@ -69,8 +69,17 @@ class ZsnapError(Exception):
         self.path = path
 
     def __str__(self) -> str:
-        where = [f"{key} {getattr(self, key)}" for key in _CONTEXT_KEYS if getattr(self, key)]
+        where = [f"{key} {_printable(getattr(self, key))}" for key in _CONTEXT_KEYS if getattr(self, key)]
         return f"{self.message} ({', '.join(where)})" if where else self.message
+
+
+def _printable(value: str, limit: int = 200) -> str:
+    """Context as one printable line: an image may name a file with 10,000 components or with bytes that
+    are not UTF-8 (kept as lone surrogates), and neither may break or flood the ``zsnap: error:`` line."""
+    text = str(value)
+    if len(text) > limit:
+        text = f"{text[: limit // 2]}…{text[-limit // 2 :]} ({len(text)} characters)"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class FormatError(ZsnapError):
@@ -136,12 +145,22 @@ def error_context(
     """Attach image/layer/path to any :class:`ZsnapError` passing through, without overwriting.
 
     Inner frames know the most specific context (the file), outer frames the broadest (the image);
-    each fills only what is still missing.
+    each fills only what is still missing. Errors inside exception groups (a trio nursery opening several
+    layers at once) get it too.
     """
     try:
         yield
-    except ZsnapError as exc:
-        for key, value in (("image", image), ("layer", layer), ("path", path)):
-            if value and not getattr(exc, key):
-                setattr(exc, key, value)
+    except BaseException as exc:
+        for leaf in _zsnap_leaves(exc):
+            for key, value in (("image", image), ("layer", layer), ("path", path)):
+                if value and not getattr(leaf, key):
+                    setattr(leaf, key, value)
         raise
+
+
+def _zsnap_leaves(exc: BaseException) -> Iterator[ZsnapError]:
+    if isinstance(exc, ZsnapError):
+        yield exc
+    elif isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _zsnap_leaves(inner)

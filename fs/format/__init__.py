@@ -6,7 +6,8 @@ Layout (each module owns one noun; imports only go downwards in this list)::
     dialect      Dialect enum
     frames       skippable frames, zstd magic
     gojson       Go-compatible JSON strings and RFC 3339 times
-    toc          TocEntry / Toc, parse_toc, serialize_toc
+    toc          TocEntry / Toc, serialize_toc
+    tocparse     parse_toc: compiled fast path + exact reference parser
     footer       Footer, footer_bytes, parse_footer          (estargz: the gzip footer + TOC member)
     annotations  TocLocation, toc_location_from_annotations, annotations_for
     verify       decode_and_verify_toc, tar-split verification
@@ -25,11 +26,10 @@ from fs.format.toc import (
     Toc,
     TocEntry,
     ns_to_rfc3339,
-    parse_toc,
     rfc3339_to_ns,
     serialize_toc,
-    sniff_toc_dialect,
 )
+from fs.format.tocparse import parse_toc, sniff_toc_dialect
 from fs.format.tree import (
     OPAQUE_WHITEOUT,
     Chunk,

@@ -31,16 +31,20 @@ What :func:`build_index` guarantees to readers (everything else is a :class:`~fs
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
+from collections.abc import Mapping
 
 from fs.digest import EMPTY_SHA256
 from fs.errors import FormatError
 from fs.format.dialect import Dialect
 from fs.format.frames import SKIPPABLE_HEADER_SIZE
+from fs.format.paths import check_device, check_hardlink_target, check_path
 from fs.format.toc import CHUNK_TYPE_ZEROS, Toc, TocEntry, rfc3339_to_ns
 from fs.format.tree import (
     NO_PREFETCH_LANDMARK,
+    NO_XATTRS,
     OPAQUE_WHITEOUT,
     PREFETCH_LANDMARK,
     WHITEOUT_PREFIX,
@@ -51,6 +55,7 @@ from fs.format.tree import (
     normalize_name,
     whiteout_target,
 )
+from fs.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "NO_PREFETCH_LANDMARK",
@@ -79,17 +84,29 @@ _TYPE_BITS = {
 }
 
 
-def _time_ns(text: str) -> int | None:
-    if not text:
-        return None
-    ns = rfc3339_to_ns(text)
-    return None if ns == _GO_ZERO_TIME_NS else ns
+class _Times:
+    """RFC 3339 text -> ns (None for absent/Go's zero time), memoized: layers repeat a few times a lot."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, int | None] = {"": None}
+
+    def __call__(self, text: str) -> int | None:
+        try:
+            return self._cache[text]
+        except KeyError:
+            ns = rfc3339_to_ns(text)
+            value = self._cache[text] = None if ns == _GO_ZERO_TIME_NS else ns
+            return value
 
 
 class _Builder:
-    def __init__(self, toc: Toc, dialect: Dialect, blob_size: int, toc_offset: int | None) -> None:
+    def __init__(
+        self, toc: Toc, dialect: Dialect, blob_size: int, toc_offset: int | None, limits: Limits
+    ) -> None:
         self.toc = toc
         self.dialect = dialect
+        self.estargz = dialect.is_estargz
+        self.limits = limits
         self.blob_size = blob_size
         if toc_offset is None:
             self.data_end = blob_size
@@ -101,59 +118,105 @@ class _Builder:
             raise FormatError(f"TOC offset {toc_offset} is outside the blob ({blob_size} bytes)")
         root = FileNode(path="", type="dir", mode=stat.S_IFDIR | 0o755, nlink=2, ino=1, implied=True)
         self.index = LayerIndex(dialect, blob_size, self.data_end, root, {"": root})
-        self.children = self.index._children
-        self.children[""] = {}
+        self.nodes = self.index.nodes
         self.next_ino = 2
-        self.explicit: set[str] = set()
         self.unames: dict[int, str] = {}
         self.gnames: dict[int, str] = {}
+        self.time_ns = _Times()
 
     # -- tree -------------------------------------------------------------------------------------
     def _dir(self, path: str) -> FileNode:
-        node = self.index.nodes.get(path)
-        if node is None:
-            parent = self._dir(path.rpartition("/")[0])
-            node = FileNode(path=path, type="dir", mode=stat.S_IFDIR | 0o755, nlink=2, implied=True)
-            self._attach(parent, path, node)
-            self.children[path] = {}
-        elif not node.is_dir:
-            raise FormatError(f"{path!r} is used as a directory but is a {node.type}", path=path)
-        return node
+        """The directory at ``path``, creating it and its missing ancestors as implied directories.
+
+        Iterative (a path may have as many components as ``max_path_depth`` allows).
+        """
+        node = self.nodes.get(path)
+        if node is not None:
+            if node.type != "dir":
+                raise FormatError(f"{path!r} is used as a directory but is a {node.type}", path=path)
+            return node
+        missing = [path]
+        parent_path = path.rpartition("/")[0]
+        parent = self.nodes.get(parent_path)
+        while parent is None:
+            missing.append(parent_path)
+            parent_path = parent_path.rpartition("/")[0]
+            parent = self.nodes.get(parent_path)
+        if parent.type != "dir":
+            raise FormatError(
+                f"{parent_path!r} is used as a directory but is a {parent.type}", path=parent_path
+            )
+        for p in reversed(missing):
+            node = FileNode(path=p, type="dir", mode=stat.S_IFDIR | 0o755, nlink=2, implied=True)
+            self._attach(parent, p, node)
+            parent = node
+        return parent
 
     def _attach(self, parent: FileNode, path: str, node: FileNode) -> None:
         if not node.ino:
             node.ino = self.next_ino
             self.next_ino += 1
-        self.index.nodes[path] = node
-        self.children[parent.path][path.rpartition("/")[2]] = node
-        if node.is_dir:
+        self.nodes[path] = node
+        if node.type == "dir":
             parent.nlink += 1
 
+    def _check_xattrs(self, xattrs: dict[str, bytes]) -> None:
+        limits = self.limits
+        if len(xattrs) > limits.max_xattr_count:
+            raise FormatError(f"{len(xattrs)} xattrs, more than {limits.max_xattr_count} (max-xattr-count)")
+        for key, value in xattrs.items():
+            if not key or "\0" in key:
+                raise FormatError(f"xattr name {key!r} is empty or contains NUL")
+            if len(key.encode("utf-8")) > limits.max_xattr_name_length:
+                raise FormatError(
+                    f"xattr name {key[:40]!r}... is longer than {limits.max_xattr_name_length} bytes "
+                    "(max-xattr-name-length)"
+                )
+            if len(value) > limits.max_xattr_size:
+                raise FormatError(
+                    f"xattr {key!r} is {len(value)} bytes, more than {limits.max_xattr_size} (max-xattr-size)"
+                )
+
     def _node_from(self, e: TocEntry, path: str) -> FileNode:
-        if self.dialect.is_estargz:
-            if e.user_name:
-                self.unames[e.uid] = e.user_name
-            if e.group_name:
-                self.gnames[e.gid] = e.group_name
+        user_name, group_name = e.user_name, e.group_name
+        if self.estargz:
+            if user_name:
+                self.unames[e.uid] = user_name
+            else:
+                user_name = self.unames.get(e.uid, "")
+            if group_name:
+                self.gnames[e.gid] = group_name
+            else:
+                group_name = self.gnames.get(e.gid, "")
+        xattrs: Mapping[str, bytes] = NO_XATTRS
+        if e.xattrs:
+            self._check_xattrs(e.xattrs)
+            xattrs = e.xattrs
+        time_ns = self.time_ns
         node = FileNode(
-            path=path,
-            type=e.type,
-            mode=_TYPE_BITS[e.type] | (e.mode & 0o7777),
-            uid=e.uid,
-            gid=e.gid,
-            mtime_ns=_time_ns(e.modtime) or 0,
-            atime_ns=_time_ns(e.accesstime),
-            ctime_ns=_time_ns(e.changetime),
-            xattrs=dict(e.xattrs),
-            user_name=e.user_name or self.unames.get(e.uid, ""),
-            group_name=e.group_name or self.gnames.get(e.gid, ""),
+            path,
+            e.type,
+            _TYPE_BITS[e.type] | (e.mode & 0o7777),
+            e.uid,
+            e.gid,
+            0,
+            time_ns(e.modtime) or 0,
+            time_ns(e.accesstime),
+            time_ns(e.changetime),
+            xattrs=xattrs,
+            user_name=user_name,
+            group_name=group_name,
         )
         if e.type == "symlink":
             if not e.link_name:
                 raise FormatError(f"symlink {e.name!r} has no target", path=e.name)
+            if "\0" in e.link_name:
+                raise FormatError(f"symlink {e.name!r} target contains NUL", path=e.name)
+            check_path(e.name, e.link_name, self.limits, "symlink target")
             node.link_target = e.link_name
             node.size = len(e.link_name.encode("utf-8"))
         elif e.type in ("char", "block"):
+            check_device(e.dev_major, e.dev_minor)
             node.rdev = os.makedev(e.dev_major, e.dev_minor)
         elif e.type == "dir":
             node.nlink = 2
@@ -174,7 +237,7 @@ class _Builder:
 
     def build(self) -> LayerIndex:
         entries = self.toc.entries
-        self.ends = self._compressed_ends() if self.dialect.is_estargz else []
+        self.ends = self._compressed_ends() if self.estargz else []
         i = 0
         while i < len(entries):
             e = entries[i]
@@ -200,32 +263,25 @@ class _Builder:
 
     def _entry(self, e: TocEntry, i: int, j: int) -> None:
         """Add entry ``i`` and its chunk entries ``i+1 .. j-1``."""
-        chunk_entries = self.toc.entries[i + 1 : j]
         path = normalize_name(e.name)
-        if self.dialect.is_estargz and path in _HIDDEN_ESTARGZ:
+        check_path(e.name, path, self.limits)
+        if self.estargz and path in _HIDDEN_ESTARGZ:
             self._landmark(e, path)
             return
-        if chunk_entries and e.type != "reg":
+        if j > i + 1 and e.type != "reg":
             raise FormatError(f"chunk entries follow a {e.type} entry")
-        if path in self.explicit:
+        # Every name is explicit once its entry is seen; only implied directories are not.
+        existing = self.nodes.get(path)
+        if existing is not None and not existing.implied:
             raise FormatError(f"duplicate entry {path!r} in TOC", path=path)
-        self.explicit.add(path)
         if path == "":
             if e.type != "dir":
                 raise FormatError(f"the layer root is given as a {e.type}")
             self._update_dir(self.index.root, e)
             return
         parent = self._dir(path.rpartition("/")[0])
-        existing = self.index.nodes.get(path)
         if e.type == "hardlink":
-            target = normalize_name(e.link_name) if e.link_name else ""
-            node = self.index.nodes.get(target) if target else None
-            if node is None or target not in self.explicit:
-                raise FormatError(f"hardlink {e.name!r} points to missing {e.link_name!r}")
-            if node.is_dir:
-                raise FormatError(f"hardlink {e.name!r} points to directory {e.link_name!r}")
-            node.nlink += 1
-            self._attach(parent, path, node)
+            self._hardlink(e, parent, path)
             return
         if existing is not None:  # only an implied directory can exist here
             if e.type != "dir":
@@ -234,12 +290,20 @@ class _Builder:
             return
         node = self._node_from(e, path)
         self._attach(parent, path, node)
-        if e.type == "dir":
-            self.children[path] = {}
-        elif e.type == "reg":
-            self._file(node, e, i, chunk_entries)
-            if self.dialect.is_estargz and self.index.prefetch_landmark_offset is None:
+        if e.type == "reg":
+            self._file(node, e, i, self.toc.entries[i + 1 : j] if j > i + 1 else [])
+            if self.estargz and self.index.prefetch_landmark_offset is None:
                 self.index.prefetch_paths.append(path)
+
+    def _hardlink(self, e: TocEntry, parent: FileNode, path: str) -> None:
+        """Give the earlier entry ``e.link_name`` (same layer, not a directory) the name ``path`` too.
+
+        The converter applies the same rule to tar hardlinks (:mod:`fs.format.paths`).
+        """
+        node = check_hardlink_target(e.name, e.link_name, self.nodes)
+        assert isinstance(node, FileNode)
+        node.nlink += 1
+        self._attach(parent, path, node)
 
     def _update_dir(self, node: FileNode, e: TocEntry) -> None:
         fresh = self._node_from(e, node.path)
@@ -261,7 +325,7 @@ class _Builder:
             if chunk_entries:
                 raise FormatError("empty file has chunk entries")
             return
-        if self.dialect.is_cstorage:
+        if not self.estargz:
             self._cstorage_chunks(node, e, chunk_entries)
         else:
             self._estargz_chunks(node, e, i, chunk_entries)
@@ -274,6 +338,12 @@ class _Builder:
                 )
             if c.size <= 0:
                 raise FormatError(f"empty chunk at file offset {c.file_offset}")
+            cap = self.limits.max_zero_chunk_size if c.zeros else self.limits.max_chunk_size
+            if c.size > cap:
+                key = "max-zero-chunk-size" if c.zeros else "max-chunk-size"
+                raise FormatError(
+                    f"chunk at file offset {c.file_offset} is {c.size} bytes, more than {cap} ({key})"
+                )
             expected += c.size
         if expected != e.size:
             raise FormatError(f"chunks cover {expected} bytes of a {e.size}-byte file")
@@ -331,7 +401,14 @@ class _Builder:
             )
 
 
-def build_index(toc: Toc, dialect: Dialect, blob_size: int, *, toc_offset: int | None = None) -> LayerIndex:
+def build_index(
+    toc: Toc,
+    dialect: Dialect,
+    blob_size: int,
+    *,
+    toc_offset: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> LayerIndex:
     """Resolve and validate ``toc`` into a :class:`LayerIndex` (see the module docstring for the rules).
 
     Args:
@@ -340,9 +417,23 @@ def build_index(toc: Toc, dialect: Dialect, blob_size: int, *, toc_offset: int |
         blob_size: compressed blob size; no compressed range may reach past it.
         toc_offset: the TOC payload offset, when known: caps the data region (``toc_offset - 8`` for zstd,
             ``toc_offset`` for gzip) so no chunk range includes the TOC.
+        limits: entries, path length/depth/component length, xattr count/size/name length and chunk sizes
+            beyond these are refused.
 
     Raises:
         FormatError: any inconsistency (names escaping the layer, duplicates, chunk gaps/overlaps, missing
-            hardlink targets, ranges outside the data region, ...); ``exc.path`` names the entry.
+            hardlink targets, ranges outside the data region, a limit exceeded, ...); ``exc.path``
+            names the entry.
     """
-    return _Builder(toc, dialect, blob_size, toc_offset).build()
+    if len(toc.entries) > limits.max_toc_entries:
+        raise FormatError(
+            f"TOC has {len(toc.entries)} entries, more than the limit of {limits.max_toc_entries} "
+            "(max-toc-entries)"
+        )
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # millions of new acyclic objects: the cycle collector would only re-scan them
+    try:
+        return _Builder(toc, dialect, blob_size, toc_offset, limits).build()
+    finally:
+        if gc_was_enabled:
+            gc.enable()

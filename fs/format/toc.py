@@ -26,12 +26,10 @@ object is rejected (c/storage ≥ 1.52), and every known value is type/range che
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
-import json
-from typing import Any
 
-from fs.digest import parse_digest
+import msgspec
+
 from fs.errors import FormatError
 from fs.format.dialect import Dialect
 from fs.format.gojson import go_string, ns_to_rfc3339, rfc3339_to_ns
@@ -44,10 +42,9 @@ __all__ = [
     "Toc",
     "TocEntry",
     "ns_to_rfc3339",
-    "parse_toc",
     "rfc3339_to_ns",
+    "schema_fields",
     "serialize_toc",
-    "sniff_toc_dialect",
 ]
 
 #: Top-level c/storage TOC key listing the files to prefetch (zsnap's extension; see :class:`Toc`).
@@ -60,13 +57,16 @@ _CHUNK_TYPES = frozenset({"", CHUNK_TYPE_ZEROS})
 _INT64_MAX = (1 << 63) - 1
 
 
-@dataclasses.dataclass(slots=True)
-class TocEntry:
+class TocEntry(msgspec.Struct, gc=False):
     """One TOC entry, either schema. Zero values (``""``, ``0``, ``{}``) mean "absent in the JSON".
 
     ``modtime``/``accesstime``/``changetime`` are the RFC 3339 strings exactly as in the JSON.
     ``xattrs`` values are raw bytes (base64-decoded). Fields a schema does not have stay zero when parsed
     and must stay zero to be serialized in that schema.
+
+    A compact struct (no ``__dict__``, not tracked by the cycle collector: it holds only strings, ints and
+    a str -> bytes dict), because a layer may have millions of entries. Two entries are equal when all
+    their fields are, whichever parser (fast or exact) produced them.
     """
 
     type: str
@@ -83,7 +83,7 @@ class TocEntry:
     changetime: str = ""
     dev_major: int = 0
     dev_minor: int = 0
-    xattrs: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    xattrs: dict[str, bytes] = {}
     digest: str = ""
     offset: int = 0
     end_offset: int = 0
@@ -92,6 +92,13 @@ class TocEntry:
     chunk_offset: int = 0
     chunk_digest: str = ""
     chunk_type: str = ""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TocEntry):
+            return NotImplemented
+        return msgspec.structs.astuple(self) == msgspec.structs.astuple(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaced
 
     @property
     def modtime_ns(self) -> int | None:
@@ -170,188 +177,11 @@ _ESTARGZ_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("chunkSize", "chunk_size", "int"),
     ("chunkDigest", "chunk_digest", "digest"),
 )
-_ALL_ATTRS = tuple(f.name for f in dataclasses.fields(TocEntry))
+_ALL_ATTRS = TocEntry.__struct_fields__
 
 
-def _fields(dialect: Dialect) -> tuple[tuple[str, str, str], ...]:
+def schema_fields(dialect: Dialect) -> tuple[tuple[str, str, str], ...]:
     return _CSTORAGE_FIELDS if dialect.is_cstorage else _ESTARGZ_FIELDS
-
-
-_LOOKUP = {d: {key.lower(): (attr, kind) for key, attr, kind in _fields(d)} for d in Dialect}
-
-
-# ---------------------------------------------------------------------------------------------- parse
-
-
-class _Pairs(list):  # type: ignore[type-arg]
-    """A JSON object as its ordered (key, value) pairs, so duplicate keys keep Go's last-wins order."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise FormatError(f"TOC contains non-JSON constant {name}")
-
-
-def sniff_toc_dialect(data: bytes) -> Dialect:
-    """Tell the two zstd TOC schemas apart by layout: eStargz is indented, c/storage compact.
-
-    Returns ``STARGZ_ZSTD`` if the JSON starts with ``{`` + newline, else ``CSTORAGE_V1``. Only needed when
-    neither annotations nor the footer say which schema it is (the 40-byte footer is shared).
-    """
-    return Dialect.STARGZ_ZSTD if bytes(data[:2]) in (b"{\n", b"{\r") else Dialect.CSTORAGE_V1
-
-
-def parse_toc(data: bytes, dialect: Dialect, *, max_size: int = MAX_TOC_SIZE) -> Toc:
-    """Parse decompressed TOC JSON of the given dialect's schema.
-
-    Args:
-        data: the TOC JSON bytes (UTF-8).
-        dialect: selects the schema (known keys) — c/storage or eStargz.
-        max_size: reject larger inputs before parsing.
-
-    Raises:
-        FormatError: over the size cap, not UTF-8, not JSON, data after the top object, wrong top-level
-            shape, eStargz version other than 1, or an entry with a wrong type / negative or out-of-range
-            number / malformed digest, time or base64 (the message names the entry index and name).
-    """
-    if len(data) > max_size:
-        raise FormatError(f"TOC of {len(data)} bytes exceeds the {max_size}-byte cap")
-    try:
-        text = bytes(data).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"TOC is not valid UTF-8: {exc}") from exc
-    decoder = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_reject_constant)
-    start = len(text) - len(text.lstrip(" \t\r\n"))
-    try:
-        top, end = decoder.raw_decode(text, start)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"TOC is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise FormatError("TOC JSON nests too deeply") from exc
-    if text[end:].strip(" \t\r\n"):
-        raise FormatError(f"unexpected data after the TOC JSON object at byte offset {end}")
-    if not isinstance(top, _Pairs):
-        raise FormatError("TOC JSON is not an object")
-    version: Any = 0
-    raw_entries: Any = None
-    tar_split_digest: Any = ""
-    prefetch: Any = []
-    for key, value in top:
-        lk = key.lower()
-        if lk == "version":
-            version = value
-        elif lk == "entries":
-            raw_entries = value
-        elif lk == "tarsplitdigest" and dialect.is_cstorage:
-            tar_split_digest = "" if value is None else value
-        elif lk == PREFETCH_KEY.lower() and dialect.is_cstorage:
-            prefetch = [] if value is None else value
-    version = 0 if version is None else version
-    if not _is_int(version):
-        raise FormatError(f"TOC version must be an integer, got {version!r}")
-    if dialect.is_estargz and version != 1:
-        raise FormatError(f"unsupported eStargz TOC version {version} (expected 1)")
-    if raw_entries is None:
-        raw_entries = []
-    if not isinstance(raw_entries, list) or isinstance(raw_entries, _Pairs):
-        raise FormatError("TOC 'entries' is not an array")
-    if not isinstance(tar_split_digest, str):
-        raise FormatError("TOC 'tarSplitDigest' is not a string")
-    if tar_split_digest:
-        _check_digest(tar_split_digest, "TOC tarSplitDigest")
-    if not isinstance(prefetch, list) or not all(isinstance(p, str) for p in prefetch):
-        raise FormatError(f"TOC {PREFETCH_KEY!r} is not an array of strings")
-    lookup = _LOOKUP[dialect]
-    entries = [_parse_entry(i, raw, lookup) for i, raw in enumerate(raw_entries)]
-    return Toc(version=version, entries=entries, tar_split_digest=tar_split_digest, prefetch=prefetch)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_digest(value: str, what: str) -> None:
-    try:
-        parse_digest(value)
-    except FormatError as exc:
-        raise FormatError(f"{what}: {exc.message}") from None
-
-
-def _entry_label(i: int, raw: Any) -> str:
-    if isinstance(raw, _Pairs):
-        for k, v in reversed(raw):
-            if k.lower() == "name" and isinstance(v, str):
-                return f"TOC entry {i} ({v!r})"
-    return f"TOC entry {i}"
-
-
-def _parse_entry(i: int, raw: Any, lookup: dict[str, tuple[str, str]]) -> TocEntry:
-    if not isinstance(raw, _Pairs):
-        raise FormatError(f"TOC entry {i} is not an object")
-    values: dict[str, Any] = {}
-    for key, value in raw:
-        known = lookup.get(key.lower())
-        if known is None:
-            continue
-        attr, kind = known
-        if value is None:
-            values.pop(attr, None)
-            continue
-        try:
-            values[attr] = _convert(kind, value)
-        except FormatError as exc:
-            raise FormatError(f"{_entry_label(i, raw)}: field {key!r}: {exc.message}") from None
-    if "type" not in values:
-        raise FormatError(f"{_entry_label(i, raw)}: missing 'type'")
-    if "name" not in values:
-        raise FormatError(f"{_entry_label(i, raw)}: missing 'name'")
-    return TocEntry(**values)
-
-
-def _convert(kind: str, value: Any) -> Any:
-    if kind == "int":
-        if not _is_int(value):
-            raise FormatError(f"expected an integer, got {value!r}")
-        if not 0 <= value <= _INT64_MAX:
-            raise FormatError(f"{value} out of range (must be 0 ≤ n < 2^63)")
-        return value
-    if not isinstance(value, str) and kind != "xattrs":
-        raise FormatError(f"expected a string, got {type(value).__name__}")
-    if kind == "str":
-        return value
-    if kind == "type":
-        if value not in ENTRY_TYPES:
-            raise FormatError(f"unknown entry type {value!r}")
-        return value
-    if kind == "chunktype":
-        if value not in _CHUNK_TYPES:
-            raise FormatError(f"unknown chunk type {value!r}")
-        return value
-    if kind == "digest":
-        if value:
-            parse_digest(value)
-        return value
-    if kind == "time":
-        if value:
-            rfc3339_to_ns(value)
-        return value
-    # xattrs
-    if not isinstance(value, _Pairs):
-        raise FormatError("expected an object of base64 strings")
-    out: dict[str, bytes] = {}
-    for name, encoded in value:
-        if encoded is None:
-            out[name] = b""
-            continue
-        if not isinstance(encoded, str):
-            raise FormatError(f"xattr {name!r} value is not a base64 string")
-        try:
-            decoded = binascii.a2b_base64(encoded.encode("ascii"), strict_mode=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            raise FormatError(f"xattr {name!r} value is not std base64: {exc}") from None
-        if base64.b64encode(decoded).decode("ascii") != encoded:
-            raise FormatError(f"xattr {name!r} value is not canonical padded std base64")
-        out[name] = decoded
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- write
@@ -388,7 +218,7 @@ def serialize_toc(toc: Toc, dialect: Dialect) -> bytes:
         FormatError: ``toc`` uses a field the dialect's schema cannot express (e.g. ``inner_offset`` in
             c/storage, ``end_offset``/``tar_split_digest`` in eStargz).
     """
-    fields = _fields(dialect)
+    fields = schema_fields(dialect)
     if dialect.is_estargz and toc.tar_split_digest:
         raise FormatError("tarSplitDigest cannot be written in an eStargz TOC")
     if dialect.is_estargz and toc.prefetch:

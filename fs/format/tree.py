@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+
+import msgspec
 
 from fs.errors import FormatError
 from fs.format.dialect import Dialect
 
 __all__ = [
     "NO_PREFETCH_LANDMARK",
+    "NO_XATTRS",
     "OPAQUE_WHITEOUT",
     "PREFETCH_LANDMARK",
     "WHITEOUT_PREFIX",
@@ -60,8 +64,11 @@ def normalize_name(name: str) -> str:
         raise FormatError("empty file name in TOC")
     if "\0" in name:
         raise FormatError(f"file name {name!r} contains NUL")
+    split = name.split("/")
+    if "" not in split and "." not in split and ".." not in split:
+        return name  # already normal: the common case, decided in C
     parts = []
-    for part in name.split("/"):
+    for part in split:
         if part == "..":
             raise FormatError(f"file name {name!r} escapes the layer ('..' component)", path=name)
         if part and part != ".":
@@ -69,14 +76,14 @@ def normalize_name(name: str) -> str:
     return "/".join(parts)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(msgspec.Struct, frozen=True, gc=False):
     """A piece of a regular file and the compressed blob range that decodes to it.
 
     Decoding ``blob[compressed_offset:compressed_end]`` as a multi-frame zstd (gzip for eStargz-gzip)
     stream, skipping ``inner_offset`` bytes and taking ``size`` bytes yields file bytes
-    ``[file_offset, file_offset + size)``, whose sha256 must equal ``digest``. ``zeros`` chunks may be
-    synthesized without fetching.
+    ``[file_offset, file_offset + size)``, whose sha256 must equal ``digest``. ``zeros`` chunks are
+    synthesized without fetching, once ``digest`` is checked to be that of ``size`` zero bytes.
+    (A compact struct: a layer may have millions.)
     """
 
     file_offset: int
@@ -88,14 +95,18 @@ class Chunk:
     zeros: bool = False
 
 
-@dataclasses.dataclass(slots=True, eq=False)
-class FileNode:
+#: The (immutable, shared) xattrs of every node that has none.
+NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
+
+
+class FileNode(msgspec.Struct, eq=False, gc=False):
     """One inode of the layer. Hardlinked names share one node (``nlink`` > 1, ``path`` = first name).
 
     ``mode`` includes the ``S_IF*`` type bits; ``type`` is ``reg/dir/symlink/char/block/fifo``.
     ``mtime_ns`` is 0 when the TOC has no (or Go's zero) time; ``atime_ns``/``ctime_ns`` are None then.
     ``size`` is the content length for files and the target length for symlinks. ``ino`` is a
-    layer-local number (root = 1) assigned in TOC order.
+    layer-local number (root = 1) assigned in TOC order. ``xattrs`` is read-only (nodes without xattrs
+    share :data:`NO_XATTRS`); copy it to change it. A compact struct: a layer may have millions.
     """
 
     path: str
@@ -109,10 +120,10 @@ class FileNode:
     ctime_ns: int | None = None
     link_target: str = ""
     rdev: int = 0
-    xattrs: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = NO_XATTRS
     digest: str = ""
     nlink: int = 1
-    chunks: list[Chunk] = dataclasses.field(default_factory=list)
+    chunks: list[Chunk] = []
     user_name: str = ""
     group_name: str = ""
     ino: int = 0
@@ -154,7 +165,13 @@ class LayerIndex:
             return None
 
     def children(self, directory: str | FileNode) -> list[tuple[str, FileNode]]:
-        """``(name, node)`` entries of a directory, sorted by name; [] for non-directories/unknown paths."""
+        """``(name, node)`` entries of a directory, sorted by name; [] for non-directories/unknown paths.
+
+        The directory maps are built on the first call (one pass over all names): readers that walk the
+        index themselves (the mount builds its own inode table) never pay for them.
+        """
+        if not self._children:
+            self._build_children()
         if isinstance(directory, FileNode):
             key = directory.path
         else:
@@ -167,6 +184,14 @@ class LayerIndex:
             cached = sorted(self._children.get(key, {}).items())
             self._sorted[key] = cached
         return cached
+
+    def _build_children(self) -> None:
+        children: dict[str, dict[str, FileNode]] = {p: {} for p, node in self.nodes.items() if node.is_dir}
+        for path, node in self.nodes.items():
+            if path:
+                head, _, name = path.rpartition("/")
+                children[head][name] = node
+        self._children = children
 
     def chunks_for(self, node: FileNode, offset: int, length: int) -> list[Chunk]:
         """The chunks of ``node`` overlapping file bytes ``[offset, offset + length)`` (clipped to size)."""

@@ -14,7 +14,9 @@ from fs.format.annotations import TocLocation
 from fs.format.dialect import Dialect
 from fs.format.estargz import extract_gzip_toc
 from fs.format.frames import SKIPPABLE_HEADER_SIZE, is_skippable_magic, parse_skippable_header
-from fs.format.toc import MAX_TOC_SIZE, Toc, parse_toc
+from fs.format.toc import Toc
+from fs.format.tocparse import parse_toc
+from fs.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "MAX_TAR_SPLIT_SIZE",
@@ -83,7 +85,7 @@ def _check(data: bytes, expected: str, what: str) -> None:
 
 
 def decompress_and_verify_toc(
-    compressed: bytes, location: TocLocation, *, max_size: int = MAX_TOC_SIZE
+    compressed: bytes, location: TocLocation, *, max_size: int | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> bytes:
     """Verify and decompress TOC bytes; return the TOC JSON (safe to cache and parse).
 
@@ -97,16 +99,22 @@ def decompress_and_verify_toc(
         VerificationError: a digest does not match (compressed bytes for c/storage, checked before
             decompressing; decompressed JSON for eStargz; the optional stargz compressed digest).
         FormatError: wrong length, corrupt compression, or decompressed length ≠ ``uncompressed_length``.
-        UnsupportedFormat: bigger than ``max_size``.
+        UnsupportedFormat: bigger than ``max_size`` (default: ``limits.max_toc_compressed_size`` for the
+            compressed bytes, ``limits.max_toc_size`` for the JSON).
     """
+    max_compressed = limits.max_toc_compressed_size if max_size is None else max_size
+    max_size = limits.max_toc_size if max_size is None else max_size
     compressed = bytes(compressed)
-    if len(compressed) > max_size:
-        raise UnsupportedFormat(f"compressed TOC of {len(compressed)} bytes exceeds the {max_size}-byte cap")
+    if len(compressed) > max_compressed:
+        raise UnsupportedFormat(
+            f"compressed TOC of {len(compressed)} bytes exceeds the {max_compressed}-byte cap "
+            "(max-toc-compressed-size)"
+        )
     if location.length and len(compressed) != location.length:
         raise FormatError(f"TOC is {len(compressed)} bytes, the TOC position says {location.length}")
     if location.uncompressed_length > max_size:
         raise UnsupportedFormat(
-            f"TOC of {location.uncompressed_length} bytes exceeds the {max_size}-byte cap"
+            f"TOC of {location.uncompressed_length} bytes exceeds the {max_size}-byte cap (max-toc-size)"
         )
     if location.digest_of == "compressed":
         _check(compressed, location.digest, "TOC")
@@ -125,9 +133,13 @@ def decompress_and_verify_toc(
     return data
 
 
-def decode_and_verify_toc(compressed: bytes, location: TocLocation, *, max_size: int = MAX_TOC_SIZE) -> Toc:
-    """:func:`decompress_and_verify_toc`, then :func:`~fs.format.toc.parse_toc` in the location's dialect."""
-    return parse_toc(decompress_and_verify_toc(compressed, location, max_size=max_size), location.dialect)
+def decode_and_verify_toc(
+    compressed: bytes, location: TocLocation, *, max_size: int | None = None, limits: Limits = DEFAULT_LIMITS
+) -> Toc:
+    """:func:`decompress_and_verify_toc`, then :func:`~fs.format.tocparse.parse_toc` in the location's
+    dialect (at most ``limits.max_toc_entries`` entries)."""
+    data = decompress_and_verify_toc(compressed, location, max_size=max_size, limits=limits)
+    return parse_toc(data, location.dialect, max_size=len(data), max_entries=limits.max_toc_entries)
 
 
 def decompress_and_verify_tar_split(

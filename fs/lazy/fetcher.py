@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
@@ -43,7 +44,7 @@ from typing import Any, Protocol
 import trio
 
 from fs.errors import NotInStore, RegistryUnavailable, VerificationError, ZsnapError
-from fs.lazy.decode import ChunkLike, decode_verify
+from fs.lazy.decode import STORED, ChunkLike, decode_verify, stored_piece, zeros_piece
 from fs.lazy.scheduler import FetchScheduler, Priority, Ticket
 from fs.lazy.stats import MountStats
 
@@ -239,7 +240,7 @@ class ChunkFetcher:
             for i in missing:
                 c, lo, hi = spans[i]
                 data = got.get(c.digest)
-                pieces[i] = data[lo:hi] if data is not None else self.store.pread(c.digest, lo, hi - lo)
+                pieces[i] = data[lo:hi] if data is not None else stored_piece(self.store, c, lo, hi)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _gather(self, spans: list[tuple[ChunkLike, int, int]]) -> tuple[list[bytes], list[int]]:
@@ -249,10 +250,10 @@ class ChunkFetcher:
         missing: list[int] = []
         for i, (c, lo, hi) in enumerate(spans):
             if c.zeros:
-                pieces.append(bytes(hi - lo))
+                pieces.append(zeros_piece(c, lo, hi))  # only if its digest is that of zero bytes
                 continue
             try:
-                pieces.append(self.store.pread(c.digest, lo, hi - lo))
+                pieces.append(stored_piece(self.store, c, lo, hi))  # only if the stored size is c.size
             except NotInStore:
                 missing.append(i)
                 pieces.append(b"")
@@ -380,17 +381,31 @@ class ChunkFetcher:
                     raise RegistryUnavailable(
                         f"range {start}-{end} returned {len(data)} bytes", layer=source.label
                     )
+                # Chunks too big to hold are decoded streaming into the store right here (STORED).
                 results = await trio.to_thread.run_sync(
-                    decode_verify, source.codec, data, start, [f.chunk for f in flights], limiter=self._cpu
+                    functools.partial(
+                        decode_verify,
+                        source.codec,
+                        data,
+                        start,
+                        [f.chunk for f in flights],
+                        store=self.store,
+                        holder=self.holder,
+                    ),
+                    limiter=self._cpu,
                 )
         except trio.TooSlowError:
             error = RegistryUnavailable(
                 f"fetching bytes {start}-{end} took longer than {self.fetch_timeout:g}s", layer=source.label
             )
-        except ZsnapError as exc:
+        except ZsnapError as exc:  # registry errors (transport failures included), bad data, store errors
             error = exc
-        except Exception as exc:  # a foreign error escaping the client: report, never crash the mount
-            error = RegistryUnavailable(f"fetching bytes {start}-{end} failed: {exc!r}", layer=source.label)
+        except Exception as exc:  # a bug, not an outage: say so loudly, with the trace; readers get EIO
+            log.exception("internal error while fetching %s bytes %d-%d", source.label, start, end)
+            error = ZsnapError(
+                f"internal error while fetching bytes {start}-{end}: {exc!r}", layer=source.label
+            )
+            error.__cause__ = exc
         if error is not None:
             self.stats.fetch_errors += 1
             log.info("fetch of %s bytes %d-%d failed: %s", source.label, start, end, error)
@@ -401,10 +416,12 @@ class ChunkFetcher:
             if isinstance(res, bytes):
                 fl.data = res
                 good[fl.chunk.digest] = res
+            elif res is STORED:
+                self.stats.chunks_verified += 1  # already in the store: readers pread it
             else:
                 if isinstance(res, VerificationError):
                     self.stats.verify_failures += 1
-                fl.error = res
+                fl.error = res  # type: ignore[assignment]
                 if self._inflight.get(fl.chunk.digest) is fl:
                     del self._inflight[fl.chunk.digest]  # nothing to store: the next reader fetches again
                     self._note_drained()

@@ -12,9 +12,11 @@ import tarfile
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 
-from fs.errors import FormatError, UnsupportedFormat
+from fs.errors import FormatError, UnsupportedFormat, error_context
+from fs.format.paths import LayerNames, check_device
 from fs.format.tree import normalize_name
 from fs.lazy.inodes import Item
+from fs.limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["index_tar"]
 
@@ -31,31 +33,45 @@ def _pax_time_ns(pax: dict[str, str], key: str) -> int | None:
         return None
 
 
-def index_tar(f: BinaryIO) -> list[Item]:
+def index_tar(f: BinaryIO, *, limits: Limits = DEFAULT_LIMITS) -> list[Item]:
     """Read every member header of the tar in ``f`` (seekable) and return the layer's items in tar order.
 
+    Names, link targets and device numbers follow the same rules as a TOC's (:mod:`fs.format.paths`).
+
     Raises:
-        FormatError: a malformed tar or a member name escaping the layer.
+        FormatError: a malformed tar, a member name escaping the layer, a hardlink out of the layer or to
+            a missing or directory entry, a path over the limits, an impossible device number.
         UnsupportedFormat: GNU sparse members or unknown member types.
     """
     items: list[Item] = []
+    names = LayerNames(limits)
     try:
         with tarfile.open(fileobj=f, mode="r:") as tf:
             for m in tf:
-                items.append(_item(m))
+                items.append(_item(m, names))
     except tarfile.TarError as exc:
         raise FormatError(f"layer is not a valid tar: {exc}") from exc
     return items
 
 
-def _item(m: tarfile.TarInfo) -> Item:
-    try:
-        path = normalize_name(m.name)
-    except FormatError:
-        if m.name in ("./", "."):
-            path = ""
-        else:
-            raise
+def _kind(m: tarfile.TarInfo) -> str:
+    if m.isreg():
+        return "reg"
+    if m.isdir():
+        return "dir"
+    if m.issym():
+        return "symlink"
+    if m.islnk():
+        return "hardlink"
+    if m.ischr():
+        return "char"
+    if m.isblk():
+        return "block"
+    return "fifo" if m.isfifo() else "other"
+
+
+def _item(m: tarfile.TarInfo, names: LayerNames) -> Item:
+    path = names.add(m.name, _kind(m), m.linkname)
     pax = m.pax_headers
     mtime = _pax_time_ns(pax, "mtime")
     item = Item(
@@ -86,6 +102,8 @@ def _item(m: tarfile.TarInfo) -> Item:
         item.kind, item.target = "hardlink", normalize_name(m.linkname)
     elif m.ischr() or m.isblk():
         item.kind = "char" if m.ischr() else "block"
+        with error_context(path=m.name):
+            check_device(m.devmajor, m.devminor)
         item.dev_major, item.dev_minor = m.devmajor, m.devminor
     elif m.isfifo():
         item.kind = "fifo"

@@ -23,9 +23,41 @@ __all__ = [
     "ImageManifest",
     "config_diff_ids",
     "host_platform",
+    "load_json",
     "parse_manifest_or_index",
     "platform_matches",
+    "string_map",
 ]
+
+
+_MAX_SIZE = (1 << 63) - 1
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_SIZE
+
+
+def string_map(value: Any, where: str) -> dict[str, str]:
+    """An annotations-like object (absent/null = empty) as a dict of strings.
+
+    Raises:
+        FormatError: not an object, or a value that is not a string.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise FormatError(f"{where} is not an object of strings")
+    return dict(value)
+
+
+def load_json(data: bytes | str, what: str) -> Any:
+    """``json.loads`` with every failure (bad JSON, bad UTF-8, nesting too deep) as one FormatError."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FormatError(f"{what} JSON nests too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -47,16 +79,22 @@ class Descriptor:
             media_type, digest, size = obj["mediaType"], obj["digest"], obj["size"]
         except KeyError as exc:
             raise FormatError(f"{where}: descriptor lacks {exc.args[0]!r}") from None
-        if not isinstance(media_type, str) or not isinstance(size, int) or size < 0:
+        if not isinstance(media_type, str) or not _is_size(size):
             raise FormatError(f"{where}: descriptor has a bad mediaType or size")
-        parse_digest(digest)
+        try:
+            parse_digest(digest)
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc.message}") from None
+        platform = obj.get("platform")
+        if platform is not None and not isinstance(platform, dict):
+            raise FormatError(f"{where}: descriptor platform is not an object")
         known = {"mediaType", "digest", "size", "annotations", "platform"}
         return cls(
             media_type=media_type,
             digest=digest,
             size=size,
-            annotations=dict(obj.get("annotations") or {}),
-            platform=obj.get("platform"),
+            annotations=string_map(obj.get("annotations"), f"{where}: annotations"),
+            platform=platform,
             extra={k: v for k, v in obj.items() if k not in known},
         )
 
@@ -97,18 +135,17 @@ def parse_manifest_or_index(data: bytes, media_type: str | None = None) -> Image
     Raises:
         FormatError: not JSON, not an object, schema1, or missing required fields.
     """
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"manifest is not valid JSON: {exc}") from None
+    obj = load_json(data, "manifest")
     if not isinstance(obj, dict):
         raise FormatError("manifest is not a JSON object")
     kind = obj.get("mediaType") or media_type
+    if kind is not None and not isinstance(kind, str):
+        raise FormatError(f"manifest mediaType is not a string: {kind!r}")
     if kind is None:
         kind = OCI_INDEX if "manifests" in obj else OCI_MANIFEST
     if obj.get("schemaVersion") == 1:
         raise FormatError("Docker schema1 manifests are not supported")
-    annotations = dict(obj.get("annotations") or {})
+    annotations = string_map(obj.get("annotations"), "manifest annotations")
     if kind in (OCI_INDEX, DOCKER_MANIFEST_LIST):
         entries = obj.get("manifests")
         if not isinstance(entries, list):
@@ -159,8 +196,8 @@ def config_diff_ids(config: bytes) -> list[str]:
         FormatError: not JSON, or no list of digest strings there.
     """
     try:
-        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError) as exc:
+        diff_ids = load_json(config, "image config")["rootfs"]["diff_ids"]
+    except (KeyError, TypeError) as exc:
         raise FormatError(f"image config has no rootfs.diff_ids: {exc!r}") from None
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise FormatError("image config rootfs.diff_ids is not a list of digests")

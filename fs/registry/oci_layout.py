@@ -22,6 +22,7 @@ from fs.digest import Hasher, parse_digest, sha256_digest, verify_digest
 from fs.errors import FormatError, NotFoundError, VerificationError
 
 from . import media
+from .manifests import Descriptor, load_json
 
 __all__ = ["REF_NAME", "OciLayout"]
 
@@ -29,8 +30,9 @@ REF_NAME = "org.opencontainers.image.ref.name"
 _LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 
 
-def _check_digest(digest: str) -> str:
-    """The hex part of a valid digest (FormatError otherwise: no path outside ``blobs/sha256``)."""
+def _check_digest(digest: Any) -> str:
+    """The hex part of a valid digest (FormatError otherwise, non-strings included: no path outside
+    ``blobs/sha256``)."""
     return parse_digest(digest)[1]
 
 
@@ -69,15 +71,18 @@ class OciLayout:
 
     def read_index(self) -> dict[str, Any]:
         """``index.json`` parsed (an empty index if the layout has none yet)."""
+        where = f"{self.path}/index.json"
         try:
-            data = json.loads((self.path / "index.json").read_bytes())
+            raw = (self.path / "index.json").read_bytes()
         except FileNotFoundError:
             return {"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": []}
-        except ValueError as exc:
-            raise FormatError(f"{self.path}/index.json is not valid JSON: {exc}") from exc
+        data = load_json(raw, where)
         if not isinstance(data, dict) or not isinstance(data.get("manifests", []), list):
-            raise FormatError(f"{self.path}/index.json is not an image index")
+            raise FormatError(f"{where} is not an image index")
         data.setdefault("manifests", [])
+        for i, entry in enumerate(data["manifests"]):
+            # The same checks as for a registry's index (digest, size, media type, annotations).
+            Descriptor.from_json(entry, where=f"{where} entry {i}")
         return data
 
     def tags(self) -> list[str]:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from fs.errors import ZsnapError
+from fs.errors import ZsnapError, error_context
 from snapshotter.cli import exception_leaves
 
 
@@ -87,7 +87,8 @@ def _mount(args: argparse.Namespace) -> int:
         def ready(line: str) -> None:
             print(line, flush=True)
 
-        run_mount(cfg, ready)
+        with error_context(image=cfg.image):  # every error names the image (layer and entry inside)
+            run_mount(cfg, ready)
         return 0
     return _daemonize(cfg)
 
@@ -135,7 +136,8 @@ def _daemonize(cfg) -> int:  # type: ignore[no-untyped-def]
             os.close(parent_pipe.pop())
 
         try:
-            run_mount(cfg, ready)
+            with error_context(image=cfg.image):
+                run_mount(cfg, ready)
             code = 0
         except BaseException as exc:  # the daemon must report, never hang its parent
             leaves = list(exception_leaves(exc))

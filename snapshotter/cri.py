@@ -2,8 +2,9 @@
 
 crictl is not packaged here; tests and ``zsnap bench startup`` pull through CRI with these calls because a
 CRI pull is what makes containerd send a proxy snapshotter the image labels it needs for lazy layers
-(``ctr images pull`` sends none; docs/DESIGN.md, "Peer tools"). containerd must run with the CRI plugin enabled and,
-for the labels, ``disable_snapshot_annotations = false``; CRI works in containerd's ``k8s.io`` namespace.
+(``ctr images pull`` sends none; docs/DESIGN.md, "Peer tools"). containerd must run with the CRI plugin
+enabled and, for the labels, ``disable_snapshot_annotations = false``; CRI works in containerd's ``k8s.io``
+namespace.
 """
 
 from __future__ import annotations

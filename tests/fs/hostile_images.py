@@ -19,7 +19,7 @@ from fs.digest import sha256_digest
 from fs.format import Dialect, footer_bytes, skippable_frame
 from fs.format.annotations import annotations_for
 from fs.format.footer import Footer
-from tests.fixtures.images import OCI_CONFIG, OCI_MANIFEST, LayoutWriter, _skopeo
+from tests.fixtures.images import OCI_CONFIG, OCI_MANIFEST, LayoutWriter, run_skopeo
 
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -70,5 +70,5 @@ def gzip_layout(path: Path, tar: bytes, *, tag: str = "hostile") -> str:
 def push_layout(ref: str, registry_host: str, repo_tag: str) -> str:
     """Copy the layout image ``ref`` unchanged to ``docker://HOST/REPO:TAG``; returns that reference."""
     dest = f"docker://{registry_host}/{repo_tag}"
-    _skopeo("copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false", ref, dest, timeout=120)
+    run_skopeo("copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false", ref, dest, timeout=120)
     return dest

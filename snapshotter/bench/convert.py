@@ -11,13 +11,20 @@ registry; then each tool converts it to zstd:chunked at the same zstd level into
 
 Prints seconds, output size, MB/s of uncompressed input and the time ratio against zsnap, then one JSON
 line ``{"bench": "convert", ...}``.
+
+``--baseline DIR`` also runs the zsnap of another checkout (``python -m snapshotter`` from ``DIR``) as
+``zsnap-baseline``, and ``--rounds N`` alternates the two N times (median seconds reported): on a shared,
+noisy machine only a same-run ratio says whether a change helped. ``--image-cache DIR`` keeps the built
+image between runs (building it costs more CPU than converting it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +56,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=None, help="zsnap --jobs")
     parser.add_argument("--skip-skopeo", action="store_true")
     parser.add_argument("--skip-ctr-remote", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also time the zsnap of this checkout (same image, same run) as zsnap-baseline",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="zsnap (and baseline) runs, alternated; median reported"
+    )
+    parser.add_argument(
+        "--image-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="build the OCI layout here once and reuse it in later runs",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,10 +80,7 @@ def run(args: argparse.Namespace) -> int:
     registry = containerd = None
     results: dict[str, dict] = {}
     try:
-        _say(f"building a {args.size_mb} MB, {args.layers}-layer image ({args.content} content)")
-        layout = work / "layout"
-        builders = (system_layers if args.content == "system" else bench_layers)(args.size_mb, args.layers)
-        build_image(layout, builders, tag="bench")
+        layout = _layout(args, work)
         uncompressed = _uncompressed_size(layout)
         registry = LocalRegistry(work / "registry")
         src = f"{registry.host}/bench/src:gzip"
@@ -67,26 +88,19 @@ def run(args: argparse.Namespace) -> int:
             ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:bench", f"docker://{src}"]
         )
 
-        _say("zsnap convert")
-        cmd = [
-            sys.executable,
-            "-m",
-            "snapshotter",
-            "--root",
-            str(work / "zsnap"),
-            "convert",
-            "--quiet",
-            "--level",
-            str(args.level),
-            f"docker://{src}",
-            f"docker://{registry.host}/bench/out:zsnap",
-        ]
-        if args.jobs:
-            cmd += ["--jobs", str(args.jobs)]
-        results["zsnap"] = {
-            "seconds": _timed(cmd),
-            "bytes_out": _image_size(registry.host, "bench/out", "zsnap"),
-        }
+        variants = {"zsnap": _REPO_ROOT}
+        if args.baseline is not None:
+            variants["zsnap-baseline"] = args.baseline.resolve()
+        seconds: dict[str, list[float]] = {name: [] for name in variants}
+        for round_no in range(args.rounds):
+            for name, checkout in variants.items():
+                _say(f"{name} convert (round {round_no + 1}/{args.rounds})")
+                out_repo = f"bench/out-{name}-{round_no}"
+                cmd = _zsnap_command(args, work / f"{name}-{round_no}", src, f"{registry.host}/{out_repo}")
+                seconds[name].append(_timed(cmd, cwd=checkout))
+                bytes_out = _image_size(registry.host, out_repo, "zsnap")
+                results[name] = {"seconds": statistics.median(seconds[name]), "runs": seconds[name],
+                                 "bytes_out": bytes_out}  # fmt: skip
 
         if not args.skip_skopeo:
             _say("skopeo copy --dest-compress-format zstd:chunked")
@@ -150,6 +164,37 @@ def run(args: argparse.Namespace) -> int:
         if registry:
             registry.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _layout(args: argparse.Namespace, work: Path) -> Path:
+    """The bench image as an OCI layout: built in ``work``, or reused from / saved to ``--image-cache``."""
+    if args.image_cache is not None:
+        layout = args.image_cache / f"{args.content}-{args.size_mb}mb-{args.layers}l"
+        if (layout / "index.json").exists():
+            _say(f"reusing the image in {layout}")
+            return layout
+    else:
+        layout = work / "layout"
+    _say(f"building a {args.size_mb} MB, {args.layers}-layer image ({args.content} content)")
+    builders = (system_layers if args.content == "system" else bench_layers)(args.size_mb, args.layers)
+    partial = layout.with_name(layout.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build_image(partial, builders, tag="bench")
+    os.replace(partial, layout)
+    return layout
+
+
+def _zsnap_command(args: argparse.Namespace, root: Path, src: str, dst_repo: str) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "snapshotter", "--root", str(root), "convert", "--quiet",
+        "--level", str(args.level), f"docker://{src}", f"docker://{dst_repo}:zsnap",
+    ]  # fmt: skip
+    if args.jobs:
+        cmd += ["--jobs", str(args.jobs)]
+    return cmd
 
 
 def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespace) -> None:
@@ -220,14 +265,14 @@ def _image_size(host: str, repo: str, tag: str) -> int:
     return sum(layer["size"] for layer in manifest["layers"])
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str], cwd: Path | None = None) -> float:
     started = time.monotonic()
-    _sh(cmd)
+    _sh(cmd, cwd)
     return time.monotonic() - started
 
 
-def _sh(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _sh(cmd: list[str], cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         raise ZsnapError(f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
 

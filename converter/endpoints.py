@@ -18,6 +18,7 @@ import trio
 from fs.errors import VerificationError
 from fs.registry import ImageReference, OciLayout, RegistryClient, open_registry_client
 from fs.registry.manifests import parse_manifest_or_index
+from fs.registry.stream_upload import GrowingBlob, mount_blob, push_growing_blob
 
 __all__ = ["Endpoint", "LayoutEndpoint", "RegistryEndpoint", "open_endpoint"]
 
@@ -102,6 +103,14 @@ class RegistryEndpoint(Endpoint):
             lambda: open(path, "rb"),  # noqa: SIM115 - the client closes it
             mount_from=self.mount_sources.get(digest),
         )
+
+    async def mount_blob(self, digest: str, from_repository: str) -> bool:
+        """Cross-repository mount from ``from_repository`` of this registry; False if it did not happen."""
+        return await mount_blob(self._client, self.ref.repository, digest, from_repository)
+
+    async def push_growing(self, blob: GrowingBlob) -> tuple[str, int]:
+        """Upload ``blob`` while its writer produces it (see :mod:`fs.registry.stream_upload`)."""
+        return await push_growing_blob(self._client, self.ref.repository, blob)
 
     async def push_manifest(self, reference: str | None, data: bytes, media_type: str) -> str:
         target = reference or "sha256:" + hashlib.sha256(data).hexdigest()

@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -27,16 +28,20 @@ from typing import BinaryIO
 import trio
 
 from converter.cache import CacheRecord, ConversionCache
-from converter.endpoints import Endpoint
+from converter.endpoints import Endpoint, RegistryEndpoint
 from converter.manifests import Compression
+from converter.output_tap import OutputTap
 from converter.progress import Reporter
 from converter.readahead import ReadAhead
+from converter.scheduling import PriorityLimiter
 from fs.errors import ConversionError, ProducerFailed, VerificationError, ZsnapError, error_context
 from fs.format import Dialect
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
 
 __all__ = ["ConvertOptions", "LayerJob", "LayerWorker"]
+
+log = logging.getLogger(__name__)
 
 # Another holder's producer failing is retried this many times in all (see LayerWorker._acquired).
 _ACQUIRE_ATTEMPTS = 4
@@ -88,7 +93,8 @@ class LayerWorker:
         reporter: Reporter,
         *,
         holder: str,
-        converters: trio.CapacityLimiter | None = None,
+        converters: PriorityLimiter | None = None,
+        stream_uploads: bool = True,
     ) -> None:
         self._store = store
         self._cache = cache
@@ -96,50 +102,141 @@ class LayerWorker:
         self._reporter = reporter
         self._holder = holder
         # Bounds only the CPU-heavy step (decompress + chunk + compress). Downloads and pushes of other
-        # layers go on meanwhile, so the network and the cores are busy at the same time.
-        self._converters = converters or trio.CapacityLimiter(1)
+        # layers go on meanwhile, so the network and the cores are busy at the same time. Of the layers
+        # waiting for a slot, the biggest gets it first.
+        self._converters = converters or PriorityLimiter(1)
+        # Upload a layer to its first registry destination while it is being converted.
+        self._stream_uploads = stream_uploads
 
     async def run(self, job: LayerJob) -> CacheRecord:
         """Make sure every destination of ``job`` has the converted blob; return its record.
+
+        A layer this store's record says was converted before (by any process) is not converted again
+        while every destination has the blob or can mount it from a recorded repository; otherwise it is
+        converted, streamed to the first registry destination while it is written, and pushed (or
+        mounted) to the others from the finished file.
 
         Raises:
             ConversionError / ZsnapError: naming the image and layer. On cancellation only this task's
             claims on shared temp objects are dropped.
         """
         with error_context(image=job.image, layer=job.layer.digest):
-            cached = self._cache.get(job.key)
-            if cached is not None and await _all_have(job.destinations, cached.digest):
+            cached = await trio.to_thread.run_sync(self._cache.get, job.key)
+            if cached is not None and await self._place_recorded(job, cached):
                 self._reporter.event(
                     "layer reused", layer=_short(job.layer.digest), converted=_short(cached.digest)
                 )
                 job.result, job.reused = cached, True
                 return cached
-            async with self._converted(job) as (record, path):
+            async with self._converted(job) as (record, path, pushed):
                 for dest in job.destinations:
-                    await dest.push_blob(record.digest, record.size, path)
+                    if dest not in pushed:
+                        await self._push(job, dest, record, path, pushed)
             job.result = record
             return record
 
+    async def _place_recorded(self, job: LayerJob, record: CacheRecord) -> bool:
+        """Give every destination the recorded blob without converting; False if one cannot get it.
+
+        A destination that has the blob needs nothing; a registry destination tries a cross-repository
+        mount from each recorded repository of its registry (the registry answers whether the blob is
+        still there), then a HEAD confirms it. Locations found stale are dropped from the record.
+        """
+        for dest in job.destinations:
+            here = _location_of(dest)
+            if await dest.has_blob(record.digest):
+                if here not in record.locations:
+                    await trio.to_thread.run_sync(self._cache.add_location, job.key, here)
+                continue
+            if here in record.locations:
+                await trio.to_thread.run_sync(self._cache.drop_location, job.key, here)
+            if not isinstance(dest, RegistryEndpoint):
+                return False
+            for origin in _mount_origins(record.locations, dest):
+                if await dest.mount_blob(record.digest, origin) and await dest.has_blob(record.digest):
+                    self._reporter.event("layer mounted", layer=_short(job.layer.digest), origin=origin)
+                    await trio.to_thread.run_sync(self._cache.add_location, job.key, here)
+                    break
+                await trio.to_thread.run_sync(
+                    self._cache.drop_location, job.key, f"{dest.ref.registry}/{origin}"
+                )
+            else:
+                return False
+        return True
+
+    async def _push(
+        self, job: LayerJob, dest: Endpoint, record: CacheRecord, path: Path, pushed: list[Endpoint]
+    ) -> None:
+        """Push the finished file to ``dest`` (mounted from a repository of the same registry that got it
+        in this run, when there is one), then record the location."""
+        if isinstance(dest, RegistryEndpoint):
+            origin = next(iter(_mount_origins([_location_of(d) for d in pushed], dest)), None)
+            if origin is not None:
+                dest.mount_sources.setdefault(record.digest, origin)
+        await dest.push_blob(record.digest, record.size, path)
+        pushed.append(dest)
+        await trio.to_thread.run_sync(self._cache.add_location, job.key, _location_of(dest))
+
     @contextlib.asynccontextmanager
-    async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path]]:
+    async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path, list[Endpoint]]]:
+        """Hold the converted blob of ``job`` (converted here, or by whoever else is converting it);
+        yield its record, its file and the destinations it was already uploaded to (streamed)."""
         async with self.staged_source(job.source, job.layer) as source_path:
             needed = _output_estimate(job)
             await trio.to_thread.run_sync(free_space_check, self._store.root, needed)
             # A worker thread cannot be killed: if this task is cancelled while it produces, the flag
             # makes the writer stop at its next progress report instead of converting to the end.
             stop = threading.Event()
+            stream_to = next((d for d in job.destinations if isinstance(d, RegistryEndpoint)), None)
+            tap = OutputTap() if stream_to is not None and self._stream_uploads else None
+            pushed: list[Endpoint] = []
+            failure: Exception | None = None
             try:
-                async with self._acquired(
-                    f"converted/{job.key}",
-                    lambda path: self._produce(job, source_path, path, stop),
-                    limiter=self._converters,
-                ) as path:
-                    record = self._cache.get(job.key)
+                async with contextlib.AsyncExitStack() as stack:
+                    async with trio.open_nursery() as nursery:
+                        if tap is not None:
+                            assert stream_to is not None
+                            nursery.start_soon(self._stream_upload, job, stream_to, tap, pushed)
+                        try:
+                            path = await stack.enter_async_context(
+                                self._acquired(
+                                    f"converted/{job.key}",
+                                    lambda path: self._produce(job, source_path, path, stop, tap),
+                                    limiter=self._converters,
+                                    priority=job.layer.size,
+                                )
+                            )
+                        except Exception as exc:  # raised below as itself, not in an ExceptionGroup
+                            failure = exc
+                            nursery.cancel_scope.cancel()
+                        finally:
+                            if tap is not None:  # not produced here (or failed): the upload stops
+                                tap.close("another process converted it")
+                    if failure is not None:
+                        raise failure
+                    record = await trio.to_thread.run_sync(self._cache.get, job.key)
                     if record is None:  # the producer writes the record after the blob, before finishing
                         raise ConversionError("converted layer has no cache record")
-                    yield record, path
+                    yield record, path, pushed
             finally:
                 stop.set()
+
+    async def _stream_upload(
+        self, job: LayerJob, dest: RegistryEndpoint, tap: OutputTap, pushed: list
+    ) -> None:
+        """Upload the blob while it is written. Never fails the job: the finished file is pushed the
+        ordinary way (with retries) when streaming did not work out."""
+        try:
+            digest, size = await dest.push_growing(tap)
+        except Exception as exc:  # a fallback exists; the job's own errors surface there
+            log.info("layer %s: streamed upload to %s gave up (%s)", _short(job.layer.digest), dest.ref, exc)
+            return
+        if await dest.has_blob(digest):
+            pushed.append(dest)
+            await trio.to_thread.run_sync(self._cache.add_location, job.key, _location_of(dest))
+            self._reporter.event(
+                "layer streamed", layer=_short(job.layer.digest), to=str(dest.ref), size=size
+            )
 
     @contextlib.asynccontextmanager
     async def staged_source(self, source: Endpoint, desc: Descriptor) -> AsyncIterator[Path]:
@@ -178,7 +275,7 @@ class LayerWorker:
 
     @contextlib.asynccontextmanager
     async def _acquired(
-        self, name: str, producer, *, limiter: trio.CapacityLimiter | None = None
+        self, name: str, producer, *, limiter: PriorityLimiter | None = None, priority: int = 0
     ) -> AsyncIterator[Path]:
         """Hold temp object ``name`` (produced by ``producer`` if nobody has it); ``limiter`` bounds only
         the acquisition, i.e. the production, not the time the file is used afterwards.
@@ -189,7 +286,7 @@ class LayerWorker:
         """
         for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
             try:
-                async with limiter if limiter is not None else contextlib.nullcontext():
+                async with limiter.hold(priority) if limiter is not None else contextlib.nullcontext():
                     handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
                 break
             except ProducerFailed as exc:
@@ -204,8 +301,11 @@ class LayerWorker:
         finally:
             handle.release()
 
-    def _produce(self, job: LayerJob, source_path: Path, out_path: Path, stop: threading.Event) -> None:
-        """Runs in a worker thread: decompress the source and write the zstd:chunked blob."""
+    def _produce(
+        self, job: LayerJob, source_path: Path, out_path: Path, stop: threading.Event, tap: OutputTap | None
+    ) -> None:
+        """Runs in a worker thread: decompress the source and write the zstd:chunked blob (through
+        ``tap`` when an upload follows the writing)."""
         from converter.chunked import write_zstd_chunked
 
         label = _short(job.layer.digest)
@@ -221,10 +321,11 @@ class LayerWorker:
             return _open_decompressed(open(source_path, "rb"), job.compression)
 
         try:
+            # Not fsynced: a temp object does not outlive a crash of its producer (the store deletes it).
             with (
                 open(source_path, "rb") as raw,
                 _open_decompressed(raw, job.compression) as tar,
-                open(out_path, "wb") as out,
+                tap.writer(out_path) if tap is not None else open(out_path, "wb") as out,
             ):
                 result = write_zstd_chunked(
                     tar,
@@ -235,8 +336,6 @@ class LayerWorker:
                     progress=progress,
                     src_factory=reopen,
                 )
-                out.flush()
-                os.fsync(out.fileno())
             source_diff_id = result.diff_id if self._options.dialect.is_cstorage else ""
             if (
                 job.expected_diff_id
@@ -258,15 +357,44 @@ class LayerWorker:
                     diff_id=result.diff_id,
                     source_diff_id=source_diff_id or (job.expected_diff_id or ""),
                     uncompressed_size=result.uncompressed_size,
+                    toc_digest=result.toc_digest,
                 ),
             )
-        except ZsnapError:
-            self._reporter.layer_done(job.key, "failed")
+        except ZsnapError as exc:
+            self._failed(job, tap, exc)
             raise
         except OSError as exc:
-            self._reporter.layer_done(job.key, "failed")
+            self._failed(job, tap, exc)
             raise ConversionError(f"converting layer failed: {exc}") from exc
+        except BaseException as exc:
+            self._failed(job, tap, exc)
+            raise
+        if tap is not None:
+            tap.finish(result.digest)
         self._reporter.layer_done(job.key, "converted", digest=_short(result.digest))
+
+    def _failed(self, job: LayerJob, tap: OutputTap | None, exc: BaseException) -> None:
+        if tap is not None:
+            tap.close(f"conversion failed: {exc}")
+        self._reporter.layer_done(job.key, "failed")
+
+
+def _location_of(endpoint: Endpoint) -> str:
+    """How the conversion record names where a blob was pushed."""
+    ref = endpoint.ref
+    if ref.transport == "oci":
+        return f"oci:{Path(ref.path).resolve()}"
+    return f"{ref.registry}/{ref.repository}"
+
+
+def _mount_origins(locations: Sequence[str], dest: RegistryEndpoint) -> list[str]:
+    """Repositories among ``locations`` that ``dest`` can mount from (same registry, other repository)."""
+    prefix = f"{dest.ref.registry}/"
+    return [
+        loc[len(prefix) :]
+        for loc in locations
+        if not loc.startswith("oci:") and loc.startswith(prefix) and loc[len(prefix) :] != dest.ref.repository
+    ]
 
 
 def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:

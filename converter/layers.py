@@ -208,9 +208,11 @@ class LayerWorker:
                             )
                         except Exception as exc:  # raised below as itself, not in an ExceptionGroup
                             failure = exc
-                            nursery.cancel_scope.cancel()
                         finally:
-                            if tap is not None:  # not produced here (or failed): the upload stops
+                            # Not produced here, or failed: the upload stops at its next step and
+                            # cancels its session. Not cancelled mid-PATCH: the registry would then
+                            # hold bytes the session's last known state does not, and refuse the DELETE.
+                            if tap is not None:
                                 tap.close("another process converted it")
                     if failure is not None:
                         raise failure

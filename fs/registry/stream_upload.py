@@ -9,6 +9,9 @@ read back from the writer's file (page cache), so the writer never waits for the
 There is no retry inside: a PATCH cannot be replayed within a session, and the bytes already sent cannot
 be regenerated. A failed streamed upload is aborted (best-effort DELETE of the session) and the caller
 falls back to an ordinary :meth:`RegistryClient.push_blob` of the finished file, which has the retry loop.
+A writer that gives up makes :meth:`GrowingBlob.wait_for` raise: the upload then ends between PATCHes and
+its DELETE names the session's current state. Cancelled in the middle of a PATCH, the registry may refuse
+that DELETE (its state is one PATCH behind); it expires abandoned sessions itself.
 
 :func:`mount_blob` asks for a cross-repository mount and never uploads: a registry that answers with an
 upload session instead (the source repository lost the blob) gets the session cancelled and ``False``.
@@ -129,6 +132,7 @@ async def push_growing_blob(
     scopes = (repository_scope(repo, push=True),)
     session = client.session
     build = session.client.build_request
+    await blob.wait_for(0)  # the writer started (it may also give up before: then no session at all)
     location = _location(await _start(client, repo, {}, scopes, what), what)
     reader: BinaryIO | None = None
     try:

@@ -34,7 +34,14 @@ from converter.output_tap import OutputTap
 from converter.progress import Reporter
 from converter.readahead import ReadAhead
 from converter.scheduling import PriorityLimiter
-from fs.errors import ConversionError, ProducerFailed, VerificationError, ZsnapError, error_context
+from fs.errors import (
+    ConversionError,
+    NotInStore,
+    ProducerFailed,
+    VerificationError,
+    ZsnapError,
+    error_context,
+)
 from fs.format import Dialect
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
@@ -107,6 +114,7 @@ class LayerWorker:
         self._converters = converters or PriorityLimiter(1)
         # Upload a layer to its first registry destination while it is being converted.
         self._stream_uploads = stream_uploads
+        self._uses = 0
 
     async def run(self, job: LayerJob) -> CacheRecord:
         """Make sure every destination of ``job`` has the converted blob; return its record.
@@ -253,6 +261,10 @@ class LayerWorker:
             await trio.to_thread.run_sync(_verify_file, local, desc.digest)
             yield local
             return
+        async with self._stored_blob(desc.digest) as stored:
+            if stored is not None:  # already in the store (verified when it was put): read in place
+                yield stored
+                return
         await trio.to_thread.run_sync(free_space_check, self._store.root, desc.size)
         token = trio.lowlevel.current_trio_token()
 
@@ -261,6 +273,32 @@ class LayerWorker:
 
         async with self._acquired(f"source/{desc.digest}", download) as path:
             yield path
+
+    @contextlib.asynccontextmanager
+    async def _stored_blob(self, digest: str) -> AsyncIterator[Path | None]:
+        """The store's own file of blob ``digest``, held by a ref of its own while in use; None if the
+        store does not have it."""
+        self._uses += 1
+        holder = f"{self._holder}:source:{self._uses}"  # one ref per use: refs are per (blob, holder)
+
+        def take() -> Path | None:
+            if not self._store.has(digest):
+                return None
+            self._store.bind_holder(holder)  # our death drops the ref at the next open/gc
+            try:
+                self._store.ref(digest, holder)
+            except NotInStore:  # collected in between
+                self._store.drop_holder(holder)
+                return None
+            return self._store.path_of(digest)
+
+        path = await trio.to_thread.run_sync(take)
+        try:
+            yield path
+        finally:
+            if path is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._store.drop_holder, holder)
 
     @contextlib.asynccontextmanager
     async def staged_bytes(self, digest: str, data: bytes) -> AsyncIterator[Path]:

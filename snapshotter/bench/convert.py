@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -92,14 +93,18 @@ def run(args: argparse.Namespace) -> int:
         if args.baseline is not None:
             variants["zsnap-baseline"] = args.baseline.resolve()
         seconds: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
         for round_no in range(args.rounds):
             for name, checkout in variants.items():
                 _say(f"{name} convert (round {round_no + 1}/{args.rounds})")
                 out_repo = f"bench/out-{name}-{round_no}"
                 cmd = _zsnap_command(args, work / f"{name}-{round_no}", src, f"{registry.host}/{out_repo}")
+                cpu_before = _children_cpu()
                 seconds[name].append(_timed(cmd, cwd=checkout))
+                cpu[name].append(_children_cpu() - cpu_before)
                 bytes_out = _image_size(registry.host, out_repo, "zsnap")
                 results[name] = {"seconds": statistics.median(seconds[name]), "runs": seconds[name],
+                                 "cpu_seconds": statistics.median(cpu[name]), "cpu_runs": cpu[name],
                                  "bytes_out": bytes_out}  # fmt: skip
 
         if not args.skip_skopeo:
@@ -205,7 +210,7 @@ def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespac
     table = Table(
         title=f"zstd:chunked conversion of {uncompressed / 1e6:.0f} MB (uncompressed), level {args.level}"
     )
-    for column in ("tool", "seconds", "output MB", "MB/s in", "time vs zsnap"):
+    for column in ("tool", "seconds", "CPU s", "output MB", "MB/s in", "time vs zsnap"):
         table.add_column(column, justify="right" if column != "tool" else "left")
     for tool, r in results.items():
         r["mb_per_s"] = uncompressed / 1e6 / r["seconds"]
@@ -213,6 +218,7 @@ def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespac
         table.add_row(
             tool,
             f"{r['seconds']:.1f}",
+            f"{r['cpu_seconds']:.1f}" if "cpu_seconds" in r else "",
             f"{r['bytes_out'] / 1e6:.1f}",
             f"{r['mb_per_s']:.1f}",
             f"{r['ratio_vs_zsnap']:.2f}x",
@@ -263,6 +269,13 @@ def _image_size(host: str, repo: str, tag: str) -> int:
         if not layer["mediaType"].endswith("+zstd") or not any("zstd-chunked.manifest" in k for k in keys):
             raise ZsnapError(f"{repo}:{tag} layer {layer['digest']} is not zstd:chunked: {layer}")
     return sum(layer["size"] for layer in manifest["layers"])
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far (the convert runs): less noisy
+    than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _timed(cmd: list[str], cwd: Path | None = None) -> float:

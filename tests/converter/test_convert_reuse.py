@@ -177,3 +177,27 @@ def test_layers_are_scheduled_largest_first(registry, test_images, tmp_path):
     assert sorted(scheduled) == sorted(sizes.values())  # each distinct layer once ...
     assert scheduled == sorted(scheduled, reverse=True)  # ... biggest first, across both images
     assert len(set(scheduled)) > 2
+
+
+def test_source_layers_already_in_the_store_are_read_in_place(registry, test_images, tmp_path):
+    """The layer blobs are put in the store, then deleted from the source registry: the conversion can
+    only succeed by reading them where the store keeps them (no download, no staged copy)."""
+    from fs.store import Store
+
+    image = test_images["features:gzip"]
+    src = push(image, registry.host, "instore/src:v1")
+    root = tmp_path / "root"
+    root.mkdir()
+    with Store.open(root) as store:
+        for layer in image.layers:
+            digest = layer.descriptor.digest
+            store.put_file(image.blob_path(digest), digest=digest, holder="test:sources")
+    for digest in {x.descriptor.digest for x in image.layers}:
+        _delete_blob(registry.host, "instore/src", digest)
+    proc = zsnap(root, "convert", f"docker://{src}", f"docker://{registry.host}/instore/out:zc")
+    assert_quiet(proc)
+    assert_converted(registry.host, "instore/out", "zc", [x.diff_id for x in image.layers])
+    with Store.open(root) as store:
+        for layer in image.layers:  # still there, and our refs were dropped again
+            assert store.refs(layer.descriptor.digest) == {"test:sources"}
+    assert_no_leftovers(root)

@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 from fs.errors import ZsnapError
+from snapshotter.bench.convert_seed import SEED_TAG, SIBLING_TAG, build_seed_layout
 from snapshotter.sample_image import bench_layers, build_image, system_layers
 from snapshotter.services import LocalContainerd, LocalRegistry
 
@@ -68,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds", type=int, default=1, help="zsnap (and baseline) runs, alternated; median reported"
     )
     parser.add_argument(
+        "--shape",
+        choices=["single", "seed"],
+        default="single",
+        help="single: one image (default); seed: a batch of a seed-shaped image (18 layers, repeated big "
+        "and empty layers) and a sibling sharing its biggest layer; --size-mb is then the distinct size",
+    )
+    parser.add_argument(
         "--image-cache",
         type=Path,
         default=None,
@@ -81,13 +89,37 @@ def run(args: argparse.Namespace) -> int:
     registry = containerd = None
     results: dict[str, dict] = {}
     try:
-        layout = _layout(args, work)
-        uncompressed = _uncompressed_size(layout)
         registry = LocalRegistry(work / "registry")
-        src = f"{registry.host}/bench/src:gzip"
-        _sh(
-            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:bench", f"docker://{src}"]
-        )
+        if args.shape == "seed":
+            layout, uncompressed = _seed_layout(args, work)
+            sources = {tag: f"{registry.host}/bench/{tag}:gzip" for tag in (SEED_TAG, SIBLING_TAG)}
+            for tag, ref in sources.items():
+                _sh(
+                    [
+                        "skopeo",
+                        "copy",
+                        "--quiet",
+                        "--dest-tls-verify=false",
+                        f"oci:{layout}:{tag}",
+                        f"docker://{ref}",
+                    ]
+                )
+            args.skip_skopeo = args.skip_ctr_remote = True  # they take one image at a time
+        else:
+            layout = _layout(args, work)
+            uncompressed = _uncompressed_size(layout)
+            src = f"{registry.host}/bench/src:gzip"
+            sources = {"zsnap": src}
+            _sh(
+                [
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    "--dest-tls-verify=false",
+                    f"oci:{layout}:bench",
+                    f"docker://{src}",
+                ]
+            )
 
         variants = {"zsnap": _REPO_ROOT}
         if args.baseline is not None:
@@ -97,15 +129,23 @@ def run(args: argparse.Namespace) -> int:
         for round_no in range(args.rounds):
             for name, checkout in variants.items():
                 _say(f"{name} convert (round {round_no + 1}/{args.rounds})")
-                out_repo = f"bench/out-{name}-{round_no}"
-                cmd = _zsnap_command(args, work / f"{name}-{round_no}", src, f"{registry.host}/{out_repo}")
+                listing = work / f"list-{name}-{round_no}"
+                outputs = {tag: f"bench/out-{tag}-{name}-{round_no}" for tag in sources}
+                listing.write_text(
+                    "".join(
+                        f"docker://{sources[tag]} docker://{registry.host}/{outputs[tag]}:zsnap\n"
+                        for tag in sources
+                    )
+                )
+                cmd = _zsnap_command(args, work / f"{name}-{round_no}", listing)
                 cpu_before = _children_cpu()
                 seconds[name].append(_timed(cmd, cwd=checkout))
                 cpu[name].append(_children_cpu() - cpu_before)
-                bytes_out = _image_size(registry.host, out_repo, "zsnap")
+                bytes_out = sum(_image_size(registry.host, repo, "zsnap") for repo in outputs.values())
                 results[name] = {"seconds": statistics.median(seconds[name]), "runs": seconds[name],
                                  "cpu_seconds": statistics.median(cpu[name]), "cpu_runs": cpu[name],
                                  "bytes_out": bytes_out}  # fmt: skip
+        src = sources.get("zsnap", "")
 
         if not args.skip_skopeo:
             _say("skopeo copy --dest-compress-format zstd:chunked")
@@ -192,10 +232,28 @@ def _layout(args: argparse.Namespace, work: Path) -> Path:
     return layout
 
 
-def _zsnap_command(args: argparse.Namespace, root: Path, src: str, dst_repo: str) -> list[str]:
+def _seed_layout(args: argparse.Namespace, work: Path) -> tuple[Path, int]:
+    """The seed-shaped batch's layout and its distinct uncompressed bytes (cached like ``_layout``)."""
+    base = args.image_cache if args.image_cache is not None else work
+    layout = base / f"seed-{args.size_mb}mb"
+    size_file = layout / "distinct-bytes"
+    if not size_file.exists():
+        _say(f"building a seed-shaped batch of {args.size_mb} MB distinct (system content)")
+        partial = layout.with_name(layout.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "distinct-bytes").parent.mkdir(parents=True)
+        distinct = build_seed_layout(partial, args.size_mb)
+        (partial / "distinct-bytes").write_text(str(distinct))
+        os.replace(partial, layout)
+    else:
+        _say(f"reusing the seed-shaped batch in {layout}")
+    return layout, int(size_file.read_text())
+
+
+def _zsnap_command(args: argparse.Namespace, root: Path, listing: Path) -> list[str]:
     cmd = [
         sys.executable, "-m", "snapshotter", "--root", str(root), "convert", "--quiet",
-        "--level", str(args.level), f"docker://{src}", f"docker://{dst_repo}:zsnap",
+        "--level", str(args.level), "--from-file", str(listing),
     ]  # fmt: skip
     if args.jobs:
         cmd += ["--jobs", str(args.jobs)]
@@ -208,7 +266,8 @@ def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespac
 
     base = results["zsnap"]["seconds"]
     table = Table(
-        title=f"zstd:chunked conversion of {uncompressed / 1e6:.0f} MB (uncompressed), level {args.level}"
+        title=f"zstd:chunked conversion of {uncompressed / 1e6:.0f} MB (uncompressed"
+        f"{', distinct, seed-shaped batch' if args.shape == 'seed' else ''}), level {args.level}"
     )
     for column in ("tool", "seconds", "CPU s", "output MB", "MB/s in", "time vs zsnap"):
         table.add_column(column, justify="right" if column != "tool" else "left")
@@ -226,7 +285,13 @@ def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespac
     Console().print(table)
     print(
         json.dumps(
-            {"bench": "convert", "uncompressed_bytes": uncompressed, "level": args.level, "results": results}
+            {
+                "bench": "convert",
+                "shape": args.shape,
+                "uncompressed_bytes": uncompressed,
+                "level": args.level,
+                "results": results,
+            }
         )
     )
 

@@ -20,7 +20,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -31,6 +31,7 @@ from converter.cache import CacheRecord, ConversionCache
 from converter.endpoints import Endpoint, RegistryEndpoint
 from converter.manifests import Compression
 from converter.output_tap import OutputTap
+from converter.placement import location_of, mount_origins, place_recorded
 from converter.progress import Reporter
 from converter.readahead import ReadAhead
 from converter.scheduling import PriorityLimiter
@@ -130,7 +131,9 @@ class LayerWorker:
         """
         with error_context(image=job.image, layer=job.layer.digest):
             cached = await trio.to_thread.run_sync(self._cache.get, job.key)
-            if cached is not None and await self._place_recorded(job, cached):
+            if cached is not None and await place_recorded(
+                job.key, job.destinations, cached, self._cache, self._reporter, job.layer.digest
+            ):
                 self._reporter.event(
                     "layer reused", layer=_short(job.layer.digest), converted=_short(cached.digest)
                 )
@@ -143,47 +146,20 @@ class LayerWorker:
             job.result = record
             return record
 
-    async def _place_recorded(self, job: LayerJob, record: CacheRecord) -> bool:
-        """Give every destination the recorded blob without converting; False if one cannot get it.
-
-        A destination that has the blob needs nothing; a registry destination tries a cross-repository
-        mount from each recorded repository of its registry (the registry answers whether the blob is
-        still there), then a HEAD confirms it. Locations found stale are dropped from the record.
-        """
-        for dest in job.destinations:
-            here = _location_of(dest)
-            if await dest.has_blob(record.digest):
-                if here not in record.locations:
-                    await trio.to_thread.run_sync(self._cache.add_location, job.key, here)
-                continue
-            if here in record.locations:
-                await trio.to_thread.run_sync(self._cache.drop_location, job.key, here)
-            if not isinstance(dest, RegistryEndpoint):
-                return False
-            for origin in _mount_origins(record.locations, dest):
-                if await dest.mount_blob(record.digest, origin) and await dest.has_blob(record.digest):
-                    self._reporter.event("layer mounted", layer=_short(job.layer.digest), origin=origin)
-                    await trio.to_thread.run_sync(self._cache.add_location, job.key, here)
-                    break
-                await trio.to_thread.run_sync(
-                    self._cache.drop_location, job.key, f"{dest.ref.registry}/{origin}"
-                )
-            else:
-                return False
-        return True
-
     async def _push(
         self, job: LayerJob, dest: Endpoint, record: CacheRecord, path: Path, pushed: list[Endpoint]
     ) -> None:
         """Push the finished file to ``dest`` (mounted from a repository of the same registry that got it
-        in this run, when there is one), then record the location."""
+        in this run or, per the record, in another process, when there is one; the client falls back to
+        an upload if the mount does not happen), then record the location."""
         if isinstance(dest, RegistryEndpoint):
-            origin = next(iter(_mount_origins([_location_of(d) for d in pushed], dest)), None)
+            known = [location_of(d) for d in pushed] + list(record.locations)
+            origin = next(iter(mount_origins(known, dest)), None)
             if origin is not None:
                 dest.mount_sources.setdefault(record.digest, origin)
         await dest.push_blob(record.digest, record.size, path)
         pushed.append(dest)
-        await trio.to_thread.run_sync(self._cache.add_location, job.key, _location_of(dest))
+        await trio.to_thread.run_sync(self._cache.add_location, job.key, location_of(dest))
 
     @contextlib.asynccontextmanager
     async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path, list[Endpoint]]]:
@@ -238,12 +214,13 @@ class LayerWorker:
         ordinary way (with retries) when streaming did not work out."""
         try:
             digest, size = await dest.push_growing(tap)
+            committed = await dest.has_blob(digest)
         except Exception as exc:  # a fallback exists; the job's own errors surface there
             log.info("layer %s: streamed upload to %s gave up (%s)", _short(job.layer.digest), dest.ref, exc)
             return
-        if await dest.has_blob(digest):
+        if committed:
             pushed.append(dest)
-            await trio.to_thread.run_sync(self._cache.add_location, job.key, _location_of(dest))
+            await trio.to_thread.run_sync(self._cache.add_location, job.key, location_of(dest))
             self._reporter.event(
                 "layer streamed", layer=_short(job.layer.digest), to=str(dest.ref), size=size
             )
@@ -417,24 +394,6 @@ class LayerWorker:
         if tap is not None:
             tap.close(f"conversion failed: {exc}")
         self._reporter.layer_done(job.key, "failed")
-
-
-def _location_of(endpoint: Endpoint) -> str:
-    """How the conversion record names where a blob was pushed."""
-    ref = endpoint.ref
-    if ref.transport == "oci":
-        return f"oci:{Path(ref.path).resolve()}"
-    return f"{ref.registry}/{ref.repository}"
-
-
-def _mount_origins(locations: Sequence[str], dest: RegistryEndpoint) -> list[str]:
-    """Repositories among ``locations`` that ``dest`` can mount from (same registry, other repository)."""
-    prefix = f"{dest.ref.registry}/"
-    return [
-        loc[len(prefix) :]
-        for loc in locations
-        if not loc.startswith("oci:") and loc.startswith(prefix) and loc[len(prefix) :] != dest.ref.repository
-    ]
 
 
 def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:

@@ -126,6 +126,7 @@ async def convert_images(
         reporter,
         holder=f"convert:{os.getpid()}",
         converters=PriorityLimiter(jobs),
+        downloads=PriorityLimiter(max(2, jobs)),
     )
     endpoints: dict[str, Endpoint] = {}
     layer_jobs: dict[str, LayerJob] = {}
@@ -157,6 +158,7 @@ async def convert_images(
                     "layer scheduled", layer=job.layer.digest.split(":")[-1][:12], size=job.layer.size
                 )
                 nursery.start_soon(run_job, job)
+                await job.queued.wait()  # its download is queued: the next (smaller) one queues behind
 
         results = []
         for plan in plans:

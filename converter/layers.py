@@ -20,7 +20,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -88,6 +88,9 @@ class LayerJob:
     destinations: list[Endpoint] = field(default_factory=list)
     result: CacheRecord | None = None
     reused: bool = False  # True when every destination already had the converted blob
+    #: Set once the job has queued for its source download (or needs none): the planner admits the next
+    #: job only then, so downloads start biggest first, not in trio's scheduling order.
+    queued: trio.Event = field(default_factory=trio.Event)
 
 
 class LayerWorker:
@@ -102,6 +105,7 @@ class LayerWorker:
         *,
         holder: str,
         converters: PriorityLimiter | None = None,
+        downloads: PriorityLimiter | None = None,
         stream_uploads: bool = True,
     ) -> None:
         self._store = store
@@ -113,6 +117,9 @@ class LayerWorker:
         # layers go on meanwhile, so the network and the cores are busy at the same time. Of the layers
         # waiting for a slot, the biggest gets it first.
         self._converters = converters or PriorityLimiter(1)
+        # Source downloads, biggest first too: four downloads sharing the link and the cores all finish
+        # late, while the first conversion waits for one of them; one or two at a time let it start early.
+        self._downloads = downloads or PriorityLimiter(2)
         # Upload a layer to its first registry destination while it is being converted.
         self._stream_uploads = stream_uploads
         self._uses = 0
@@ -129,6 +136,12 @@ class LayerWorker:
             ConversionError / ZsnapError: naming the image and layer. On cancellation only this task's
             claims on shared temp objects are dropped.
         """
+        try:
+            return await self._run(job)
+        finally:
+            job.queued.set()
+
+    async def _run(self, job: LayerJob) -> CacheRecord:
         with error_context(image=job.image, layer=job.layer.digest):
             cached = await trio.to_thread.run_sync(self._cache.get, job.key)
             if cached is not None and await place_recorded(
@@ -165,7 +178,7 @@ class LayerWorker:
     async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path, list[Endpoint]]]:
         """Hold the converted blob of ``job`` (converted here, or by whoever else is converting it);
         yield its record, its file and the destinations it was already uploaded to (streamed)."""
-        async with self.staged_source(job.source, job.layer) as source_path:
+        async with self.staged_source(job.source, job.layer, on_queued=job.queued.set) as source_path:
             needed = _output_estimate(job)
             await trio.to_thread.run_sync(free_space_check, self._store.root, needed)
             # A worker thread cannot be killed: if this task is cancelled while it produces, the flag
@@ -226,20 +239,27 @@ class LayerWorker:
             )
 
     @contextlib.asynccontextmanager
-    async def staged_source(self, source: Endpoint, desc: Descriptor) -> AsyncIterator[Path]:
+    async def staged_source(
+        self, source: Endpoint, desc: Descriptor, *, on_queued: Callable[[], None] | None = None
+    ) -> AsyncIterator[Path]:
         """A local, digest-verified file holding blob ``desc`` of ``source``, shared via the store.
 
-        Blobs of a local OCI layout are used in place; registry blobs are downloaded once into the temp
-        object ``source/<digest>``, which concurrent users (tasks or processes) share.
+        Blobs of a local OCI layout or already in the store are used in place; registry blobs are
+        downloaded once into the temp object ``source/<digest>``, which concurrent users (tasks or
+        processes) share. ``on_queued`` is called once the download has queued for its slot (biggest
+        first), or right away when there is nothing to download.
         """
+        queued = on_queued or (lambda: None)
         local = source.local_blob_path(desc.digest)
         if local is not None:
             # Used in place, so checked here: a layout on disk is no more trusted than a registry.
+            queued()
             await trio.to_thread.run_sync(_verify_file, local, desc.digest)
             yield local
             return
         async with self._stored_blob(desc.digest) as stored:
             if stored is not None:  # already in the store (verified when it was put): read in place
+                queued()
                 yield stored
                 return
         await trio.to_thread.run_sync(free_space_check, self._store.root, desc.size)
@@ -248,7 +268,9 @@ class LayerWorker:
         def download(path: Path) -> None:
             trio.from_thread.run(source.fetch_blob, desc.digest, desc.size, path, None, trio_token=token)
 
-        async with self._acquired(f"source/{desc.digest}", download) as path:
+        async with self._acquired(
+            f"source/{desc.digest}", download, limiter=self._downloads, priority=desc.size, queued=queued
+        ) as path:
             yield path
 
     @contextlib.asynccontextmanager
@@ -292,7 +314,13 @@ class LayerWorker:
 
     @contextlib.asynccontextmanager
     async def _acquired(
-        self, name: str, producer, *, limiter: PriorityLimiter | None = None, priority: int = 0
+        self,
+        name: str,
+        producer,
+        *,
+        limiter: PriorityLimiter | None = None,
+        priority: int = 0,
+        queued: Callable[[], None] | None = None,
     ) -> AsyncIterator[Path]:
         """Hold temp object ``name`` (produced by ``producer`` if nobody has it); ``limiter`` bounds only
         the acquisition, i.e. the production, not the time the file is used afterwards.
@@ -303,7 +331,9 @@ class LayerWorker:
         """
         for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
             try:
-                async with limiter.hold(priority) if limiter is not None else contextlib.nullcontext():
+                async with (
+                    limiter.hold(priority, queued=queued) if limiter is not None else contextlib.nullcontext()
+                ):
                     handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
                 break
             except ProducerFailed as exc:

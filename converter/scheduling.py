@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -48,18 +48,24 @@ class PriorityLimiter:
         return self._used
 
     @contextlib.asynccontextmanager
-    async def hold(self, priority: int) -> AsyncIterator[None]:
+    async def hold(self, priority: int, *, queued: Callable[[], None] | None = None) -> AsyncIterator[None]:
         """Hold one slot for the body, waiting behind every higher-priority waiter.
 
-        A waiter cancelled before it gets the slot leaves the queue; one cancelled just after being
-        granted it passes it on, so no slot is lost.
+        ``queued`` is called once this call holds the slot or waits in the queue (so a caller can start
+        the next, smaller one knowing this one is served first). A waiter cancelled before it gets the
+        slot leaves the queue; one cancelled just after being granted it passes it on, so no slot is
+        lost.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._used < self.total and not self._waiting:
             self._used += 1
+            if queued is not None:
+                queued()
         else:
             waiter = _Waiter()
             heapq.heappush(self._waiting, (-priority, next(self._order), waiter))
+            if queued is not None:
+                queued()
             try:
                 await waiter.event.wait()
             except BaseException:

@@ -235,7 +235,7 @@ def _layout(args: argparse.Namespace, work: Path) -> Path:
 def _seed_layout(args: argparse.Namespace, work: Path) -> tuple[Path, int]:
     """The seed-shaped batch's layout and its distinct uncompressed bytes (cached like ``_layout``)."""
     base = args.image_cache if args.image_cache is not None else work
-    layout = base / f"seed-{args.size_mb}mb"
+    layout = base / f"seed-v2-{args.size_mb}mb"
     size_file = layout / "distinct-bytes"
     if not size_file.exists():
         _say(f"building a seed-shaped batch of {args.size_mb} MB distinct (system content)")

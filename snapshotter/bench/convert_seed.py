@@ -44,11 +44,12 @@ def build_seed_layout(layout: Path, distinct_mb: int) -> int:
     diff_ids = json.loads(_blob(layout, parts["config"]["digest"]))["rootfs"]["diff_ids"]
     layers = list(zip(parts["layers"], diff_ids, strict=True))
     empty, a, b, smalls = layers[0], layers[1], layers[2], layers[3:]
+    # As in the real seed image, the big layers come last: a batch in plan order starts them last.
     seed = [
-        smalls[0], smalls[1], empty, smalls[2], a, empty, smalls[3], b, smalls[4], empty, smalls[5], a,
-        smalls[6], b, smalls[7], empty, smalls[8], smalls[0],
+        smalls[0], smalls[1], empty, smalls[2], smalls[3], empty, smalls[4], smalls[5], empty, smalls[6],
+        smalls[7], empty, smalls[8], smalls[0], a, b, a, b,
     ]  # fmt: skip
-    sibling = [smalls[0], a, smalls[9]]
+    sibling = [smalls[0], smalls[9], a]
     for tag, chosen in ((SEED_TAG, seed), (SIBLING_TAG, sibling)):
         _write_image(layout, tag, chosen)
     return sum(_tar_size(layout, desc["digest"]) for desc, _ in layers)

@@ -7,12 +7,12 @@ A run has three phases:
    :class:`~converter.layers.LayerJob` that lists every destination needing it: a layer named twice in a
    manifest, across platforms or across images is converted once.
 2. **Convert.** Run the jobs in one nursery, biggest source layer first (the biggest bounds the batch's
-   wall time, so it must not start last): at most ``jobs`` layers are being converted at once (a waiting
-   bigger layer gets the next slot first), and at most ``2 * jobs`` are in flight (downloading, waiting to
-   convert, pushing), which bounds the scratch space staged at any time while keeping downloads and pushes
-   overlapped with conversion. If one job
-   fails the run fails, but nothing another job still uses is deleted: jobs only drop their own claims on
-   store temp objects.
+   wall time, so it must not start last): jobs are admitted in that order, each only once the previous
+   one queued for its download, and the biggest waiting layer gets the next download or conversion slot.
+   At most ``jobs`` layers are being converted at once and at most ``2 * jobs`` are in flight
+   (downloading, waiting to convert, pushing), which bounds the scratch space staged at any time while
+   keeping downloads and pushes overlapped with conversion. If one job fails the run fails, but nothing
+   another job still uses is deleted: jobs only drop their own claims on store temp objects.
 3. **Publish.** Per manifest: copy untouched blobs (config, foreign layers), rewrite the config when the
    dialect changes diff_ids, push the new manifest; then the new index, then the tag.
 """

@@ -6,11 +6,13 @@ A run has three phases:
    collect every layer occurrence. Occurrences with the same (source digest, options) share one
    :class:`~converter.layers.LayerJob` that lists every destination needing it: a layer named twice in a
    manifest, across platforms or across images is converted once.
-2. **Convert.** Run the jobs in one nursery: at most ``jobs`` layers are being converted at once, and at
-   most ``2 * jobs`` are in flight (downloading, waiting to convert, pushing), which bounds the scratch
-   space staged at any time while keeping downloads and pushes overlapped with conversion. If one job
-   fails the run fails, but nothing another job still uses is deleted: jobs only drop their own claims on
-   store temp objects.
+2. **Convert.** Run the jobs in one nursery, biggest source layer first (the biggest bounds the batch's
+   wall time, so it must not start last): jobs are admitted in that order, each only once the previous
+   one queued for its download, and the biggest waiting layer gets the next download or conversion slot.
+   At most ``jobs`` layers are being converted at once and at most ``2 * jobs`` are in flight
+   (downloading, waiting to convert, pushing), which bounds the scratch space staged at any time while
+   keeping downloads and pushes overlapped with conversion. If one job fails the run fails, but nothing
+   another job still uses is deleted: jobs only drop their own claims on store temp objects.
 3. **Publish.** Per manifest: copy untouched blobs (config, foreign layers), rewrite the config when the
    dialect changes diff_ids, push the new manifest; then the new index, then the tag.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -36,6 +38,7 @@ from converter.manifests import (
     layer_action,
 )
 from converter.progress import Reporter
+from converter.scheduling import PriorityLimiter
 from fs.digest import sha256_digest
 from fs.errors import ConversionError, FormatError, error_context
 from fs.format import toc_location_from_annotations
@@ -50,7 +53,7 @@ from fs.registry.manifests import (
 )
 from fs.store import Store
 
-__all__ = ["ConvertRequest", "ConvertResult", "convert_images"]
+__all__ = ["ConvertRequest", "ConvertResult", "convert_images", "schedule_order"]
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,13 @@ async def convert_images(
     in_flight = trio.CapacityLimiter(min(2 * jobs, MAX_LAYERS_IN_FLIGHT))
     cache = ConversionCache(store.root / "convert-cache")
     worker = LayerWorker(
-        store, cache, options, reporter, holder=f"convert:{os.getpid()}",
-        converters=trio.CapacityLimiter(jobs),
+        store,
+        cache,
+        options,
+        reporter,
+        holder=f"convert:{os.getpid()}",
+        converters=PriorityLimiter(jobs),
+        downloads=PriorityLimiter(max(2, jobs)),
     )
     endpoints: dict[str, Endpoint] = {}
     layer_jobs: dict[str, LayerJob] = {}
@@ -138,17 +146,31 @@ async def convert_images(
         )
 
         async def run_job(job: LayerJob) -> None:
-            async with in_flight:
+            try:
                 await worker.run(job)
+            finally:
+                in_flight.release_on_behalf_of(job.key)
 
         async with trio.open_nursery() as nursery:
-            for job in layer_jobs.values():
+            # Admitted here, one after another, so the order is the sorted one (tasks started together
+            # would race for the limiter in trio's scheduling order).
+            for job in schedule_order(layer_jobs.values()):
+                await in_flight.acquire_on_behalf_of(job.key)
+                reporter.event(
+                    "layer scheduled", layer=job.layer.digest.split(":")[-1][:12], size=job.layer.size
+                )
                 nursery.start_soon(run_job, job)
+                await job.queued.wait()  # its download is queued: the next (smaller) one queues behind
 
         results = []
         for plan in plans:
             results.append(await _publish(plan, worker, reporter))
     return results
+
+
+def schedule_order(jobs: Iterable[LayerJob]) -> list[LayerJob]:
+    """Jobs biggest source layer first (ties keep plan order)."""
+    return sorted(jobs, key=lambda job: job.layer.size, reverse=True)
 
 
 class _EndpointPool:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -27,16 +28,28 @@ from typing import BinaryIO
 import trio
 
 from converter.cache import CacheRecord, ConversionCache
-from converter.endpoints import Endpoint
+from converter.endpoints import Endpoint, RegistryEndpoint
 from converter.manifests import Compression
+from converter.output_tap import OutputTap
+from converter.placement import location_of, mount_origins, place_recorded
 from converter.progress import Reporter
 from converter.readahead import ReadAhead
-from fs.errors import ConversionError, ProducerFailed, VerificationError, ZsnapError, error_context
+from converter.scheduling import PriorityLimiter
+from fs.errors import (
+    ConversionError,
+    NotInStore,
+    ProducerFailed,
+    VerificationError,
+    ZsnapError,
+    error_context,
+)
 from fs.format import Dialect
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
 
 __all__ = ["ConvertOptions", "LayerJob", "LayerWorker"]
+
+log = logging.getLogger(__name__)
 
 # Another holder's producer failing is retried this many times in all (see LayerWorker._acquired).
 _ACQUIRE_ATTEMPTS = 4
@@ -75,6 +88,9 @@ class LayerJob:
     destinations: list[Endpoint] = field(default_factory=list)
     result: CacheRecord | None = None
     reused: bool = False  # True when every destination already had the converted blob
+    #: Set once the job has queued for its source download (or needs none): the planner admits the next
+    #: job only then, so downloads start biggest first, not in trio's scheduling order.
+    queued: trio.Event = field(default_factory=trio.Event)
 
 
 class LayerWorker:
@@ -88,7 +104,9 @@ class LayerWorker:
         reporter: Reporter,
         *,
         holder: str,
-        converters: trio.CapacityLimiter | None = None,
+        converters: PriorityLimiter | None = None,
+        downloads: PriorityLimiter | None = None,
+        stream_uploads: bool = True,
     ) -> None:
         self._store = store
         self._cache = cache
@@ -96,72 +114,190 @@ class LayerWorker:
         self._reporter = reporter
         self._holder = holder
         # Bounds only the CPU-heavy step (decompress + chunk + compress). Downloads and pushes of other
-        # layers go on meanwhile, so the network and the cores are busy at the same time.
-        self._converters = converters or trio.CapacityLimiter(1)
+        # layers go on meanwhile, so the network and the cores are busy at the same time. Of the layers
+        # waiting for a slot, the biggest gets it first.
+        self._converters = converters or PriorityLimiter(1)
+        # Source downloads, biggest first too: four downloads sharing the link and the cores all finish
+        # late, while the first conversion waits for one of them; one or two at a time let it start early.
+        self._downloads = downloads or PriorityLimiter(2)
+        # Upload a layer to its first registry destination while it is being converted.
+        self._stream_uploads = stream_uploads
+        self._uses = 0
 
     async def run(self, job: LayerJob) -> CacheRecord:
         """Make sure every destination of ``job`` has the converted blob; return its record.
+
+        A layer this store's record says was converted before (by any process) is not converted again
+        while every destination has the blob or can mount it from a recorded repository; otherwise it is
+        converted, streamed to the first registry destination while it is written, and pushed (or
+        mounted) to the others from the finished file.
 
         Raises:
             ConversionError / ZsnapError: naming the image and layer. On cancellation only this task's
             claims on shared temp objects are dropped.
         """
+        try:
+            return await self._run(job)
+        finally:
+            job.queued.set()
+
+    async def _run(self, job: LayerJob) -> CacheRecord:
         with error_context(image=job.image, layer=job.layer.digest):
-            cached = self._cache.get(job.key)
-            if cached is not None and await _all_have(job.destinations, cached.digest):
+            cached = await trio.to_thread.run_sync(self._cache.get, job.key)
+            if cached is not None and await place_recorded(
+                job.key, job.destinations, cached, self._cache, self._reporter, job.layer.digest
+            ):
                 self._reporter.event(
                     "layer reused", layer=_short(job.layer.digest), converted=_short(cached.digest)
                 )
                 job.result, job.reused = cached, True
                 return cached
-            async with self._converted(job) as (record, path):
+            async with self._converted(job) as (record, path, pushed):
                 for dest in job.destinations:
-                    await dest.push_blob(record.digest, record.size, path)
+                    if dest not in pushed:
+                        await self._push(job, dest, record, path, pushed)
             job.result = record
             return record
 
+    async def _push(
+        self, job: LayerJob, dest: Endpoint, record: CacheRecord, path: Path, pushed: list[Endpoint]
+    ) -> None:
+        """Push the finished file to ``dest`` (mounted from a repository of the same registry that got it
+        in this run or, per the record, in another process, when there is one; the client falls back to
+        an upload if the mount does not happen), then record the location."""
+        if isinstance(dest, RegistryEndpoint):
+            known = [location_of(d) for d in pushed] + list(record.locations)
+            origin = next(iter(mount_origins(known, dest)), None)
+            if origin is not None:
+                dest.mount_sources.setdefault(record.digest, origin)
+        await dest.push_blob(record.digest, record.size, path)
+        pushed.append(dest)
+        await trio.to_thread.run_sync(self._cache.add_location, job.key, location_of(dest))
+
     @contextlib.asynccontextmanager
-    async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path]]:
-        async with self.staged_source(job.source, job.layer) as source_path:
+    async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path, list[Endpoint]]]:
+        """Hold the converted blob of ``job`` (converted here, or by whoever else is converting it);
+        yield its record, its file and the destinations it was already uploaded to (streamed)."""
+        async with self.staged_source(job.source, job.layer, on_queued=job.queued.set) as source_path:
             needed = _output_estimate(job)
             await trio.to_thread.run_sync(free_space_check, self._store.root, needed)
             # A worker thread cannot be killed: if this task is cancelled while it produces, the flag
             # makes the writer stop at its next progress report instead of converting to the end.
             stop = threading.Event()
+            stream_to = next((d for d in job.destinations if isinstance(d, RegistryEndpoint)), None)
+            tap = OutputTap() if stream_to is not None and self._stream_uploads else None
+            pushed: list[Endpoint] = []
+            failure: Exception | None = None
             try:
-                async with self._acquired(
-                    f"converted/{job.key}",
-                    lambda path: self._produce(job, source_path, path, stop),
-                    limiter=self._converters,
-                ) as path:
-                    record = self._cache.get(job.key)
+                async with contextlib.AsyncExitStack() as stack:
+                    async with trio.open_nursery() as nursery:
+                        if tap is not None:
+                            assert stream_to is not None
+                            nursery.start_soon(self._stream_upload, job, stream_to, tap, pushed)
+                        try:
+                            path = await stack.enter_async_context(
+                                self._acquired(
+                                    f"converted/{job.key}",
+                                    lambda path: self._produce(job, source_path, path, stop, tap),
+                                    limiter=self._converters,
+                                    priority=job.layer.size,
+                                )
+                            )
+                        except Exception as exc:  # raised below as itself, not in an ExceptionGroup
+                            failure = exc
+                        finally:
+                            # Not produced here, or failed: the upload stops at its next step and
+                            # cancels its session. Not cancelled mid-PATCH: the registry would then
+                            # hold bytes the session's last known state does not, and refuse the DELETE.
+                            if tap is not None:
+                                tap.close("another process converted it")
+                    if failure is not None:
+                        raise failure
+                    record = await trio.to_thread.run_sync(self._cache.get, job.key)
                     if record is None:  # the producer writes the record after the blob, before finishing
                         raise ConversionError("converted layer has no cache record")
-                    yield record, path
+                    yield record, path, pushed
             finally:
                 stop.set()
 
+    async def _stream_upload(
+        self, job: LayerJob, dest: RegistryEndpoint, tap: OutputTap, pushed: list
+    ) -> None:
+        """Upload the blob while it is written. Never fails the job: the finished file is pushed the
+        ordinary way (with retries) when streaming did not work out."""
+        try:
+            digest, size = await dest.push_growing(tap)
+            committed = await dest.has_blob(digest)
+        except Exception as exc:  # a fallback exists; the job's own errors surface there
+            log.info("layer %s: streamed upload to %s gave up (%s)", _short(job.layer.digest), dest.ref, exc)
+            return
+        if committed:
+            pushed.append(dest)
+            await trio.to_thread.run_sync(self._cache.add_location, job.key, location_of(dest))
+            self._reporter.event(
+                "layer streamed", layer=_short(job.layer.digest), to=str(dest.ref), size=size
+            )
+
     @contextlib.asynccontextmanager
-    async def staged_source(self, source: Endpoint, desc: Descriptor) -> AsyncIterator[Path]:
+    async def staged_source(
+        self, source: Endpoint, desc: Descriptor, *, on_queued: Callable[[], None] | None = None
+    ) -> AsyncIterator[Path]:
         """A local, digest-verified file holding blob ``desc`` of ``source``, shared via the store.
 
-        Blobs of a local OCI layout are used in place; registry blobs are downloaded once into the temp
-        object ``source/<digest>``, which concurrent users (tasks or processes) share.
+        Blobs of a local OCI layout or already in the store are used in place; registry blobs are
+        downloaded once into the temp object ``source/<digest>``, which concurrent users (tasks or
+        processes) share. ``on_queued`` is called once the download has queued for its slot (biggest
+        first), or right away when there is nothing to download.
         """
+        queued = on_queued or (lambda: None)
         local = source.local_blob_path(desc.digest)
         if local is not None:
             # Used in place, so checked here: a layout on disk is no more trusted than a registry.
+            queued()
             await trio.to_thread.run_sync(_verify_file, local, desc.digest)
             yield local
             return
+        async with self._stored_blob(desc.digest) as stored:
+            if stored is not None:  # already in the store (verified when it was put): read in place
+                queued()
+                yield stored
+                return
         await trio.to_thread.run_sync(free_space_check, self._store.root, desc.size)
         token = trio.lowlevel.current_trio_token()
 
         def download(path: Path) -> None:
             trio.from_thread.run(source.fetch_blob, desc.digest, desc.size, path, None, trio_token=token)
 
-        async with self._acquired(f"source/{desc.digest}", download) as path:
+        async with self._acquired(
+            f"source/{desc.digest}", download, limiter=self._downloads, priority=desc.size, queued=queued
+        ) as path:
             yield path
+
+    @contextlib.asynccontextmanager
+    async def _stored_blob(self, digest: str) -> AsyncIterator[Path | None]:
+        """The store's own file of blob ``digest``, held by a ref of its own while in use; None if the
+        store does not have it."""
+        self._uses += 1
+        holder = f"{self._holder}:source:{self._uses}"  # one ref per use: refs are per (blob, holder)
+
+        def take() -> Path | None:
+            if not self._store.has(digest):
+                return None
+            self._store.bind_holder(holder)  # our death drops the ref at the next open/gc
+            try:
+                self._store.ref(digest, holder)
+            except NotInStore:  # collected in between
+                self._store.drop_holder(holder)
+                return None
+            return self._store.path_of(digest)
+
+        path = await trio.to_thread.run_sync(take)
+        try:
+            yield path
+        finally:
+            if path is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._store.drop_holder, holder)
 
     @contextlib.asynccontextmanager
     async def staged_bytes(self, digest: str, data: bytes) -> AsyncIterator[Path]:
@@ -178,7 +314,13 @@ class LayerWorker:
 
     @contextlib.asynccontextmanager
     async def _acquired(
-        self, name: str, producer, *, limiter: trio.CapacityLimiter | None = None
+        self,
+        name: str,
+        producer,
+        *,
+        limiter: PriorityLimiter | None = None,
+        priority: int = 0,
+        queued: Callable[[], None] | None = None,
     ) -> AsyncIterator[Path]:
         """Hold temp object ``name`` (produced by ``producer`` if nobody has it); ``limiter`` bounds only
         the acquisition, i.e. the production, not the time the file is used afterwards.
@@ -189,7 +331,9 @@ class LayerWorker:
         """
         for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
             try:
-                async with limiter if limiter is not None else contextlib.nullcontext():
+                async with (
+                    limiter.hold(priority, queued=queued) if limiter is not None else contextlib.nullcontext()
+                ):
                     handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
                 break
             except ProducerFailed as exc:
@@ -204,8 +348,11 @@ class LayerWorker:
         finally:
             handle.release()
 
-    def _produce(self, job: LayerJob, source_path: Path, out_path: Path, stop: threading.Event) -> None:
-        """Runs in a worker thread: decompress the source and write the zstd:chunked blob."""
+    def _produce(
+        self, job: LayerJob, source_path: Path, out_path: Path, stop: threading.Event, tap: OutputTap | None
+    ) -> None:
+        """Runs in a worker thread: decompress the source and write the zstd:chunked blob (through
+        ``tap`` when an upload follows the writing)."""
         from converter.chunked import write_zstd_chunked
 
         label = _short(job.layer.digest)
@@ -221,10 +368,11 @@ class LayerWorker:
             return _open_decompressed(open(source_path, "rb"), job.compression)
 
         try:
+            # Not fsynced: a temp object does not outlive a crash of its producer (the store deletes it).
             with (
                 open(source_path, "rb") as raw,
                 _open_decompressed(raw, job.compression) as tar,
-                open(out_path, "wb") as out,
+                tap.writer(out_path) if tap is not None else open(out_path, "wb") as out,
             ):
                 result = write_zstd_chunked(
                     tar,
@@ -235,8 +383,6 @@ class LayerWorker:
                     progress=progress,
                     src_factory=reopen,
                 )
-                out.flush()
-                os.fsync(out.fileno())
             source_diff_id = result.diff_id if self._options.dialect.is_cstorage else ""
             if (
                 job.expected_diff_id
@@ -258,15 +404,26 @@ class LayerWorker:
                     diff_id=result.diff_id,
                     source_diff_id=source_diff_id or (job.expected_diff_id or ""),
                     uncompressed_size=result.uncompressed_size,
+                    toc_digest=result.toc_digest,
                 ),
             )
-        except ZsnapError:
-            self._reporter.layer_done(job.key, "failed")
+        except ZsnapError as exc:
+            self._failed(job, tap, exc)
             raise
         except OSError as exc:
-            self._reporter.layer_done(job.key, "failed")
+            self._failed(job, tap, exc)
             raise ConversionError(f"converting layer failed: {exc}") from exc
+        except BaseException as exc:
+            self._failed(job, tap, exc)
+            raise
+        if tap is not None:
+            tap.finish(result.digest)
         self._reporter.layer_done(job.key, "converted", digest=_short(result.digest))
+
+    def _failed(self, job: LayerJob, tap: OutputTap | None, exc: BaseException) -> None:
+        if tap is not None:
+            tap.close(f"conversion failed: {exc}")
+        self._reporter.layer_done(job.key, "failed")
 
 
 def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:

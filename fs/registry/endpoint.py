@@ -34,6 +34,7 @@ from .client import MAX_SMALL_BLOB, Manifest, RegistryClient, open_registry_clie
 from .oci_layout import OciLayout
 from .ranges import ByteRange, validate_ranges
 from .reference import ImageReference
+from .stream_upload import GrowingBlob, mount_blob, push_growing_blob
 
 __all__ = ["Endpoint", "LayoutEndpoint", "LayoutReader", "ProgressFn", "RegistryEndpoint", "open_endpoint"]
 
@@ -256,6 +257,14 @@ class RegistryEndpoint(Endpoint):
             lambda: open(path, "rb"),  # noqa: SIM115 - the client closes it
             mount_from=self.mount_sources.get(digest),
         )
+
+    async def mount_blob(self, digest: str, from_repository: str) -> bool:
+        """Cross-repository mount from ``from_repository`` of this registry; False if it did not happen."""
+        return await mount_blob(self.source, self.repository, digest, from_repository)
+
+    async def push_growing(self, blob: GrowingBlob) -> tuple[str, int]:
+        """Upload ``blob`` while its writer produces it (see :mod:`fs.registry.stream_upload`)."""
+        return await push_growing_blob(self.source, self.repository, blob)
 
     async def push_manifest(self, reference: str | None, data: bytes, media_type: str) -> str:
         target = reference or sha256_digest(data)

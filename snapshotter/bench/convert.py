@@ -11,13 +11,21 @@ registry; then each tool converts it to zstd:chunked at the same zstd level into
 
 Prints seconds, output size, MB/s of uncompressed input and the time ratio against zsnap, then one JSON
 line ``{"bench": "convert", ...}``.
+
+``--baseline DIR`` also runs the zsnap of another checkout (``python -m snapshotter`` from ``DIR``) as
+``zsnap-baseline``, and ``--rounds N`` alternates the two N times (median seconds reported): on a shared,
+noisy machine only a same-run ratio says whether a change helped. ``--image-cache DIR`` keeps the built
+image between runs (building it costs more CPU than converting it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 from fs.errors import ZsnapError
+from snapshotter.bench.convert_seed import SEED_TAG, SIBLING_TAG, build_seed_layout
 from snapshotter.sample_image import bench_layers, build_image, system_layers
 from snapshotter.services import LocalContainerd, LocalRegistry
 
@@ -49,6 +58,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=None, help="zsnap --jobs")
     parser.add_argument("--skip-skopeo", action="store_true")
     parser.add_argument("--skip-ctr-remote", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also time the zsnap of this checkout (same image, same run) as zsnap-baseline",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="zsnap (and baseline) runs, alternated; median reported"
+    )
+    parser.add_argument(
+        "--shape",
+        choices=["single", "seed"],
+        default="single",
+        help="single: one image (default); seed: a batch of a seed-shaped image (18 layers, repeated big "
+        "and empty layers) and a sibling sharing its biggest layer; --size-mb is then the distinct size",
+    )
+    parser.add_argument(
+        "--image-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="build the OCI layout here once and reuse it in later runs",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,37 +89,63 @@ def run(args: argparse.Namespace) -> int:
     registry = containerd = None
     results: dict[str, dict] = {}
     try:
-        _say(f"building a {args.size_mb} MB, {args.layers}-layer image ({args.content} content)")
-        layout = work / "layout"
-        builders = (system_layers if args.content == "system" else bench_layers)(args.size_mb, args.layers)
-        build_image(layout, builders, tag="bench")
-        uncompressed = _uncompressed_size(layout)
         registry = LocalRegistry(work / "registry")
-        src = f"{registry.host}/bench/src:gzip"
-        _sh(
-            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:bench", f"docker://{src}"]
-        )
+        if args.shape == "seed":
+            layout, uncompressed = _seed_layout(args, work)
+            sources = {tag: f"{registry.host}/bench/{tag}:gzip" for tag in (SEED_TAG, SIBLING_TAG)}
+            for tag, ref in sources.items():
+                _sh(
+                    [
+                        "skopeo",
+                        "copy",
+                        "--quiet",
+                        "--dest-tls-verify=false",
+                        f"oci:{layout}:{tag}",
+                        f"docker://{ref}",
+                    ]
+                )
+            args.skip_skopeo = args.skip_ctr_remote = True  # they take one image at a time
+        else:
+            layout = _layout(args, work)
+            uncompressed = _uncompressed_size(layout)
+            src = f"{registry.host}/bench/src:gzip"
+            sources = {"zsnap": src}
+            _sh(
+                [
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    "--dest-tls-verify=false",
+                    f"oci:{layout}:bench",
+                    f"docker://{src}",
+                ]
+            )
 
-        _say("zsnap convert")
-        cmd = [
-            sys.executable,
-            "-m",
-            "snapshotter",
-            "--root",
-            str(work / "zsnap"),
-            "convert",
-            "--quiet",
-            "--level",
-            str(args.level),
-            f"docker://{src}",
-            f"docker://{registry.host}/bench/out:zsnap",
-        ]
-        if args.jobs:
-            cmd += ["--jobs", str(args.jobs)]
-        results["zsnap"] = {
-            "seconds": _timed(cmd),
-            "bytes_out": _image_size(registry.host, "bench/out", "zsnap"),
-        }
+        variants = {"zsnap": _REPO_ROOT}
+        if args.baseline is not None:
+            variants["zsnap-baseline"] = args.baseline.resolve()
+        seconds: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
+        for round_no in range(args.rounds):
+            for name, checkout in variants.items():
+                _say(f"{name} convert (round {round_no + 1}/{args.rounds})")
+                listing = work / f"list-{name}-{round_no}"
+                outputs = {tag: f"bench/out-{tag}-{name}-{round_no}" for tag in sources}
+                listing.write_text(
+                    "".join(
+                        f"docker://{sources[tag]} docker://{registry.host}/{outputs[tag]}:zsnap\n"
+                        for tag in sources
+                    )
+                )
+                cmd = _zsnap_command(args, work / f"{name}-{round_no}", listing)
+                cpu_before = _children_cpu()
+                seconds[name].append(_timed(cmd, cwd=checkout))
+                cpu[name].append(_children_cpu() - cpu_before)
+                bytes_out = sum(_image_size(registry.host, repo, "zsnap") for repo in outputs.values())
+                results[name] = {"seconds": statistics.median(seconds[name]), "runs": seconds[name],
+                                 "cpu_seconds": statistics.median(cpu[name]), "cpu_runs": cpu[name],
+                                 "bytes_out": bytes_out}  # fmt: skip
+        src = sources.get("zsnap", "")
 
         if not args.skip_skopeo:
             _say("skopeo copy --dest-compress-format zstd:chunked")
@@ -152,15 +211,65 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _layout(args: argparse.Namespace, work: Path) -> Path:
+    """The bench image as an OCI layout: built in ``work``, or reused from / saved to ``--image-cache``."""
+    if args.image_cache is not None:
+        layout = args.image_cache / f"{args.content}-{args.size_mb}mb-{args.layers}l"
+        if (layout / "index.json").exists():
+            _say(f"reusing the image in {layout}")
+            return layout
+    else:
+        layout = work / "layout"
+    _say(f"building a {args.size_mb} MB, {args.layers}-layer image ({args.content} content)")
+    builders = (system_layers if args.content == "system" else bench_layers)(args.size_mb, args.layers)
+    partial = layout.with_name(layout.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build_image(partial, builders, tag="bench")
+    os.replace(partial, layout)
+    return layout
+
+
+def _seed_layout(args: argparse.Namespace, work: Path) -> tuple[Path, int]:
+    """The seed-shaped batch's layout and its distinct uncompressed bytes (cached like ``_layout``)."""
+    base = args.image_cache if args.image_cache is not None else work
+    layout = base / f"seed-v2-{args.size_mb}mb"
+    size_file = layout / "distinct-bytes"
+    if not size_file.exists():
+        _say(f"building a seed-shaped batch of {args.size_mb} MB distinct (system content)")
+        partial = layout.with_name(layout.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "distinct-bytes").parent.mkdir(parents=True)
+        distinct = build_seed_layout(partial, args.size_mb)
+        (partial / "distinct-bytes").write_text(str(distinct))
+        os.replace(partial, layout)
+    else:
+        _say(f"reusing the seed-shaped batch in {layout}")
+    return layout, int(size_file.read_text())
+
+
+def _zsnap_command(args: argparse.Namespace, root: Path, listing: Path) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "snapshotter", "--root", str(root), "convert", "--quiet",
+        "--level", str(args.level), "--from-file", str(listing),
+    ]  # fmt: skip
+    if args.jobs:
+        cmd += ["--jobs", str(args.jobs)]
+    return cmd
+
+
 def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
     base = results["zsnap"]["seconds"]
     table = Table(
-        title=f"zstd:chunked conversion of {uncompressed / 1e6:.0f} MB (uncompressed), level {args.level}"
+        title=f"zstd:chunked conversion of {uncompressed / 1e6:.0f} MB (uncompressed"
+        f"{', distinct, seed-shaped batch' if args.shape == 'seed' else ''}), level {args.level}"
     )
-    for column in ("tool", "seconds", "output MB", "MB/s in", "time vs zsnap"):
+    for column in ("tool", "seconds", "CPU s", "output MB", "MB/s in", "time vs zsnap"):
         table.add_column(column, justify="right" if column != "tool" else "left")
     for tool, r in results.items():
         r["mb_per_s"] = uncompressed / 1e6 / r["seconds"]
@@ -168,6 +277,7 @@ def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespac
         table.add_row(
             tool,
             f"{r['seconds']:.1f}",
+            f"{r['cpu_seconds']:.1f}" if "cpu_seconds" in r else "",
             f"{r['bytes_out'] / 1e6:.1f}",
             f"{r['mb_per_s']:.1f}",
             f"{r['ratio_vs_zsnap']:.2f}x",
@@ -175,7 +285,13 @@ def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespac
     Console().print(table)
     print(
         json.dumps(
-            {"bench": "convert", "uncompressed_bytes": uncompressed, "level": args.level, "results": results}
+            {
+                "bench": "convert",
+                "shape": args.shape,
+                "uncompressed_bytes": uncompressed,
+                "level": args.level,
+                "results": results,
+            }
         )
     )
 
@@ -220,14 +336,21 @@ def _image_size(host: str, repo: str, tag: str) -> int:
     return sum(layer["size"] for layer in manifest["layers"])
 
 
-def _timed(cmd: list[str]) -> float:
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far (the convert runs): less noisy
+    than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(cmd: list[str], cwd: Path | None = None) -> float:
     started = time.monotonic()
-    _sh(cmd)
+    _sh(cmd, cwd)
     return time.monotonic() - started
 
 
-def _sh(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _sh(cmd: list[str], cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         raise ZsnapError(f"{' '.join(cmd[:4])} … failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
 

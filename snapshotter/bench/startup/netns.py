@@ -1,0 +1,113 @@
+"""A private network namespace with a shaped loopback, for the startup benchmark.
+
+The registry, the delay proxy, containerd and ``zsnap serve`` run inside it (``nsenter --net=…``, network
+namespace only: ``ip netns exec`` would also unshare the mount namespace, and FUSE mounts made there are
+invisible to containerd and runc). Its ``lo`` gets a token-bucket filter, so bandwidth is shaped in the
+kernel; the host's own loopback is never touched (every ``tc``/``ip link`` runs inside the namespace).
+This kernel has no netem, so round-trip latency is added by :mod:`.delayproxy` instead.
+
+Namespaces are named ``zsnap-bench-<pid>-<n>``; :func:`remove_stale` deletes those whose creating process
+is gone (a run killed with SIGKILL), so a failure never leaves one behind for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+from pathlib import Path
+
+from fs.errors import ZsnapError
+
+__all__ = ["NETNS_DIR", "NetNamespace", "remove_stale"]
+
+NETNS_DIR = Path("/run/netns")
+PREFIX = "zsnap-bench-"
+_counter = itertools.count()
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+class NetNamespace:
+    """``with NetNamespace(rate_mbit=200) as ns: subprocess.run([*ns.prefix, "cmd"])``.
+
+    Args:
+      rate_mbit: bandwidth of the namespace's loopback (tbf, burst 1 MB, latency 100 ms); ``None`` leaves
+        it unshaped.
+      name: the namespace's name (default ``zsnap-bench-<pid>-<n>``).
+    """
+
+    def __init__(self, rate_mbit: float | None = 200.0, *, name: str | None = None) -> None:
+        self.name = name or f"{PREFIX}{os.getpid()}-{next(_counter)}"
+        self.rate_mbit = rate_mbit
+        self.path = NETNS_DIR / self.name
+        self._created_dir = False
+        self._open = False
+
+    @property
+    def prefix(self) -> list[str]:
+        """The argv prefix that runs a command in this namespace (and only its network namespace)."""
+        return ["nsenter", f"--net={self.path}", "--"]
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in the namespace; raise :class:`ZsnapError` with its stderr if it fails."""
+        proc = subprocess.run([*self.prefix, *argv], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise ZsnapError(f"{' '.join(argv)} in netns {self.name} failed: {proc.stderr.strip()}")
+        return proc
+
+    def open(self) -> None:
+        remove_stale()
+        self._created_dir = not NETNS_DIR.exists()
+        proc = _ip("netns", "add", self.name)
+        if proc.returncode != 0:
+            raise ZsnapError(f"ip netns add {self.name} failed: {proc.stderr.strip()}")
+        self._open = True
+        try:
+            self.run("ip", "link", "set", "lo", "up")
+            if self.rate_mbit is not None:
+                self.run("tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{self.rate_mbit:g}mbit",
+                         "burst", "1mb", "latency", "100ms")  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+
+    def qdisc(self) -> str:
+        """``tc qdisc show dev lo`` inside the namespace (what the shaping really is)."""
+        return self.run("tc", "qdisc", "show", "dev", "lo").stdout.strip()
+
+    def close(self) -> None:
+        """Delete the namespace (idempotent). Processes still inside keep it alive until they exit, so the
+        caller stops its own processes first."""
+        if self._open:
+            _ip("netns", "del", self.name)
+            self._open = False
+        if self._created_dir:
+            with contextlib.suppress(OSError):  # not empty: another namespace lives there now
+                NETNS_DIR.rmdir()
+            self._created_dir = False
+
+    def __enter__(self) -> NetNamespace:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def remove_stale() -> list[str]:
+    """Delete ``zsnap-bench-<pid>-*`` namespaces whose creating process no longer runs; return their names."""
+    removed = []
+    if not NETNS_DIR.is_dir():
+        return removed
+    for entry in NETNS_DIR.iterdir():
+        if not entry.name.startswith(PREFIX):
+            continue
+        pid = entry.name[len(PREFIX):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _ip("netns", "del", entry.name)
+            removed.append(entry.name)
+    return removed

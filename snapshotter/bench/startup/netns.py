@@ -106,7 +106,7 @@ def remove_stale() -> list[str]:
     for entry in NETNS_DIR.iterdir():
         if not entry.name.startswith(PREFIX):
             continue
-        pid = entry.name[len(PREFIX):].split("-")[0]
+        pid = entry.name[len(PREFIX) :].split("-")[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             _ip("netns", "del", entry.name)
             removed.append(entry.name)

@@ -7,12 +7,17 @@ shaped by the namespace's tbf). Run it as a process inside the benchmark's names
     python -m snapshotter.bench.startup.delayproxy --upstream 127.0.0.1:5000 --rtt-ms 20
 
 It listens on ``--listen`` (default 127.0.0.1, a free port) and prints ``HOST:PORT`` on stdout once ready.
+With ``--stats-file`` it keeps ``{"down": BYTES, "up": BYTES}`` there (bytes sent to clients / to the
+upstream, refreshed every 0.1 s): the benchmark's mode-independent count of bytes fetched.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 import trio
 
@@ -20,9 +25,10 @@ __all__ = ["main", "serve"]
 
 _PIECE = 256 * 1024
 _QUEUE = 256  # pieces in flight per direction: 64 MiB at most, far above bandwidth x delay
+counters = {"down": 0, "up": 0}
 
 
-async def _pump(src: trio.SocketStream, dst: trio.SocketStream, delay: float) -> None:
+async def _pump(src: trio.SocketStream, dst: trio.SocketStream, delay: float, direction: str) -> None:
     send, receive = trio.open_memory_channel[tuple[float, bytes]](_QUEUE)
 
     async def reader() -> None:
@@ -39,6 +45,7 @@ async def _pump(src: trio.SocketStream, dst: trio.SocketStream, delay: float) ->
                 async for due, data in receive:
                     await trio.sleep_until(due)
                     await dst.send_all(data)
+                    counters[direction] += len(data)
                 await trio.sleep_until(trio.current_time() + delay)  # the FIN travels too
                 await dst.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -56,8 +63,8 @@ async def _handle(client: trio.SocketStream, upstream: tuple[str, int], delay: f
         except OSError:
             return
         async with server, trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, client, server, delay)
-            nursery.start_soon(_pump, server, client, delay)
+            nursery.start_soon(_pump, client, server, delay, "up")
+            nursery.start_soon(_pump, server, client, delay, "down")
 
 
 async def serve(
@@ -83,6 +90,17 @@ async def serve(
         task_status.started((sockname[0], sockname[1]))
 
 
+async def _write_stats(path: Path) -> None:
+    last = None
+    while True:
+        if counters != last:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(counters))
+            os.replace(tmp, path)
+            last = dict(counters)
+        await trio.sleep(0.1)
+
+
 def _hostport(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -95,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", type=_hostport, required=True, help="HOST:PORT to forward to")
     parser.add_argument("--rtt-ms", type=float, default=20.0, help="added round trip (default %(default)s)")
     parser.add_argument("--listen", type=_hostport, default=("127.0.0.1", 0), help="HOST:PORT (port 0: free)")
+    parser.add_argument("--stats-file", type=Path, help="keep byte counts here (JSON)")
     args = parser.parse_args(argv)
 
     async def amain() -> None:
@@ -102,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             host, port = await nursery.start(
                 serve, args.upstream, args.rtt_ms / 1000, host=args.listen[0], port=args.listen[1]
             )
+            if args.stats_file:
+                nursery.start_soon(_write_stats, args.stats_file)
             print(f"{host}:{port}", flush=True)
 
     try:

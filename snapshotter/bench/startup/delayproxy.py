@@ -14,6 +14,7 @@ upstream, refreshed every 0.1 s): the benchmark's mode-independent count of byte
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     async def amain() -> None:
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(
-                serve, args.upstream, args.rtt_ms / 1000, host=args.listen[0], port=args.listen[1]
+                functools.partial(serve, host=args.listen[0], port=args.listen[1]),
+                args.upstream,
+                args.rtt_ms / 1000,
             )
             if args.stats_file:
                 nursery.start_soon(_write_stats, args.stats_file)

@@ -190,6 +190,7 @@ def _start(ctrd: LocalContainerd, cid: str, timeout: float) -> tuple[float, floa
     started = time.monotonic()
     proc = subprocess.Popen(
         ["ctr", "--address", ctrd.address, "--namespace", ctrd.namespace, "tasks", "start", cid],
+        bufsize=0,  # unbuffered: read(1) must return at the first byte and leave the rest to communicate()
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -1,0 +1,111 @@
+"""Each image's copies in the benchmark's registry: gzip (as built), zstd:chunked, zstd:chunked with a
+prefetch list, eStargz; made once and kept in the cache's registry storage.
+
+The prefetch list is recorded by running the start workload once: the image's non-bulk layers are
+extracted onto a tmpfs mounted ``strictatime`` with every access time reset, the workload runs there in
+a chroot, and the files whose access time moved (read, executed or mapped) are the list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from isal import igzip
+
+from fs.errors import ZsnapError
+from snapshotter.bench.startup.images import BuiltImage
+from snapshotter.bench.startup.modes import TAGS
+
+__all__ = ["prepare", "record_prefetch", "repository"]
+
+
+def repository(image: BuiltImage) -> str:
+    return f"bench/{image.layout.parent.name}"
+
+
+def _has_tag(host: str, repo: str, tag: str) -> bool:
+    request = urllib.request.Request(
+        f"http://{host}/v2/{repo}/manifests/{tag}", method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )  # fmt: skip
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+        return True
+    except OSError:
+        return False
+
+
+def _sh(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise ZsnapError(f"{' '.join(cmd[:5])} … failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
+
+
+def prepare(image: BuiltImage, host: str, modes: list[str], work: Path, say: Callable[[str], None]) -> None:
+    """Push/convert what ``modes`` need of ``image`` into the registry at ``host`` (skip what is there)."""
+    repo = repository(image)
+    base = f"docker://{host}/{repo}"
+    zsnap = [sys.executable, "-m", "snapshotter", "--root", str(work / "convert-root")]
+    if not _has_tag(host, repo, TAGS["full"]):
+        say(f"{image.name}: pushing the gzip image")
+        _sh(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{image.layout}:bench",
+             f"{base}:{TAGS['full']}"])  # fmt: skip
+    if "lazy" in modes and not _has_tag(host, repo, TAGS["lazy"]):
+        say(f"{image.name}: zsnap convert")
+        _sh([*zsnap, "convert", "--quiet", f"{base}:{TAGS['full']}", f"{base}:{TAGS['lazy']}"])
+    if "lazy-prefetch" in modes and not _has_tag(host, repo, TAGS["lazy-prefetch"]):
+        say(f"{image.name}: recording the start workload's files, zsnap convert --prefetch-list")
+        listing = image.layout.parent / "prefetch.txt"
+        if not listing.exists():
+            paths = record_prefetch(image, work)
+            listing.write_text("".join(f"{p}\n" for p in paths))
+        _sh([*zsnap, "convert", "--quiet", "--prefetch-list", str(listing), f"{base}:{TAGS['full']}",
+             f"{base}:{TAGS['lazy-prefetch']}"])  # fmt: skip
+
+
+@contextlib.contextmanager
+def _mounted(*argv: str, target: Path) -> Iterator[None]:
+    target.mkdir(parents=True, exist_ok=True)
+    _sh(["mount", *argv, str(target)])
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def record_prefetch(image: BuiltImage, work: Path) -> list[str]:
+    """Paths (no leading ``/``) the start workload reads, found by access times on a strictatime tmpfs."""
+    manifest_path = image.layout / "blobs" / "sha256" / image.manifest_digest.split(":")[1]
+    layers = json.loads(manifest_path.read_text())["layers"]
+    work.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="record-", dir=work))
+    try:
+        with _mounted("-t", "tmpfs", "-o", "strictatime,mode=755", "tmpfs", target=root):
+            for i, layer in enumerate(layers):
+                if i in image.bulk_layers:
+                    continue
+                blob = image.layout / "blobs" / "sha256" / layer["digest"].split(":")[1]
+                with igzip.open(blob, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+                    tar.extractall(root, filter="fully_trusted")
+            files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+            for path in files:
+                st = path.stat()
+                os.utime(path, ns=(0, st.st_mtime_ns))
+            with _mounted("--rbind", "/dev", target=root / "dev"), \
+                 _mounted("-t", "proc", "proc", target=root / "proc"):  # fmt: skip
+                proc = subprocess.run(["chroot", str(root), *image.start_cmd], capture_output=True, text=True,
+                                      env={"PATH": "/usr/local/bin:/usr/bin:/bin"})  # fmt: skip
+            if proc.returncode != 0:
+                raise ZsnapError(f"recording {image.name}: the start workload failed: {proc.stderr[-800:]}")
+            return sorted(str(p.relative_to(root)) for p in files if p.stat().st_atime_ns > 0)
+    finally:
+        os.rmdir(root)

@@ -1,0 +1,203 @@
+"""``zsnap bench startup``: startup latency of large images, lazy (``zsnap serve``) against containerd's
+full pull, HelloBench-style (Slacker, FAST'16; stargz-snapshotter's benchmark).
+
+For each image (``--sizes``, GB; a Debian root with a real workload plus bulk data it never reads) and each
+mode (``--modes``: full, lazy, lazy-prefetch, stargz), ``--repeat`` cold samples time the CRI pull, the
+container create and the run to first output separately, then the read-everything workload (``readall_s``)
+and, with ``--cpu-hog``, read-everything on a fresh pull while a process keeps one core busy
+(``readall_hog_s``). Between samples containerd's content and snapshots, zsnap's store and the page cache
+are dropped.
+
+The registry (behind a delay proxy adding ``--rtt-ms``), containerd and ``zsnap serve`` run in a network
+namespace of the benchmark's own whose loopback is shaped to ``--bandwidth-mbit``; ``--network loopback``
+runs them on the host's loopback unshaped. Images, their conversions and the Debian base are cached in
+``--cache-dir``. Prints a table, writes ``--json`` and ``--chart``, then one JSON line
+``{"bench": "startup", …}`` with ratios against full from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fs.errors import ZsnapError
+
+__all__ = ["add_arguments", "run"]
+
+DEFAULT_CACHE = Path("/var/cache/zsnap/bench-startup")
+REGISTRY_IN_NETNS = "127.0.0.1:5000"
+
+
+def _sizes(text: str) -> list[float]:
+    return [float(s) for s in text.split(",") if s]
+
+
+def _modes(text: str) -> list[str]:
+    from snapshotter.bench.startup.modes import MODES
+
+    modes = [m for m in text.split(",") if m]
+    for m in modes:
+        if m not in MODES:
+            raise argparse.ArgumentTypeError(f"unknown mode {m!r} (choose from {', '.join(MODES)})")
+    return modes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=[0.5, 2.0],
+        help="image sizes in GB, comma-separated (default 0.5,2; 10 and 30 are opt-in)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=_modes,
+        default=["full", "lazy", "lazy-prefetch", "stargz"],
+        help="comma-separated: full,lazy,lazy-prefetch,stargz (default all)",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="cold samples per image and mode (default 3)")
+    parser.add_argument(
+        "--base",
+        choices=["debian", "busybox"],
+        default="debian",
+        help="image base: debian (debootstrap, default) or busybox (quick)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="bulk data seed (default 1)")
+    parser.add_argument("--no-readall", action="store_true", help="skip the read-everything workload")
+    parser.add_argument("--cpu-hog", action="store_true", help="also read everything with one core busy")
+    parser.add_argument(
+        "--network",
+        choices=["shaped", "loopback"],
+        default="shaped",
+        help="shaped: own netns, tbf + delay proxy (default); loopback: host loopback as is",
+    )
+    parser.add_argument("--bandwidth-mbit", type=float, default=200.0, help="shaped bandwidth (default 200)")
+    parser.add_argument("--rtt-ms", type=float, default=20.0, help="added round trip (default 20)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="default %(default)s")
+    parser.add_argument("--json", type=Path, help="write every sample and the medians here")
+    parser.add_argument("--chart", type=Path, help="write the stacked-bar chart (PNG) here")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="per pull/container (default 3600)")
+    parser.add_argument("--json-only", action="store_true", help="print only the JSON line")  # fmt: skip
+
+
+class _Proc:
+    """A helper process started by the run (the delay proxy), stopped by PID."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, text=True)  # fmt: skip
+        assert self.proc.stdout is not None
+        self.line = self.proc.stdout.readline().strip()
+        if not self.line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise ZsnapError(f"{' '.join(argv[:6])} failed to start: {err[-800:]}")
+
+    def stop(self) -> None:
+        from snapshotter.services import stop_pid
+
+        stop_pid(self.proc)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from snapshotter.bench.startup import chart, images, modes, netns, prepare, report
+    from snapshotter.services import LocalRegistry
+
+    console = Console(stderr=True, quiet=args.json_only, width=None if sys.stderr.isatty() else 150)
+    say = console.print
+    # SIGTERM (a CI timeout, kill PID) unwinds like Ctrl-C, through every finally below.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    selected = []
+    for mode in args.modes:
+        why = modes.mode_unavailable(mode)
+        if why:
+            say(f"[yellow]{why}[/]")
+        else:
+            selected.append(mode)
+    if not selected:
+        raise ZsnapError("no mode can run here")
+    cache = args.cache_dir
+    registry_data = cache / "registry"
+    built = [
+        images.build(images.ImageSpec(size, args.base, args.seed), cache, say=say) for size in args.sizes
+    ]
+
+    work = Path(tempfile.mkdtemp(prefix="zsnap-bench-startup-"))
+    cleanup: list = []
+    samples: list = []
+    try:
+        host_registry = LocalRegistry(work / "prep-registry", data=registry_data)
+        try:
+            for image in built:
+                prepare.prepare(image, host_registry.host, selected, work, say)
+        finally:
+            host_registry.stop()
+
+        prefix: list[str] = []
+        registry_host = ""
+        proxy_stats = work / "proxy-stats.json"
+        if args.network == "shaped":
+            ns = netns.NetNamespace(args.bandwidth_mbit)
+            ns.open()
+            cleanup.append(ns.close)
+            prefix = ns.prefix
+            say(f"network namespace {ns.name}: {ns.qdisc()}; +{args.rtt_ms:g} ms RTT")
+        registry = LocalRegistry(work / "registry", data=registry_data, prefix=prefix,
+                                 host=REGISTRY_IN_NETNS if prefix else None)  # fmt: skip
+        cleanup.append(registry.stop)
+        rtt = args.rtt_ms if args.network == "shaped" else 0.0
+        proxy = _Proc([*prefix, sys.executable, "-m", "snapshotter.bench.startup.delayproxy", "--upstream",
+                       registry.host, "--rtt-ms", str(rtt), "--stats-file", str(proxy_stats)])  # fmt: skip
+        cleanup.append(proxy.stop)
+        registry_host = proxy.line
+
+        total = len(built) * len(selected) * args.repeat
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("samples", total=total)
+            for image in built:
+                repo = prepare.repository(image)
+                target = modes.Target(
+                    refs={m: f"{registry_host}/{repo}:{modes.TAGS[m]}" for m in selected},
+                    start_cmd=image.start_cmd, readall_cmd=image.readall_cmd, prefix=prefix,
+                    registry_host=registry_host, work=work, proxy_stats=proxy_stats, timeout=args.timeout,
+                )  # fmt: skip
+                for rep in range(args.repeat):
+                    for mode in selected:  # interleaved, so drift on a shared machine hits every mode alike
+                        progress.update(task, description=f"{image.name} {mode} #{rep + 1}")
+                        s = modes.sample(target, image.name, mode, rep, readall=not args.no_readall,
+                                         cpu_hog=args.cpu_hog)  # fmt: skip
+                        samples.append(s)
+                        progress.console.print(
+                            f"{image.name:>14} {mode:<14} #{rep + 1} pull {s.pull_s:.2f}s "
+                            f"create {s.create_s:.2f}s run {s.run_s:.2f}s "
+                            f"fetched {(s.fetched_bytes or 0) / 1e6:.1f} MB"
+                            + (f" readall {s.readall_s:.2f}s" if s.readall_s is not None else "")
+                        )
+                        progress.advance(task)
+    finally:
+        for stop in reversed(cleanup):
+            stop()
+        subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    summary = report.summarize([(i.name, i.size_bytes) for i in built], samples)
+    shaped = args.network == "shaped"
+    meta = {"network": args.network, "bandwidth_mbit": args.bandwidth_mbit if shaped else None,
+            "rtt_ms": args.rtt_ms if shaped else 0.0, "repeat": args.repeat,
+            "base": args.base, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    console.print(report.render_table(summary))
+    if args.json:
+        report.write_json(summary, args.json, **meta)
+    if args.chart:
+        chart.draw(summary, args.chart)
+        say(f"chart: {args.chart}")
+    print(report.json_line(summary, **meta), flush=True)
+    return 0

@@ -6,6 +6,10 @@ invisible to containerd and runc). Its ``lo`` gets a token-bucket filter, so ban
 kernel; the host's own loopback is never touched (every ``tc``/``ip link`` runs inside the namespace).
 This kernel has no netem, so round-trip latency is added by :mod:`.delayproxy` instead.
 
+With ``shaped_port`` only TCP traffic from that port (the delay proxy's answers) goes through the tbf:
+the registry answers the proxy over the same loopback, and shaping every packet would charge each
+downloaded byte twice (registry -> proxy -> client), halving the bandwidth asked for.
+
 Namespaces are named ``zsnap-bench-<pid>-<n>``; :func:`remove_stale` deletes those whose creating process
 is gone (a run killed with SIGKILL), so a failure never leaves one behind for long.
 """
@@ -37,12 +41,16 @@ class NetNamespace:
     Args:
       rate_mbit: bandwidth of the namespace's loopback (tbf, burst 1 MB, latency 100 ms); ``None`` leaves
         it unshaped.
+      shaped_port: shape only TCP segments sent from this port (default: everything on ``lo``).
       name: the namespace's name (default ``zsnap-bench-<pid>-<n>``).
     """
 
-    def __init__(self, rate_mbit: float | None = 200.0, *, name: str | None = None) -> None:
+    def __init__(
+        self, rate_mbit: float | None = 200.0, *, shaped_port: int | None = None, name: str | None = None
+    ) -> None:
         self.name = name or f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self.rate_mbit = rate_mbit
+        self.shaped_port = shaped_port
         self.path = NETNS_DIR / self.name
         self._created_dir = False
         self._open = False
@@ -68,16 +76,27 @@ class NetNamespace:
         self._open = True
         try:
             self.run("ip", "link", "set", "lo", "up")
-            if self.rate_mbit is not None:
-                self.run("tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{self.rate_mbit:g}mbit",
-                         "burst", "1mb", "latency", "100ms")  # fmt: skip
+            tbf = ["tbf", "rate", f"{self.rate_mbit:g}mbit", "burst", "1mb", "latency", "100ms"]
+            if self.rate_mbit is not None and self.shaped_port is None:
+                self.run("tc", "qdisc", "add", "dev", "lo", "root", *tbf)
+            elif self.rate_mbit is not None:
+                # htb only classifies (both classes unlimited; this kernel has no prio qdisc); the tbf below
+                # class 1:10 shapes what the filter sends there, everything else takes class 1:20
+                lo = ["dev", "lo"]
+                self.run("tc", "qdisc", "add", *lo, "root", "handle", "1:", "htb", "default", "20")
+                for cls in ("1:10", "1:20"):
+                    unlimited = ["htb", "rate", "100gbit", "quantum", "60000"]
+                    self.run("tc", "class", "add", *lo, "parent", "1:", "classid", cls, *unlimited)
+                self.run("tc", "qdisc", "add", *lo, "parent", "1:10", "handle", "10:", *tbf)
+                match = ["u32", "match", "ip", "sport", str(self.shaped_port), "0xffff", "flowid", "1:10"]
+                self.run("tc", "filter", "add", *lo, "parent", "1:", "protocol", "ip", "prio", "1", *match)
         except BaseException:
             self.close()
             raise
 
     def qdisc(self) -> str:
-        """``tc qdisc show dev lo`` inside the namespace (what the shaping really is)."""
-        return self.run("tc", "qdisc", "show", "dev", "lo").stdout.strip()
+        """``tc qdisc show dev lo`` inside the namespace (what the shaping really is), one line."""
+        return "; ".join(self.run("tc", "qdisc", "show", "dev", "lo").stdout.strip().splitlines())
 
     def close(self) -> None:
         """Delete the namespace (idempotent). Processes still inside keep it alive until they exit, so the

@@ -32,6 +32,7 @@ __all__ = ["add_arguments", "run"]
 
 DEFAULT_CACHE = Path("/var/cache/zsnap/bench-startup")
 REGISTRY_IN_NETNS = "127.0.0.1:5000"
+PROXY_PORT_IN_NETNS = 5001
 
 
 def _sizes(text: str) -> list[float]:
@@ -145,17 +146,18 @@ def run(args: argparse.Namespace) -> int:
         registry_host = ""
         proxy_stats = work / "proxy-stats.json"
         if args.network == "shaped":
-            ns = netns.NetNamespace(args.bandwidth_mbit)
+            ns = netns.NetNamespace(args.bandwidth_mbit, shaped_port=PROXY_PORT_IN_NETNS)
             ns.open()
             cleanup.append(ns.close)
             prefix = ns.prefix
-            say(f"network namespace {ns.name}: {ns.qdisc()}; +{args.rtt_ms:g} ms RTT")
+            say(f"network namespace {ns.name}: {ns.qdisc()}; +{args.rtt_ms:g} ms RTT (delay proxy)")
         registry = LocalRegistry(work / "registry", data=registry_data, prefix=prefix,
                                  host=REGISTRY_IN_NETNS if prefix else None)  # fmt: skip
         cleanup.append(registry.stop)
         rtt = args.rtt_ms if args.network == "shaped" else 0.0
         proxy = _Proc([*prefix, sys.executable, "-m", "snapshotter.bench.startup.delayproxy", "--upstream",
-                       registry.host, "--rtt-ms", str(rtt), "--stats-file", str(proxy_stats)])  # fmt: skip
+                       registry.host, "--rtt-ms", str(rtt), "--stats-file", str(proxy_stats),
+                       *(["--listen", f"127.0.0.1:{PROXY_PORT_IN_NETNS}"] if prefix else [])])  # fmt: skip
         cleanup.append(proxy.stop)
         registry_host = proxy.line
 

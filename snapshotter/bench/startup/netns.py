@@ -48,6 +48,8 @@ class NetNamespace:
     def __init__(
         self, rate_mbit: float | None = 200.0, *, shaped_port: int | None = None, name: str | None = None
     ) -> None:
+        if rate_mbit is not None and not 0 < rate_mbit < float("inf"):
+            raise ZsnapError(f"bandwidth must be a positive number of Mbit/s, not {rate_mbit}")
         self.name = name or f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self.rate_mbit = rate_mbit
         self.shaped_port = shaped_port

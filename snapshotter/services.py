@@ -56,14 +56,18 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 def _wait(predicate, proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
+    """Wait until ``predicate()``; if it never comes (or Ctrl-C), stop ``proc``: nobody else holds it yet."""
     deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise ZsnapError(f"{what} exited with {proc.returncode} while starting")
-        if time.monotonic() > deadline:
-            stop_pid(proc)
-            raise ZsnapError(f"{what} did not become ready within {timeout}s")
-        time.sleep(0.05)
+    try:
+        while not predicate():
+            if proc.poll() is not None:
+                raise ZsnapError(f"{what} exited with {proc.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise ZsnapError(f"{what} did not become ready within {timeout}s")
+            time.sleep(0.05)
+    except BaseException:
+        stop_pid(proc)
+        raise
 
 
 class LocalRegistry:
@@ -153,7 +157,11 @@ class LocalContainerd:
             [*prefix, "containerd", "--config", str(config)],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        _wait(lambda: os.path.exists(self.address) and self._ctr_ok(), self._proc, "containerd")
+        try:
+            _wait(lambda: os.path.exists(self.address) and self._ctr_ok(), self._proc, "containerd")
+        except BaseException:
+            self._log.close()
+            raise
 
     def log_tail(self, n: int = 2000) -> str:
         return (self.root / "containerd.log").read_text(errors="replace")[-n:]
@@ -196,7 +204,11 @@ class ZsnapServe:
             [*prefix, *argv, *extra], stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-        _wait(lambda: os.path.exists(self.address), self._proc, "zsnap serve", timeout=60)
+        try:
+            _wait(lambda: os.path.exists(self.address), self._proc, "zsnap serve", timeout=60)
+        except BaseException:
+            self._log.close()
+            raise
 
     @staticmethod
     def available() -> bool:

@@ -199,7 +199,8 @@ class ZsnapServe:
         self.root = root
         self.address = str(root / "zsnap.sock")
         self._log = open(root / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", "snapshotter", "--root", str(root), "serve", "--address", self.address]
+        argv = [sys.executable, "-m", "snapshotter", "--root", str(root), "serve", "--socket", self.address,
+                "--metrics-address", ""]  # fmt: skip  (no metrics port: several may run at once)
         self._proc = subprocess.Popen(
             [*prefix, *argv, *extra], stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,

@@ -199,8 +199,9 @@ class ZsnapServe:
         self.root = root
         self.address = str(root / "zsnap.sock")
         self._log = open(root / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", "snapshotter", "--root", str(root), "serve", "--socket", self.address,
-                "--metrics-address", ""]  # fmt: skip  (no metrics port: several may run at once)
+        # no metrics endpoint: several instances may run at once
+        argv = [sys.executable, "-m", "snapshotter", "--root", str(root), "serve", "--socket", self.address]
+        argv += ["--metrics-address", ""]
         self._proc = subprocess.Popen(
             [*prefix, *argv, *extra], stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fs.errors import ZsnapError
-from snapshotter.bench.startup import chart, images, netns, report
+from snapshotter.bench.startup import chart, images, netns, prepare, report
 from snapshotter.bench.startup.modes import Sample
 from snapshotter.sample_image import build_image
 
@@ -158,6 +158,13 @@ def test_image_generation_is_reproducible(tmp_path: Path) -> None:
     assert images.build(spec, tmp_path / "a", say=lambda _: None).layout == first.layout  # cached
     other = images.build(images.ImageSpec(0.03, "busybox", seed=8), tmp_path / "c", say=lambda _: None)
     assert other.manifest_digest != first.manifest_digest
+
+
+def test_prefetch_list_records_what_the_start_workload_reads(tmp_path: Path) -> None:
+    image = images.build(images.ImageSpec(0.03, "busybox", seed=7), tmp_path / "cache", say=lambda _: None)
+    paths = prepare.record_prefetch(image, tmp_path / "work")
+    assert paths == ["bench/start.sh", "bin/busybox"]  # not readall.sh, not the bulk data
+    assert not list((tmp_path / "work").iterdir())  # its tmpfs is unmounted and removed
 
 
 def _samples() -> list[Sample]:

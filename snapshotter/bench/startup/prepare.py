@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -102,8 +103,9 @@ def record_prefetch(image: BuiltImage, work: Path) -> list[str]:
                 os.utime(path, ns=(0, st.st_mtime_ns))
             with _mounted("--rbind", "/dev", target=root / "dev"), \
                  _mounted("-t", "proc", "proc", target=root / "proc"):  # fmt: skip
-                proc = subprocess.run(["chroot", str(root), *image.start_cmd], capture_output=True, text=True,
-                                      env={"PATH": "/usr/local/bin:/usr/bin:/bin"})  # fmt: skip
+                chroot = [shutil.which("chroot") or "/usr/sbin/chroot", str(root), *image.start_cmd]
+                env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+                proc = subprocess.run(chroot, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise ZsnapError(f"recording {image.name}: the start workload failed: {proc.stderr[-800:]}")
             return sorted(str(p.relative_to(root)) for p in files if p.stat().st_atime_ns > 0)

@@ -60,7 +60,7 @@ def test_full_mode_end_to_end(tmp_path: Path) -> None:
     assert sample["output"].startswith("started\n")  # python3 ran, then bash counted /usr/bin
     assert int(sample["output"].split()[1]) > 50
     assert (tmp_path / "c.png").stat().st_size > 5000
-    assert "network namespace" in proc.stderr and "rate 200Mbit" in proc.stderr
+    assert f"netns {netns.PREFIX}" in proc.stderr and "rate 200Mbit" in proc.stderr
     assert not _ours()
 
 

@@ -18,6 +18,7 @@ runs them on the host's loopback unshaped. Images, their conversions and the Deb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -31,8 +32,6 @@ from fs.errors import ZsnapError
 __all__ = ["add_arguments", "run"]
 
 DEFAULT_CACHE = Path("/var/cache/zsnap/bench-startup")
-REGISTRY_IN_NETNS = "127.0.0.1:5000"
-PROXY_PORT_IN_NETNS = 5001
 
 
 def _sizes(text: str) -> list[float]:
@@ -87,29 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-only", action="store_true", help="print only the JSON line")  # fmt: skip
 
 
-class _Proc:
-    """A helper process started by the run (the delay proxy), stopped by PID."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, text=True)  # fmt: skip
-        assert self.proc.stdout is not None
-        self.line = self.proc.stdout.readline().strip()
-        if not self.line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise ZsnapError(f"{' '.join(argv[:6])} failed to start: {err[-800:]}")
-
-    def stop(self) -> None:
-        from snapshotter.services import stop_pid
-
-        stop_pid(self.proc)
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
 
-    from snapshotter.bench.startup import chart, images, modes, netns, prepare, report
+    from snapshotter.bench.startup import chart, images, modes, network, prepare, report
     from snapshotter.services import LocalRegistry
 
     console = Console(stderr=True, quiet=args.json_only, width=None if sys.stderr.isatty() else 150)
@@ -132,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     ]
 
     work = Path(tempfile.mkdtemp(prefix="zsnap-bench-startup-"))
-    cleanup: list = []
+    cleanup = contextlib.ExitStack()
     samples: list = []
     try:
         host_registry = LocalRegistry(work / "prep-registry", data=registry_data)
@@ -142,34 +123,21 @@ def run(args: argparse.Namespace) -> int:
         finally:
             host_registry.stop()
 
-        prefix: list[str] = []
-        registry_host = ""
-        proxy_stats = work / "proxy-stats.json"
-        if args.network == "shaped":
-            ns = netns.NetNamespace(args.bandwidth_mbit, shaped_port=PROXY_PORT_IN_NETNS)
-            ns.open()
-            cleanup.append(ns.close)
-            prefix = ns.prefix
-            say(f"network namespace {ns.name}: {ns.qdisc()}; +{args.rtt_ms:g} ms RTT (delay proxy)")
-        registry = LocalRegistry(work / "registry", data=registry_data, prefix=prefix,
-                                 host=REGISTRY_IN_NETNS if prefix else None)  # fmt: skip
-        cleanup.append(registry.stop)
-        rtt = args.rtt_ms if args.network == "shaped" else 0.0
-        proxy = _Proc([*prefix, sys.executable, "-m", "snapshotter.bench.startup.delayproxy", "--upstream",
-                       registry.host, "--rtt-ms", str(rtt), "--stats-file", str(proxy_stats),
-                       *(["--listen", f"127.0.0.1:{PROXY_PORT_IN_NETNS}"] if prefix else [])])  # fmt: skip
-        cleanup.append(proxy.stop)
-        registry_host = proxy.line
-
+        net = cleanup.enter_context(network.network(
+            registry_data, work, shaped=args.network == "shaped", bandwidth_mbit=args.bandwidth_mbit,
+            rtt_ms=args.rtt_ms,
+        ))  # fmt: skip
+        say(f"network: {net.description}")
         total = len(built) * len(selected) * args.repeat
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("samples", total=total)
             for image in built:
                 repo = prepare.repository(image)
                 target = modes.Target(
-                    refs={m: f"{registry_host}/{repo}:{modes.TAGS[m]}" for m in selected},
-                    start_cmd=image.start_cmd, readall_cmd=image.readall_cmd, prefix=prefix,
-                    registry_host=registry_host, work=work, proxy_stats=proxy_stats, timeout=args.timeout,
+                    refs={m: f"{net.registry_host}/{repo}:{modes.TAGS[m]}" for m in selected},
+                    start_cmd=image.start_cmd, readall_cmd=image.readall_cmd, prefix=net.prefix,
+                    registry_host=net.registry_host, work=work, proxy_stats=net.proxy_stats,
+                    timeout=args.timeout,
                 )  # fmt: skip
                 for rep in range(args.repeat):
                     for mode in selected:  # interleaved, so drift on a shared machine hits every mode alike
@@ -185,8 +153,7 @@ def run(args: argparse.Namespace) -> int:
                         )
                         progress.advance(task)
     finally:
-        for stop in reversed(cleanup):
-            stop()
+        cleanup.close()
         subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 

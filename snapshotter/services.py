@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fs.errors import ZsnapError
 
-__all__ = ["LocalContainerd", "LocalRegistry", "ZsnapServe", "stop_pid"]
+__all__ = ["LocalContainerd", "LocalRegistry", "StargzSnapshotter", "ZsnapServe", "stop_pid"]
 
 
 def _free_port() -> int:
@@ -224,3 +224,37 @@ class ZsnapServe:
     def stop(self) -> None:
         stop_pid(self._proc, timeout=60)
         self._log.close()
+
+
+class StargzSnapshotter:
+    """stargz-snapshotter's ``containerd-stargz-grpc`` (not packaged on Debian 12: only when on PATH), the
+    peer lazy snapshotter, at ``root/stargz.sock``, reaching ``plain_http_hosts`` over plain HTTP."""
+
+    def __init__(
+        self, root: Path, *, plain_http_hosts: Sequence[str] = (), prefix: Sequence[str] = ()
+    ) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.address = str(root / "stargz.sock")
+        config = root / "config.toml"
+        config.write_text("".join(
+            f'[[resolver.host."{host}".mirrors]]\n  host = "{host}"\n  insecure = true\n'
+            for host in plain_http_hosts
+        ))  # fmt: skip
+        self._log = open(root / "stargz.log", "ab")  # noqa: SIM115 - closed in stop()
+        argv = ["containerd-stargz-grpc", "--address", self.address, "--root", str(root / "state"),
+                "--config", str(config), "--log-level", "warn"]  # fmt: skip
+        self._proc = subprocess.Popen(
+            [*prefix, *argv], stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            _wait(lambda: os.path.exists(self.address), self._proc, "containerd-stargz-grpc", timeout=60)
+        except BaseException:
+            self._log.close()
+            raise
+
+    def stop(self) -> None:
+        stop_pid(self._proc, timeout=60)
+        self._log.close()
+        subprocess.run(["umount", "-R", "-l", str(self.root / "state")], capture_output=True)

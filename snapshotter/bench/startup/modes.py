@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fs.errors import ZsnapError
-from snapshotter.services import LocalContainerd, ZsnapServe, stop_pid
+from snapshotter.services import LocalContainerd, StargzSnapshotter, ZsnapServe, stop_pid
 
 __all__ = ["MODES", "TAGS", "Sample", "Target", "cri_pull", "drop_page_cache", "mode_unavailable", "sample"]
 
@@ -132,17 +132,22 @@ def cri_pull(containerd_socket: str, ref: str, timeout: float) -> str:
 
 
 class _Stack:
-    """containerd (+ ``zsnap serve``) for one sample, in a fresh directory."""
+    """containerd (+ ``zsnap serve`` or the stargz snapshotter) for one sample, in a fresh directory."""
 
     def __init__(self, target: Target, mode: str) -> None:
         self.dir = target.work / f"sample-{uuid.uuid4().hex[:8]}"
-        self.serve: ZsnapServe | None = None
+        self.serve: ZsnapServe | StargzSnapshotter | None = None
         self.containerd: LocalContainerd | None = None
         try:
             proxies = {}
             if SNAPSHOTTER[mode] == "zsnap":
                 self.serve = ZsnapServe(self.dir / "zsnap", prefix=target.prefix)
                 proxies["zsnap"] = self.serve.address
+            elif SNAPSHOTTER[mode] == "stargz":
+                self.serve = StargzSnapshotter(
+                    self.dir / "stargz", plain_http_hosts=[target.registry_host], prefix=target.prefix
+                )
+                proxies["stargz"] = self.serve.address
             self.containerd = LocalContainerd(
                 self.dir / "containerd", proxy_snapshotters=proxies, cri_snapshotter=SNAPSHOTTER[mode],
                 plain_http_hosts=[target.registry_host], prefix=target.prefix,

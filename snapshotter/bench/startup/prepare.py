@@ -25,6 +25,7 @@ from isal import igzip
 from fs.errors import ZsnapError
 from snapshotter.bench.startup.images import BuiltImage
 from snapshotter.bench.startup.modes import TAGS
+from snapshotter.services import LocalContainerd
 
 __all__ = ["prepare", "record_prefetch", "repository"]
 
@@ -71,6 +72,21 @@ def prepare(image: BuiltImage, host: str, modes: list[str], work: Path, say: Cal
             listing.write_text("".join(f"{p}\n" for p in paths))
         _sh([*zsnap, "convert", "--quiet", "--prefetch-list", str(listing), f"{base}:{TAGS['full']}",
              f"{base}:{TAGS['lazy-prefetch']}"])  # fmt: skip
+    if "stargz" in modes and not _has_tag(host, repo, TAGS["stargz"]):
+        say(f"{image.name}: ctr-remote images convert --estargz")
+        ref = f"{host}/{repo}"
+        _estargz_copy(image, f"{ref}:{TAGS['full']}", f"{ref}:{TAGS['stargz']}", work)
+
+
+def _estargz_copy(image: BuiltImage, src: str, dst: str, work: Path) -> None:
+    """``ctr-remote images convert --estargz --oci`` inside a private containerd, pushed to ``dst``."""
+    containerd = LocalContainerd(work / "estargz-containerd")
+    try:
+        containerd.ctr("images", "pull", "--plain-http", src)
+        containerd.ctr("images", "convert", "--estargz", "--oci", src, dst, tool="ctr-remote")
+        containerd.ctr("images", "push", "--plain-http", dst)
+    finally:
+        containerd.stop()
 
 
 @contextlib.contextmanager

@@ -37,6 +37,8 @@ def summarize(images: Sequence[tuple[str, int]], samples: Sequence[Sample]) -> d
             for field in FIELDS:
                 values = [getattr(s, field) for s in group if getattr(s, field) is not None]
                 entry[field] = _median(values)
+                if field == "fetched_bytes" and entry[field] is not None:
+                    entry[field] = int(entry[field])
                 if values:
                     entry["spread"][field] = [min(values), max(values)]
         out.append({"name": name, "size_bytes": size, "modes": modes})

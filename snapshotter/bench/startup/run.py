@@ -5,8 +5,9 @@ For each image (``--sizes``, GB; a Debian root with a real workload plus bulk da
 mode (``--modes``: full, lazy, lazy-prefetch, stargz), ``--repeat`` cold samples time the CRI pull, the
 container create and the run to first output separately, then the read-everything workload (``readall_s``)
 and, with ``--cpu-hog``, read-everything on a fresh pull while a process keeps one core busy
-(``readall_hog_s``). Between samples containerd's content and snapshots, zsnap's store and the page cache
-are dropped.
+(``readall_hog_s``); reading everything costs a whole download per mode, so it is measured in the first
+``--readall-repeat`` repetitions only (default 1). Between samples containerd's content and snapshots,
+zsnap's store and the page cache are dropped.
 
 The registry (behind a delay proxy adding ``--rtt-ms``), containerd and ``zsnap serve`` run in a network
 namespace of the benchmark's own whose loopback is shaped to ``--bandwidth-mbit``; ``--network loopback``
@@ -70,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=1, help="bulk data seed (default 1)")
     parser.add_argument("--no-readall", action="store_true", help="skip the read-everything workload")
+    parser.add_argument("--readall-repeat", type=int, default=1,
+                        help="repetitions that also read everything (default 1)")  # fmt: skip
     parser.add_argument("--cpu-hog", action="store_true", help="also read everything with one core busy")
     parser.add_argument(
         "--network",
@@ -142,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
                 for rep in range(args.repeat):
                     for mode in selected:  # interleaved, so drift on a shared machine hits every mode alike
                         progress.update(task, description=f"{image.name} {mode} #{rep + 1}")
-                        s = modes.sample(target, image.name, mode, rep, readall=not args.no_readall,
-                                         cpu_hog=args.cpu_hog)  # fmt: skip
+                        readall = not args.no_readall and rep < args.readall_repeat
+                        s = modes.sample(target, image.name, mode, rep, readall=readall,
+                                         cpu_hog=readall and args.cpu_hog)  # fmt: skip
                         samples.append(s)
                         progress.console.print(
                             f"{image.name:>14} {mode:<14} #{rep + 1} pull {s.pull_s:.2f}s "

@@ -167,6 +167,20 @@ def test_prefetch_list_records_what_the_start_workload_reads(tmp_path: Path) -> 
     assert not list((tmp_path / "work").iterdir())  # its tmpfs is unmounted and removed
 
 
+def test_prepare_skips_what_the_registry_has_and_redoes_a_stale_image(registry, tmp_path: Path) -> None:
+    image = images.build(images.ImageSpec(0.02, "busybox", seed=3), tmp_path / "cache", say=lambda _: None)
+    said: list[str] = []
+    prepare.prepare(image, registry.host, ["full", "lazy"], tmp_path / "w1", said.append)
+    assert [m.split(": ")[1] for m in said] == ["pushing the gzip image", "zsnap convert"]
+    said.clear()
+    prepare.prepare(image, registry.host, ["full", "lazy"], tmp_path / "w2", said.append)
+    assert said == []  # cached in the registry
+    other = images.build(images.ImageSpec(0.02, "busybox", seed=4), tmp_path / "other", say=lambda _: None)
+    registry.push_oci_layout(other.layout, f"{prepare.repository(image)}:gzip", src_tag="bench")
+    prepare.prepare(image, registry.host, ["full", "lazy"], tmp_path / "w3", said.append)
+    assert len(said) == 2  # the gzip tag was not this image: pushed and converted again
+
+
 def _samples() -> list[Sample]:
     out = []
     for rep in range(3):

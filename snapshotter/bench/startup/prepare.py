@@ -34,16 +34,17 @@ def repository(image: BuiltImage) -> str:
     return f"bench/{image.layout.parent.name}"
 
 
-def _has_tag(host: str, repo: str, tag: str) -> bool:
+def _tag_digest(host: str, repo: str, tag: str) -> str | None:
+    """The manifest digest ``repo:tag`` has in the registry, or ``None`` if it has no such tag."""
     request = urllib.request.Request(
         f"http://{host}/v2/{repo}/manifests/{tag}", method="HEAD",
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
     )  # fmt: skip
     try:
-        urllib.request.urlopen(request, timeout=10).close()
-        return True
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.headers.get("Docker-Content-Digest") or ""
     except OSError:
-        return False
+        return None
 
 
 def _sh(cmd: list[str]) -> None:
@@ -57,22 +58,29 @@ def prepare(image: BuiltImage, host: str, modes: list[str], work: Path, say: Cal
     repo = repository(image)
     base = f"docker://{host}/{repo}"
     zsnap = [sys.executable, "-m", "snapshotter", "--root", str(work / "convert-root")]
-    if not _has_tag(host, repo, TAGS["full"]):
+    pushed = _tag_digest(host, repo, TAGS["full"])
+    # a cached registry whose gzip image is not this build's (the cache was partly cleared): redo everything
+    stale = pushed is not None and pushed != image.manifest_digest
+
+    def missing(tag: str) -> bool:
+        return stale or _tag_digest(host, repo, tag) is None
+
+    if missing(TAGS["full"]):
         say(f"{image.name}: pushing the gzip image")
         _sh(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{image.layout}:bench",
              f"{base}:{TAGS['full']}"])  # fmt: skip
-    if "lazy" in modes and not _has_tag(host, repo, TAGS["lazy"]):
+    if "lazy" in modes and missing(TAGS["lazy"]):
         say(f"{image.name}: zsnap convert")
         _sh([*zsnap, "convert", "--quiet", f"{base}:{TAGS['full']}", f"{base}:{TAGS['lazy']}"])
-    if "lazy-prefetch" in modes and not _has_tag(host, repo, TAGS["lazy-prefetch"]):
+    if "lazy-prefetch" in modes and missing(TAGS["lazy-prefetch"]):
         say(f"{image.name}: recording the start workload's files, zsnap convert --prefetch-list")
         listing = image.layout.parent / "prefetch.txt"
-        if not listing.exists():
+        if stale or not listing.exists():
             paths = record_prefetch(image, work)
             listing.write_text("".join(f"{p}\n" for p in paths))
         _sh([*zsnap, "convert", "--quiet", "--prefetch-list", str(listing), f"{base}:{TAGS['full']}",
              f"{base}:{TAGS['lazy-prefetch']}"])  # fmt: skip
-    if "stargz" in modes and not _has_tag(host, repo, TAGS["stargz"]):
+    if "stargz" in modes and missing(TAGS["stargz"]):
         say(f"{image.name}: ctr-remote images convert --estargz")
         ref = f"{host}/{repo}"
         _estargz_copy(image, f"{ref}:{TAGS['full']}", f"{ref}:{TAGS['stargz']}", work)

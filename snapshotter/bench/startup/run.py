@@ -89,6 +89,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-only", action="store_true", help="print only the JSON line")  # fmt: skip
 
 
+def _check_space(args: argparse.Namespace, selected: list[str]) -> None:
+    """Refuse to start what would fill the disk: each image not yet cached needs its layout plus one
+    registry copy per mode in the cache, and a sample needs about twice the largest image in /tmp."""
+    from snapshotter.bench.startup import images
+
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = args.cache_dir / "images"
+    keys = {size: images.image_key(images.ImageSpec(size, args.base, args.seed)) for size in args.sizes}
+    new = [size for size, key in keys.items() if not (cached / key / "image.json").exists()]
+    need_cache = sum(new) * 1e9 * (1 + len(selected))
+    need_tmp = 2 * max(args.sizes) * 1e9
+    for path, need in ((args.cache_dir, need_cache), (Path(tempfile.gettempdir()), need_tmp)):
+        free = shutil.disk_usage(path).free
+        if need > free:
+            raise ZsnapError(
+                f"{path} has {free / 1e9:.1f} GB free; these sizes need about {need / 1e9:.0f} GB"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import Progress
@@ -111,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         raise ZsnapError("no mode can run here")
     cache = args.cache_dir
     registry_data = cache / "registry"
+    _check_space(args, selected)
     built = [
         images.build(images.ImageSpec(size, args.base, args.seed), cache, say=say) for size in args.sizes
     ]

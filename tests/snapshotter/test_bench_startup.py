@@ -114,6 +114,7 @@ def _netns_names() -> set[str]:
 @pytest.mark.parametrize("shaped_port", [None, 5001])
 def test_netns_is_shaped_inside_and_removed_after(shaped_port: int | None) -> None:
     host_before = _host_lo_qdisc()
+    existed = netns.NETNS_DIR.exists()
     with netns.NetNamespace(150, shaped_port=shaped_port) as ns:
         assert ns.name in _netns_names()
         assert "rate 150Mbit" in ns.qdisc()
@@ -121,6 +122,9 @@ def test_netns_is_shaped_inside_and_removed_after(shaped_port: int | None) -> No
         # it is a separate network: a port bound inside is free outside
         assert _host_lo_qdisc() == host_before  # the host's loopback is never shaped
     assert ns.name not in _netns_names()
+    if not existed:  # the run made /run/netns (and its bind mount): both are gone again
+        assert not netns.NETNS_DIR.exists()
+        assert " /run/netns " not in Path("/proc/self/mountinfo").read_text()
     assert _host_lo_qdisc() == host_before
 
 
@@ -140,12 +144,15 @@ def test_stale_netns_of_a_dead_run_is_removed() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     name = f"{netns.PREFIX}{dead.pid}-0"
+    made_dir = not netns.NETNS_DIR.exists()
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         assert name in netns.remove_stale()
         assert name not in _netns_names()
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        if made_dir:
+            netns._remove_netns_dir()
 
 
 def test_image_generation_is_reproducible(tmp_path: Path) -> None:

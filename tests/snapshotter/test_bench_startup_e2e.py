@@ -42,6 +42,7 @@ def _ours() -> set[str]:
 
 
 def test_full_mode_end_to_end(tmp_path: Path) -> None:
+    netns_dir_existed = netns.NETNS_DIR.exists()
     proc = _bench("--sizes", "0.05", "--repeat", "1", "--modes", "full", "--json", str(tmp_path / "r.json"),
                   "--chart", str(tmp_path / "c.png"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -62,6 +63,7 @@ def test_full_mode_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "c.png").stat().st_size > 5000
     assert f"netns {netns.PREFIX}" in proc.stderr and "rate 200Mbit" in proc.stderr
     assert not _ours()
+    assert netns_dir_existed or not netns.NETNS_DIR.exists()  # nor /run/netns if the run made it
 
 
 def test_interrupt_stops_everything() -> None:

@@ -33,6 +33,7 @@ def _leftovers() -> list[str]:
 
 def test_demo_runs_twice_and_leaves_nothing(tmp_path: Path) -> None:
     assert not _leftovers()
+    netns_dir_existed = netns.NETNS_DIR.exists()
     for _ in range(2):
         proc = subprocess.run(
             [sys.executable, "-m", "snapshotter.demo", "--base", "busybox", "--size-gb", "0.05",
@@ -47,3 +48,4 @@ def test_demo_runs_twice_and_leaves_nothing(tmp_path: Path) -> None:
         else:
             assert "tree ready in" in proc.stdout
         assert not _leftovers()
+        assert netns_dir_existed or not netns.NETNS_DIR.exists()

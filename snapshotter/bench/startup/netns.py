@@ -107,8 +107,7 @@ class NetNamespace:
             _ip("netns", "del", self.name)
             self._open = False
         if self._created_dir:
-            with contextlib.suppress(OSError):  # not empty: another namespace lives there now
-                NETNS_DIR.rmdir()
+            _remove_netns_dir()
             self._created_dir = False
 
     def __enter__(self) -> NetNamespace:
@@ -117,6 +116,16 @@ class NetNamespace:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remove_netns_dir() -> None:
+    """Undo what the first ``ip netns add`` did: it bind-mounts ``/run/netns`` on itself (shared) and then
+    makes the directory. A plain umount fails while another namespace is mounted below, and rmdir while
+    anything is left in it, so someone else's namespace is never touched."""
+    if NETNS_DIR.is_dir() and not any(NETNS_DIR.iterdir()):
+        subprocess.run(["umount", str(NETNS_DIR)], capture_output=True)
+        with contextlib.suppress(OSError):
+            NETNS_DIR.rmdir()
 
 
 def remove_stale() -> list[str]:

@@ -213,6 +213,7 @@ def test_report_json_shape_and_ratios(tmp_path: Path) -> None:
     assert line["bench"] == "startup"
     assert line["ratios"]["img-a/lazy"]["total_vs_full"] == pytest.approx(2.6 / 11.3, abs=1e-3)
     assert line["medians"]["img-b/full"]["total_s"] == 20.3
+    assert line["ratios"]["img-a/lazy"]["pull_plus_readall_vs_full"] == pytest.approx(7.5 / 16.0, abs=1e-3)
 
 
 def test_chart_has_one_stacked_bar_per_image_and_mode(tmp_path: Path) -> None:

@@ -63,6 +63,10 @@ def ratios(summary: dict) -> dict[str, dict[str, float]]:
             for field in ("total_s", "pull_s", "readall_s", "readall_hog_s", "fetched_bytes"):
                 if entry.get(field) is not None and full.get(field):
                     ratio[f"{field.removesuffix('_s')}_vs_full"] = round(entry[field] / full[field], 4)
+            # full's readall reads a local copy; lazy's also downloads: compare the time to have read it all
+            if entry.get("readall_s") is not None and full.get("readall_s") is not None:
+                lazy_all = entry["pull_s"] + entry["readall_s"]
+                ratio["pull_plus_readall_vs_full"] = round(lazy_all / (full["pull_s"] + full["readall_s"]), 4)
             out[f"{image['name']}/{mode}"] = ratio
     return out
 

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   skopeo stargz-snapshotter umoci       # peers: zstd:chunked producers (skopeo, ctr-remote)
   busybox-static zstd nginx-light       # demo image content, CLI round trips, range-quirk proxy
   apache2-utils openssl iproute2 psmisc # htpasswd + token keys for auth tests, netns shaping, fuser
+  debootstrap curl                      # bench startup: Debian base image; readiness probes inside its netns
   python3-venv python3-dev gcc
 )
 

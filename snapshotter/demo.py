@@ -1,12 +1,16 @@
 """The built-in demo: zsnap's main job from end to end, on this machine, with real parts.
 
-1. Build a small image (busybox base, an app layer of many small files, a data layer with one big file)
-   as an OCI layout with gzip layers, and push it to a private ``docker-registry`` with skopeo.
-2. ``zsnap convert`` it to zstd:chunked in the same registry, and ``zsnap check --full`` the result.
-3. ``zsnap mount --daemon`` it lazily, run ``chroot MOUNT /bin/sh -c ...`` on it, and show how few bytes
-   were fetched compared with the image size; then ``zsnap umount``.
+1. Build a demo image of a few hundred MB (a Debian root whose start runs ``python3`` and ``bash``, plus
+   bulk data it never reads) as an OCI layout with gzip layers; cached, so a second run reuses it.
+2. Push it to a private ``docker-registry`` with skopeo, ``zsnap convert`` it to zstd:chunked, and
+   ``zsnap check --full`` the result.
+3. Put the registry behind a 200 Mbit/s, 20 ms network (a network namespace of its own), start a private
+   containerd with ``zsnap serve`` as its snapshotter, pull the image through CRI (lazily) and run it; then
+   the same with containerd's own full pull. Print both startup times and the bytes each fetched.
 
-Everything runs under a temp directory and stops by PID at the end. Run: ``bash scripts/demo.sh``.
+Without ``zsnap serve`` in this build, step 3 mounts the image with ``zsnap mount`` and runs a shell in it.
+Every process started is stopped by PID at the end and the work directory removed (the image cache stays
+in ``--cache-dir``). Run: ``bash scripts/demo.sh``.
 """
 
 from __future__ import annotations
@@ -20,78 +24,140 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fs.errors import ZsnapError
-from snapshotter.sample_image import build_image, demo_layers
-from snapshotter.services import LocalRegistry
+from snapshotter.services import LocalRegistry, ZsnapServe
+
+if TYPE_CHECKING:
+    from snapshotter.bench.startup.images import BuiltImage
+
+DEFAULT_CACHE = Path("/var/cache/zsnap/bench-startup")
+REPO = "demo/app"
+TAGS = {"full": "gzip", "lazy": "zstd-chunked"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--data-mb", type=int, default=128, help="size of the big file (default %(default)s)")
+    parser.add_argument("--size-gb", type=float, default=0.3, help="image size (default %(default)s GB)")
+    parser.add_argument("--base", choices=["debian", "busybox"], default="debian",
+                        help="debian (debootstrap, once) or busybox (offline)")  # fmt: skip
+    parser.add_argument("--network", choices=["shaped", "loopback"], default="shaped",
+                        help="shaped: 200 Mbit/s + 20 ms RTT in a netns (default); loopback")  # fmt: skip
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="image cache (%(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="zsnap-demo-"))
     registry = None
     try:
-        _step("building the demo image (busybox + app + data) as an OCI layout with gzip layers")
-        layout = work / "layout"
-        build_image(layout, demo_layers(args.data_mb), tag="demo")
-        registry = LocalRegistry(work / "registry")
+        from snapshotter.bench.startup import images
+
+        _step(
+            f"building a {args.size_gb:g} GB demo image ({args.base} + a workload + bulk data it never reads)"
+        )
+        image = images.build(images.ImageSpec(args.size_gb, args.base), args.cache_dir, say=print)
+        print(f"{image.size_bytes / 1e6:.0f} MB in {len(image.bulk_layers) + 2} layers, "
+              f"{image.compressed_bytes / 1e6:.0f} MB gzip; cached in {image.layout.parent}")  # fmt: skip
+        data = work / "registry-data"
+        registry = LocalRegistry(work / "registry", data=data)
         host = registry.host
         _step(f"pushing it to a private docker-registry at {host} with skopeo")
         _run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-              f"oci:{layout}:demo", f"docker://{host}/demo/app:gzip"])
+              f"oci:{image.layout}:bench", f"docker://{host}/{REPO}:gzip"])  # fmt: skip
         zsnap = [sys.executable, "-m", "snapshotter", "--root", str(work / "zsnap")]
         _step("converting to zstd:chunked")
         started = time.monotonic()
-        _run([*zsnap, "convert", f"docker://{host}/demo/app:gzip", f"docker://{host}/demo/app:zstd-chunked"])
+        _run([*zsnap, "convert", f"docker://{host}/{REPO}:gzip", f"docker://{host}/{REPO}:zstd-chunked"])
         convert_s = time.monotonic() - started
         _step("verifying TOC digests, every chunk, and the diff_ids")
-        _run([*zsnap, "check", "--full", f"docker://{host}/demo/app:zstd-chunked"])
-        if _has_command(zsnap, "mount"):
-            _lazy_start(zsnap, host, work)
+        _run([*zsnap, "check", "--full", f"docker://{host}/{REPO}:zstd-chunked"])
+        total = _image_bytes(host, REPO, "zstd-chunked")
+        if ZsnapServe.available():
+            registry.stop()
+            registry = None
+            _containerd_start(args, image, data, work, total)
         else:
-            print("(lazy mount not available in this build; skipping the start)")
+            print("\n(zsnap serve is not in this build: mounting with zsnap mount instead of containerd)")
+            _lazy_start(zsnap, host, work, image.start_cmd)
         print(f"\ndemo done: conversion took {convert_s:.1f}s")
         return 0
     except subprocess.CalledProcessError as exc:
         print(f"\ndemo failed: {' '.join(map(str, exc.cmd[:6]))} … exited {exc.returncode}", file=sys.stderr)
         return 1
     except (ZsnapError, FileNotFoundError) as exc:  # a service that did not start, a missing tool
-        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        hint = " (try --base busybox offline)" if "debootstrap" in str(exc) else ""
+        print(f"\ndemo failed: {exc}{hint}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ndemo interrupted", file=sys.stderr)
+        return 130
     finally:
         if registry:
             registry.stop()
         if not args.keep:
+            subprocess.run(["umount", "-R", "-l", str(work)], capture_output=True)
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"work directory kept: {work}")
 
 
-def _lazy_start(zsnap: list[str], host: str, work: Path) -> None:
+def _containerd_start(
+    args: argparse.Namespace, image: BuiltImage, data: Path, work: Path, total: int
+) -> None:
+    """Full pull vs lazy pull through containerd + CRI, each from cold (the benchmark's sample)."""
+    from snapshotter.bench.startup import modes, network
+
+    shaped = args.network == "shaped"
+    with network.network(data, work, shaped=shaped) as net:
+        _step(f"network: {net.description}")
+        target = modes.Target(
+            refs={mode: f"{net.registry_host}/{REPO}:{tag}" for mode, tag in TAGS.items()},
+            start_cmd=image.start_cmd, readall_cmd=image.readall_cmd, prefix=net.prefix,
+            registry_host=net.registry_host, work=work, proxy_stats=net.proxy_stats, timeout=1800,
+        )  # fmt: skip
+        results = {}
+        for mode, what in (
+            ("lazy", "containerd + zsnap serve: CRI PullImage (lazy), ctr run"),
+            ("full", "containerd's overlayfs snapshotter: CRI PullImage (full), ctr run"),
+        ):
+            _step(what)
+            s = modes.sample(target, image.name, mode, 0, readall=False, cpu_hog=False)
+            print(s.output, end="")
+            print(f"pull {s.pull_s:.2f}s + create {s.create_s:.2f}s + first output {s.run_s:.2f}s "
+                  f"= {s.total_s:.2f}s; {(s.fetched_bytes or 0) / 1e6:.1f} MB fetched")  # fmt: skip
+            results[mode] = s
+    lazy, full = results["lazy"], results["full"]
+    fetched = lazy.fetched_bytes or 0
+    print(f"\nstartup: lazy {lazy.total_s:.2f}s vs full pull {full.total_s:.2f}s "
+          f"({full.total_s / lazy.total_s:.1f}x faster); lazy fetched {fetched / 1e6:.1f} MB of "
+          f"{total / 1e6:.1f} MB ({100 * fetched / total:.1f}%) before the first output")  # fmt: skip
+
+
+def _lazy_start(zsnap: list[str], host: str, work: Path, start_cmd: list[str]) -> None:
     mountpoint = work / "rootfs"
     mountpoint.mkdir()
     stats = work / "mount-stats.json"
-    _step("mounting lazily and starting a shell in it")
+    _step("mounting lazily and starting the workload in it")
     started = time.monotonic()
-    # Background fetch off, so the numbers show what starting the shell really needed.
+    # Background fetch off, so the numbers show what starting the workload really needed.
     _run([*zsnap, "mount", "--daemon", "--no-background-fetch", "--stats-file", str(stats),
-          f"docker://{host}/demo/app:zstd-chunked", str(mountpoint)])
+          f"docker://{host}/{REPO}:zstd-chunked", str(mountpoint)])  # fmt: skip
     ready_s = time.monotonic() - started
     try:
+        chroot = [shutil.which("chroot") or "/usr/sbin/chroot", str(mountpoint), *start_cmd]
         out = subprocess.run(
-            ["chroot", str(mountpoint), "/bin/sh", "-c", "cat /etc/motd; sha256sum /app/bin/hello"],
-            check=True, capture_output=True, text=True,
-        ).stdout
+            chroot, check=True, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+        )
+        out = out.stdout
         first_output_s = time.monotonic() - started
         print(out, end="")
         time.sleep(1.2)  # the stats file is refreshed every second
         fetched = json.loads(stats.read_text()).get("bytes_fetched", 0)
-        total = _image_bytes(host, "demo/app", "zstd-chunked")
-        print(f"tree ready in {ready_s:.2f}s, first output in {first_output_s:.2f}s, "
-              f"{fetched / 1e6:.2f} MB fetched of {total / 1e6:.1f} MB ({100 * fetched / total:.1f}%)")
+        total = _image_bytes(host, REPO, "zstd-chunked")
+        print(
+            f"tree ready in {ready_s:.2f}s, first output in {first_output_s:.2f}s, "
+            f"{fetched / 1e6:.2f} MB fetched of {total / 1e6:.1f} MB ({100 * fetched / total:.1f}%)"
+        )
     finally:
         _run([*zsnap, "umount", str(mountpoint)])
 
@@ -103,10 +169,6 @@ def _image_bytes(host: str, repo: str, tag: str) -> int:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return sum(layer["size"] for layer in json.loads(response.read())["layers"])
-
-
-def _has_command(zsnap: list[str], name: str) -> bool:
-    return subprocess.run([*zsnap, name, "--help"], capture_output=True).returncode == 0
 
 
 def _step(text: str) -> None:

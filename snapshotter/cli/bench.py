@@ -16,6 +16,10 @@ BENCHMARKS = {
     "store": ("snapshotter.bench.store", "store put/get of 64 KiB chunks vs raw LMDB and pread"),
     "convert": ("snapshotter.bench.convert", "zsnap convert vs skopeo and ctr-remote on one image"),
     "fs": ("snapshotter.bench.fs", "lazy FUSE reads (sequential, small files, cold) vs native reads"),
+    "startup": (
+        "snapshotter.bench.startup",
+        "container startup of large images: lazy (zsnap serve) vs full pull",
+    ),
 }
 
 

@@ -8,7 +8,6 @@
    containerd with ``zsnap serve`` as its snapshotter, pull the image through CRI (lazily) and run it; then
    the same with containerd's own full pull. Print both startup times and the bytes each fetched.
 
-Without ``zsnap serve`` in this build, step 3 mounts the image with ``zsnap mount`` and runs a shell in it.
 Every process started is stopped by PID at the end and the work directory removed (the image cache stays
 in ``--cache-dir``). Run: ``bash scripts/demo.sh``.
 """
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fs.errors import ZsnapError
-from snapshotter.services import LocalRegistry, ZsnapServe
+from snapshotter.services import LocalRegistry
 
 if TYPE_CHECKING:
     from snapshotter.bench.startup.images import BuiltImage
@@ -72,13 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         _step("verifying TOC digests, every chunk, and the diff_ids")
         _run([*zsnap, "check", "--full", f"docker://{host}/{REPO}:zstd-chunked"])
         total = _image_bytes(host, REPO, "zstd-chunked")
-        if ZsnapServe.available():
-            registry.stop()
-            registry = None
-            _containerd_start(args, image, data, work, total)
-        else:
-            print("\n(zsnap serve is not in this build: mounting with zsnap mount instead of containerd)")
-            _lazy_start(zsnap, host, work, image.start_cmd)
+        registry.stop()
+        registry = None
+        _containerd_start(args, image, data, work, total)
         print(f"\ndemo done: conversion took {convert_s:.1f}s")
         return 0
     except subprocess.CalledProcessError as exc:
@@ -131,35 +126,6 @@ def _containerd_start(
     print(f"\nstartup: lazy {lazy.total_s:.2f}s vs full pull {full.total_s:.2f}s "
           f"({full.total_s / lazy.total_s:.1f}x faster); lazy fetched {fetched / 1e6:.1f} MB of "
           f"{total / 1e6:.1f} MB ({100 * fetched / total:.1f}%) before the first output")  # fmt: skip
-
-
-def _lazy_start(zsnap: list[str], host: str, work: Path, start_cmd: list[str]) -> None:
-    mountpoint = work / "rootfs"
-    mountpoint.mkdir()
-    stats = work / "mount-stats.json"
-    _step("mounting lazily and starting the workload in it")
-    started = time.monotonic()
-    # Background fetch off, so the numbers show what starting the workload really needed.
-    _run([*zsnap, "mount", "--daemon", "--no-background-fetch", "--stats-file", str(stats),
-          f"docker://{host}/{REPO}:zstd-chunked", str(mountpoint)])  # fmt: skip
-    ready_s = time.monotonic() - started
-    try:
-        chroot = [shutil.which("chroot") or "/usr/sbin/chroot", str(mountpoint), *start_cmd]
-        out = subprocess.run(
-            chroot, check=True, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
-        )
-        out = out.stdout
-        first_output_s = time.monotonic() - started
-        print(out, end="")
-        time.sleep(1.2)  # the stats file is refreshed every second
-        fetched = json.loads(stats.read_text()).get("bytes_fetched", 0)
-        total = _image_bytes(host, REPO, "zstd-chunked")
-        print(
-            f"tree ready in {ready_s:.2f}s, first output in {first_output_s:.2f}s, "
-            f"{fetched / 1e6:.2f} MB fetched of {total / 1e6:.1f} MB ({100 * fetched / total:.1f}%)"
-        )
-    finally:
-        _run([*zsnap, "umount", str(mountpoint)])
 
 
 def _image_bytes(host: str, repo: str, tag: str) -> int:

@@ -212,12 +212,6 @@ class ZsnapServe:
             self._log.close()
             raise
 
-    @staticmethod
-    def available() -> bool:
-        """Is ``zsnap serve`` part of this build?"""
-        cmd = [sys.executable, "-m", "snapshotter", "serve", "--help"]
-        return subprocess.run(cmd, capture_output=True).returncode == 0
-
     def log_tail(self, n: int = 2000) -> str:
         return (self.root / "serve.log").read_text(errors="replace")[-n:]
 

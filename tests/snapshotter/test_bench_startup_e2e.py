@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from snapshotter.bench.startup import netns
-from snapshotter.services import ZsnapServe
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
@@ -90,7 +89,6 @@ def test_interrupt_stops_everything() -> None:
     assert not _ours()
 
 
-@pytest.mark.skipif(not ZsnapServe.available(), reason="this build has no `zsnap serve` yet")
 def test_lazy_modes_end_to_end(tmp_path: Path) -> None:
     proc = _bench("--sizes", "0.3", "--repeat", "1", "--modes", "full,lazy,lazy-prefetch", "--json",
                   str(tmp_path / "r.json"))  # fmt: skip

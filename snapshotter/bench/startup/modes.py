@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fs.errors import ZsnapError
+from snapshotter.cri import pull_image
 from snapshotter.services import LocalContainerd, StargzSnapshotter, ZsnapServe, stop_pid
 
-__all__ = ["MODES", "TAGS", "Sample", "Target", "cri_pull", "drop_page_cache", "mode_unavailable", "sample"]
+__all__ = ["MODES", "TAGS", "Sample", "Target", "drop_page_cache", "mode_unavailable", "sample"]
 
 MODES = ("full", "lazy", "lazy-prefetch", "stargz")
 #: registry tag of each mode's copy of an image
@@ -74,8 +75,6 @@ def mode_unavailable(mode: str) -> str | None:
     """Why ``mode`` cannot run on this machine, or ``None`` if it can."""
     if mode == "stargz" and shutil.which("containerd-stargz-grpc") is None:
         return "containerd-stargz-grpc is not on PATH (not packaged here): stargz skipped"
-    if mode in ("lazy", "lazy-prefetch") and not ZsnapServe.available():
-        return "this build has no `zsnap serve`: lazy modes skipped"
     return None
 
 
@@ -86,46 +85,6 @@ def drop_page_cache() -> None:
 
 
 # -- CRI --------------------------------------------------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _raw_pull_image(containerd_socket: str, ref: str, timeout: float) -> str:
-    """CRI ``runtime.v1.ImageService/PullImage`` with hand-encoded protobuf (used until
-    ``snapshotter.cri`` is merged): ``PullImageRequest{image: ImageSpec{image: ref}}``."""
-    import grpc
-
-    spec = b"\x0a" + _varint(len(ref.encode())) + ref.encode()
-    request = b"\x0a" + _varint(len(spec)) + spec
-    with grpc.insecure_channel(f"unix://{containerd_socket}") as channel:
-        call = channel.unary_unary("/runtime.v1.ImageService/PullImage")
-        try:
-            reply = call(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise ZsnapError(f"CRI PullImage {ref}: {exc.code().name}: {exc.details()}") from None
-    # PullImageResponse{image_ref = 1}: tag 0x0a, varint length, bytes
-    length, shift, i = 0, 0, 1
-    while reply[i] & 0x80:
-        length |= (reply[i] & 0x7F) << shift
-        shift, i = shift + 7, i + 1
-    length |= reply[i] << shift
-    return reply[i + 1 : i + 1 + length].decode()
-
-
-def cri_pull(containerd_socket: str, ref: str, timeout: float) -> str:
-    """Pull ``ref`` through containerd's CRI plugin; return the image id CRI reports."""
-    try:
-        from snapshotter.cri import pull_image
-    except ImportError:
-        return _raw_pull_image(containerd_socket, ref, timeout)
-    return pull_image(containerd_socket, ref, timeout)
 
 
 # -- one sample -------------------------------------------------------------------------------------------
@@ -239,7 +198,7 @@ def sample(target: Target, image: str, mode: str, rep: int, *, readall: bool, cp
         ctrd = stack.containerd
         assert ctrd is not None
         t0 = time.monotonic()
-        cri_pull(ctrd.address, ref, target.timeout)
+        pull_image(ctrd.address, ref, target.timeout)
         t1 = time.monotonic()
         cid = _create(ctrd, mode, ref, target.start_cmd)
         t2 = time.monotonic()
@@ -267,7 +226,7 @@ def _readall_with_hog(target: Target, mode: str, ref: str) -> float:
     try:
         ctrd = stack.containerd
         assert ctrd is not None
-        cri_pull(ctrd.address, ref, target.timeout)
+        pull_image(ctrd.address, ref, target.timeout)
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
         t0 = time.monotonic()
         _start(ctrd, _create(ctrd, mode, ref, target.readall_cmd), target.timeout)

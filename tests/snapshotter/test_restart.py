@@ -39,7 +39,7 @@ from tests.fixtures.common import wait_until
 from tests.fixtures.containerd import CRI_ENABLED, cri_config_toml, mounts_below, start_containerd
 from tests.fixtures.fuse import force_unmount
 from tests.fixtures.images.content import ImageSpec, LayerSpec, Payload, d, f
-from tests.fixtures.images.layout import LayoutWriter, build_image
+from tests.fixtures.images.layout import BuiltImage, LayoutWriter, build_image
 from tests.fixtures.images.skopeo import push
 from tests.fixtures.images.specs import busybox_layer
 from tests.fs.fd_store import FdStore
@@ -55,7 +55,8 @@ HELLO = b"served again after a restart\n"
 # Reads /data/big 64 KiB at a time with a pause (stdout: the sha256), one progress line per step on stderr.
 READER = (
     f"i=0; while [ $i -lt {STEPS} ]; do "
-    'dd if=/data/big bs=65536 skip=$i count=1 2>/dev/null || echo "dd failed at $i" >&2; '
+    "dd if=/data/big bs=65536 skip=$i count=1 2>/tmp/err || "
+    '{ read -r e < /tmp/err; echo "dd failed at $i: $e" >&2; }; '
     'echo "read $i" >&2; sleep 0.02; i=$((i+1)); done | sha256sum'
 )
 
@@ -177,30 +178,44 @@ class ServedStack:
 
 
 @pytest.fixture(scope="module")
-def restart_image(registry, tmp_path_factory) -> str:
-    """The restart image (busybox + a 24 MiB random file) in the registry as zstd:chunked."""
-    where = tmp_path_factory.mktemp("restart-image")
-    writer = LayoutWriter(where / "layout")
+def restart_layout(tmp_path_factory) -> BuiltImage:
+    """The restart image (busybox + a 24 MiB random file) as an OCI layout (gzip)."""
+    writer = LayoutWriter(tmp_path_factory.mktemp("restart-image") / "layout")
     try:
-        image = build_image(writer, restart_spec(), "gzip", compression="gzip")
+        return build_image(writer, restart_spec(), "gzip", compression="gzip")
     finally:
         writer.close()
-    src = push(image, registry.host, "restart/big:gzip")
-    ref = f"{registry.host}/restart/big:zstd-chunked"
-    convert(src, ref, where)
+
+
+def push_converted(image: BuiltImage, registry_host: str, tmp_path: Path) -> str:
+    src = push(image, registry_host, "restart/big:gzip")
+    ref = f"{registry_host}/restart/big:zstd-chunked"
+    convert(src, ref, tmp_path)
     return ref
 
 
-@pytest.fixture
-def served(registry) -> Iterator[ServedStack]:
+@pytest.fixture(scope="module")
+def restart_image(registry, restart_layout: BuiltImage, tmp_path_factory) -> str:
+    """The restart image in the shared registry as zstd:chunked."""
+    return push_converted(restart_layout, registry.host, tmp_path_factory.mktemp("convert"))
+
+
+@contextlib.contextmanager
+def served_stack(registry_host: str) -> Iterator[ServedStack]:
     base = short_tempdir()
-    stack = ServedStack(base, registry.host)
+    stack = ServedStack(base, registry_host)
     try:
         yield stack
     finally:
         stack.close()
         if not mounts_below(base):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def served(registry) -> Iterator[ServedStack]:
+    with served_stack(registry.host) as stack:
+        yield stack
 
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="sigterm"), pytest.param(signal.SIGKILL, id="kill-9")]
@@ -313,3 +328,34 @@ def test_restart_while_a_container_reads(
     }  # fmt: skip
     print(json.dumps(record))
     cri.remove_image(served.ctrd.address, ref)
+
+
+def test_a_layer_that_cannot_be_restored_fails_reads_without_hanging(
+    registry_factory, restart_layout: BuiltImage, tmp_path: Path
+) -> None:
+    """The image's registry goes away while a container reads it; the restarted daemon cannot attach it
+    again: one clear log line, READY=1 all the same, and the container's reads of what was not read yet
+    fail (EIO) instead of hanging, so it ends."""
+    gone = registry_factory(name="gone-registry")
+    ref = push_converted(restart_layout, gone.host, tmp_path)
+    with served_stack(gone.host) as served:
+        cri.pull_image(served.ctrd.address, ref, timeout=120)
+        reader = Reader(served, ref)
+        try:
+            wait_until(lambda: reader.steps() >= 16 or reader.proc.poll() is not None, timeout=120,
+                       what="the container to start reading")  # fmt: skip
+            gone.stop()
+            served.restart(signal.SIGTERM)
+            code = reader.wait(timeout=240)
+        finally:
+            if reader.proc.poll() is None:
+                reader.proc.kill()
+                reader.wait(timeout=30)
+        lines = [line for line in served.log().splitlines() if "after the restart" in line]
+        assert len(lines) == 1 and ref.split("/", 1)[1].split(":")[0] in lines[0], lines
+        assert "restored 0 of 1 lazily served image(s)" in served.log()
+        assert big_sha256() not in reader.stdout
+        failed = [line for _, line in reader.lines if line.startswith("dd failed")]
+        print(json.dumps({"test": "lost_layer", "exit": code, "failed_reads": len(failed),
+                          "first": failed[:1]}))  # fmt: skip
+        assert failed and all("Input/output error" in line for line in failed), failed[:3]

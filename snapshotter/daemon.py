@@ -14,8 +14,8 @@ answers, attach again every image that committed lazy snapshots reference (``Rem
 drop the store refs of layers nothing needs; bind the socket (refusing one another daemon still listens on,
 replacing a stale one); start gRPC; start the metrics endpoint; ``READY=1``. On SIGTERM or SIGINT:
 ``STOPPING=1``, stop gRPC (in-flight calls get a grace period), close the host (requests in flight are
-answered; FUSE is unmounted unless the service manager's fd store keeps it for the next start), close the
-store.
+answered; FUSE is unmounted unless the service manager's fd store keeps it for the next start, which
+SIGTERM allows and SIGINT does not), close the store.
 
 Restart without breaking containers (systemd/README.md): under systemd with ``FileDescriptorStoreMax=``
 the FUSE connection and its INIT request are kept in the fd store (``fs.lazy.restart``). The next start
@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -77,14 +78,16 @@ def _prepare_socket(path: Path) -> None:
     raise ConfigError(f"another process already listens on {path}")
 
 
-async def _wait_for_stop(signals: Any, host: Any) -> None:
-    """Return on SIGTERM/SIGINT, or when the lazy host's FUSE session ended under us (unmounted by
-    someone else): then serving lazy layers is impossible and systemd's restart is the remedy."""
+async def _wait_for_stop(signals: Any, host: Any, received: list[int]) -> None:
+    """Return on SIGTERM/SIGINT (appended to ``received``), or when the lazy host's FUSE session ended
+    under us (unmounted by someone else): then serving lazy layers is impossible and systemd's restart
+    is the remedy."""
     async with trio.open_nursery() as nursery:
 
         async def on_signal() -> None:
             async for signum in signals:
                 log.info("%s: stopping", signal.Signals(signum).name)
+                received.append(signum)
                 break
             nursery.cancel_scope.cancel()
 
@@ -132,13 +135,20 @@ async def serve_snapshotter(config: ServeConfig, *, task_status: Any = trio.TASK
             )  # fmt: skip
 
             async def restore(host: Any) -> None:
+                started = time.monotonic()
                 lazy = await trio.to_thread.run_sync(_committed_lazy_records, meta)
                 await remote.restore(host, lazy)
                 needed = {record["digest"] for record in lazy}
                 await trio.to_thread.run_sync(drop_unneeded_layer_refs, store, needed)
+                if lazy:
+                    log.info("lazy layers restored in %.3f s", time.monotonic() - started)
 
-            async with open_host(config, store, restore=restore) as host:
-                await _serve(config, store, host, meta, remote, signals, task_status)
+            # SIGINT (an operator's Ctrl-C) really unmounts; SIGTERM (systemctl stop/restart) keeps a
+            # session the fd store holds, for the next start
+            received: list[int] = []
+            keep = lambda: signal.SIGINT not in received  # noqa: E731
+            async with open_host(config, store, restore=restore, keep_mounted=keep) as host:
+                await _serve(config, store, host, meta, remote, signals, received, task_status)
         finally:
             await trio.to_thread.run_sync(store.close)
 
@@ -151,7 +161,7 @@ def _committed_lazy_records(meta: MetaStore) -> list[dict[str, str]]:
 
 async def _serve(
     config: ServeConfig, store: Store, host: Any, meta: MetaStore, remote: RemoteLayers, signals: Any,
-    task_status: Any,
+    received: list[int], task_status: Any,
 ) -> None:  # fmt: skip
     remote.use_host(host)  # None: lazy serving is off
     snapshotter = Snapshotter(config.root, meta, lazy_dir=lambda r: remote.layer_dir(r.lazy))
@@ -172,7 +182,7 @@ async def _serve(
         log.info("zsnap snapshotter %s (lazy layers %s)", where, "on" if host is not None else "off")
         notify(f"READY=1\nSTATUS={where}")
         task_status.started(config.socket)
-        await _wait_for_stop(signals, host)
+        await _wait_for_stop(signals, host, received)
         notify("STOPPING=1")
     finally:
         with trio.CancelScope(shield=True):

@@ -371,12 +371,17 @@ def drop_unneeded_layer_refs(store: Any, needed: set[str]) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def open_host(
-    config: Any, store: Any, *, restore: Callable[[Any], Awaitable[None]] | None = None
+    config: Any,
+    store: Any,
+    *,
+    restore: Callable[[Any], Awaitable[None]] | None = None,
+    keep_mounted: Callable[[], bool] = lambda: True,
 ) -> AsyncIterator[Any]:
     """The lazy host for the daemon (FUSE at ``<root>/mnt``), or None when lazy serving is off or this
     build has no ``fs.lazy.host``. ``restore(host)`` runs before the session answers (see the module
     docstring). With a service manager's fd store (:func:`fd_store_available`) the session is adopted
-    from / kept in the store across restarts; otherwise it is unmounted on exit."""
+    from / kept in the store across restarts (unless ``keep_mounted()`` says False at exit); otherwise it
+    is unmounted on exit."""
     if not config.lazy:
         log.info("lazy layers are off (lazy = false): every layer takes the normal path")
         yield None
@@ -390,5 +395,7 @@ async def open_host(
     options = _host_options(HostOptions, config)
     if fd_store_available() and "fd_store_name" in {f.name for f in dataclasses.fields(HostOptions)}:
         options = dataclasses.replace(options, fd_store_name=FD_STORE_NAME)
-    async with open_lazy_host(config.root, store, options=options, restore=restore) as host:
+    async with open_lazy_host(
+        config.root, store, options=options, restore=restore, keep_mounted=keep_mounted
+    ) as host:
         yield host

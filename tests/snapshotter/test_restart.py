@@ -359,3 +359,21 @@ def test_a_layer_that_cannot_be_restored_fails_reads_without_hanging(
         print(json.dumps({"test": "lost_layer", "exit": code, "failed_reads": len(failed),
                           "first": failed[:1]}))  # fmt: skip
         assert failed and all("Input/output error" in line for line in failed), failed[:3]
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as mountinfo:
+        return any(line.split()[4] == str(path) for line in mountinfo)
+
+
+def test_sigterm_keeps_the_session_in_the_store_and_sigint_unmounts(served: ServedStack) -> None:
+    """SIGTERM (systemctl stop/restart) leaves the FUSE session mounted and stored for the next start,
+    which adopts it; SIGINT unmounts it and takes it out of the store."""
+    session = ["zsnap-fuse", "zsnap-fuse.init"]
+    mnt = served.root / "mnt"
+    assert served.fds.wait_names(session) == session and _mounted(mnt)
+    served.restart(signal.SIGTERM)
+    assert served.fds.wait_names(session) == session and _mounted(mnt)
+    assert "adopted the FUSE session" in served.log()
+    served.stop(signal.SIGINT)
+    assert served.fds.wait_names([]) == [] and not _mounted(mnt)

@@ -112,7 +112,7 @@ class UnpackingHost:
 
 @contextlib.asynccontextmanager
 async def open_unpacking_host(
-    config: Any, store: Any, *, restore: Any = None
+    config: Any, store: Any, *, restore: Any = None, keep_mounted: Any = None
 ) -> AsyncIterator[UnpackingHost]:
     host = UnpackingHost(config.root / "test-host")
     if restore is not None:  # as the real host: before serving (the stand-in has no FUSE session)

@@ -320,7 +320,9 @@ def test_restart_while_a_container_reads(
     gaps = sorted(b - a for a, b in itertools.pairwise(before))
     fetched_after = served.metric("zsnap_fetched_bytes_total")  # the new process's own counter
     assert fetched_after > 0, "the restarted daemon served the rest of the file lazily"
+    restored = [line for line in served.log().splitlines() if "lazy layers restored in" in line]
     record = {
+        "restore_s": float(restored[-1].rsplit(" in ", 1)[1].split()[0]),
         "test": "restart_while_reading", "signal": sig.name, "stall_s": round(stall, 3),
         "restart_to_ready_s": round(restart_seconds, 3), "steps_before_restart": steps_at_restart,
         "median_step_before_s": round(gaps[len(gaps) // 2], 4), "steps": STEPS,

@@ -46,6 +46,9 @@ from . import probe
 NOT_LAZY_MEMORY = 1024
 #: Images attached again at the same time by :meth:`RemoteLayers.restore`.
 RESTORE_CONCURRENCY = 4
+#: Seconds restoring may take in all (systemd's start timeout is 90 s by default): images not attached
+#: by then are served no more until their next mount.
+RESTORE_DEADLINE = 45.0
 #: The lazy host's FUSE session's name in the service manager's fd store.
 FD_STORE_NAME = "zsnap-fuse"
 #: Seconds a failed attach is remembered: the image's other layers fall back at once instead of each
@@ -198,9 +201,19 @@ class RemoteLayers:
             with self._lock:
                 self._attached[holder] = {layer.digest: layer for layer in attached}
 
-        async with trio.open_nursery() as nursery:
-            for holder, (image, manifest, digests) in images.items():
-                nursery.start_soon(one, holder, image, manifest, digests)
+        with trio.move_on_after(RESTORE_DEADLINE):  # readers wait meanwhile, and systemd for READY=1
+            async with trio.open_nursery() as nursery:
+                for holder, (image, manifest, digests) in images.items():
+                    nursery.start_soon(one, holder, image, manifest, digests)
+        for holder, (image, _, digests) in images.items():
+            if holder not in self._attached and holder not in failed:
+                log.error(
+                    "cannot serve %d lazy layer(s) of %s again after the restart (reads of them fail "
+                    "with EIO; their next mount tries again): restoring took over %g s",
+                    len(digests), image, RESTORE_DEADLINE,
+                )  # fmt: skip
+                failed.append(holder)
+                await host.mark_lost(sorted(digests))
         if images:
             log.info("restored %d of %d lazily served image(s)", len(images) - len(failed), len(images))
         return failed

@@ -308,7 +308,7 @@ class RemoteLayers:
 
     def layer_dir(self, lazy: Mapping[str, str]) -> Path:
         """The directory of a lazy snapshot's layer, attaching its image again if this daemon has not
-        (after a restart).
+        (it could not be restored at start, or its last attach failed).
 
         Raises:
             ZsnapError: lazy serving is off, or the image cannot be attached.

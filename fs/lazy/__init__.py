@@ -25,6 +25,8 @@ Layout (one module per stage; imports go downwards only)::
                   /dev/fuse fd by replaying it, FUSE_NOTIFY_RESEND what a dead process left           OS
     restart.py    the fd-store bookkeeping: store fd + INIT memfd, pick them out of LISTEN_FDS,
                   start_fuse_session (adopt, else mount afresh and store)                             OS
+    hostsession.py  the host's mount side: mountpoint checks, start (pyfuse3 or fs.lazy.restart),
+                  close (unmount, or keep a stored session mounted)                                   OS
     host.py       LazyHost: ONE FUSE session, images attached/detached at run time, layers shared
                   and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API);
                   with fd_store_name the session is adopted/kept across restarts, restored first     I/O

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import shutil
@@ -63,8 +62,9 @@ import pyfuse3
 import trio
 
 from fs.errors import NotInStore, ZsnapError
-from fs.lazy import restart, sdnotify, session, system
+from fs.lazy import sdnotify, session, system
 from fs.lazy.fetcher import ChunkFetcher
+from fs.lazy.hostsession import close_session, prepare_mountpoint, resolve_mountpoint, start_session
 from fs.lazy.image import LayoutClient, resolve_image
 from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer
@@ -478,63 +478,6 @@ async def _run_session(host: LazyHost) -> None:
         host.session_ended.set()
 
 
-def _fuse_dir(options: HostOptions, root: Path) -> Path:
-    """The session's mountpoint, absolute, resolved without touching the mountpoint itself: a FUSE
-    mount kept by the fd store and not served yet would make a ``stat`` of it wait for this process."""
-    where = Path(options.fuse_dir or root / "mnt")
-    return Path(os.path.realpath(where.parent)) / where.name
-
-
-async def _prepare_mountpoint(fuse_dir: Path, adopting: bool) -> None:
-    """Make the mountpoint; refuse one another process serves; detach a dead one (its server died
-    without a stored fd)."""
-    if adopting:
-        return  # the stored connection is mounted there
-    if not system.is_mounted(fuse_dir, resolve=False):
-        await trio.to_thread.run_sync(lambda: fuse_dir.mkdir(parents=True, exist_ok=True))
-        return
-    try:
-        with trio.fail_after(5):
-            await trio.to_thread.run_sync(os.stat, fuse_dir, abandon_on_cancel=True)
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            log.info("detaching the dead FUSE mount at %s (its server died)", fuse_dir)
-            session.detach_mount(str(fuse_dir))
-            return
-        raise ZsnapError(f"cannot use {fuse_dir}: {exc}") from exc
-    except trio.TooSlowError:
-        pass  # mounted and nobody answers: still another server's (or a kept one that was not passed)
-    raise ZsnapError(f"{fuse_dir} is already a mount point: is another zsnap serving this root?")
-
-
-def _start_session(host: LazyHost, fuse_dir: Path, passed: list[tuple[str, int]]) -> None:
-    name = host.options.fd_store_name
-    try:
-        if name is None:
-            pyfuse3.init(host.ops, str(fuse_dir), set(FUSE_OPTIONS))
-            return
-        host.fuse = restart.start_fuse_session(
-            host.ops, str(fuse_dir), FUSE_OPTIONS, name=name, passed=passed
-        )
-    except (RuntimeError, OSError, session.FuseSessionError) as exc:
-        raise ZsnapError(f"cannot mount the FUSE session at {fuse_dir}: {exc}") from exc
-    if host.fuse.adopted:
-        log.info("adopted the FUSE session at %s from the previous process (lost requests resent: %s)",
-                 fuse_dir, host.fuse.resent)  # fmt: skip
-
-
-def _close_session(host: LazyHost, fuse_dir: Path, keep: bool) -> None:
-    try:
-        if host.fuse is None:
-            pyfuse3.close(unmount=True)
-            return
-        session.close_fuse_session(host.fuse, unmount=not keep)
-        if not keep and host.options.fd_store_name is not None:
-            restart.forget_stored_fuse_session(host.options.fd_store_name)
-    except Exception as exc:  # already unmounted under us
-        log.info("closing the FUSE session at %s: %r", fuse_dir, exc)
-
-
 #: Seconds requests in flight at exit may take to be answered before they are cancelled (a kept
 #: session's next process gets the cancelled ones resent).
 STOP_GRACE = 5.0
@@ -568,11 +511,11 @@ async def open_lazy_host(
         raise ValueError("fetch_timeout must be a positive number of seconds")
     root = Path(root)
     # resolved once, before mounting: afterwards this process must not resolve paths through its mount
-    fuse_dir = _fuse_dir(options, root)
+    fuse_dir = resolve_mountpoint(Path(options.fuse_dir or root / "mnt"))
     options = dataclasses.replace(options, fuse_dir=fuse_dir)
     passed = sdnotify.listen_fds() if options.fd_store_name is not None else []
     adopting = any(name == options.fd_store_name for name, _ in passed)
-    await _prepare_mountpoint(fuse_dir, adopting)
+    await prepare_mountpoint(fuse_dir, adopting)
     stats = MountStats()
     scheduler = FetchScheduler()
     sio = StoreIO(store)
@@ -588,7 +531,7 @@ async def open_lazy_host(
             try:
                 if restore is not None:
                     await restore(host)  # nothing answers FUSE yet: the kernel's requests wait
-                _start_session(host, fuse_dir, passed)
+                host.fuse = start_session(host.ops, fuse_dir, FUSE_OPTIONS, options.fd_store_name, passed)
             finally:
                 ours = {options.fd_store_name, f"{options.fd_store_name}.init"}  # taken by restart
                 for name, fd in passed:  # nothing else of ours is stored: fds of an older version
@@ -617,7 +560,7 @@ async def open_lazy_host(
         with trio.CancelScope(shield=True):
             if started and host is not None:
                 keep = host.fuse is not None and options.fd_store_name is not None and keep_mounted()
-                _close_session(host, fuse_dir, keep)
+                close_session(host.fuse, fuse_dir, options.fd_store_name, keep)
             if not system.is_mounted(fuse_dir, resolve=False):
                 with contextlib.suppress(OSError):
                     fuse_dir.rmdir()

@@ -9,10 +9,19 @@ at home on worker threads, and the few calls that need the lazy host (attaching 
 with its token (see ``snapshotter.remote``). The trio run owns the FUSE session and waits for signals.
 
 Sequence (:func:`serve_snapshotter`): open the store at ``root`` (crash recovery happens here); open the lazy
-host (its FUSE mount at ``<root>/mnt``) unless lazy serving is off or not available; bind the socket
-(refusing one another daemon still listens on, replacing a stale one); start gRPC; start the metrics
-endpoint; ``READY=1``. On SIGTERM or SIGINT: ``STOPPING=1``, stop gRPC (in-flight calls get a grace
-period), close the host (unmounting FUSE), close the store.
+host (its FUSE mount at ``<root>/mnt``) unless lazy serving is off or not available, and before its session
+answers, attach again every image that committed lazy snapshots reference (``RemoteLayers.restore``) and
+drop the store refs of layers nothing needs; bind the socket (refusing one another daemon still listens on,
+replacing a stale one); start gRPC; start the metrics endpoint; ``READY=1``. On SIGTERM or SIGINT:
+``STOPPING=1``, stop gRPC (in-flight calls get a grace period), close the host (requests in flight are
+answered; FUSE is unmounted unless the service manager's fd store keeps it for the next start, which
+SIGTERM allows and SIGINT does not), close the store.
+
+Restart without breaking containers (systemd/README.md): under systemd with ``FileDescriptorStoreMax=``
+the FUSE connection and its INIT request are kept in the fd store (``fs.lazy.restart``). The next start
+rebuilds the same inode numbers from the metastore's lazy records, then adopts the connection and has the
+kernel resend what the previous process left unanswered: readers in running containers stall, they do
+not fail.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,11 +45,11 @@ from snapshotter.proto import snapshots_pb2_grpc
 
 from .config import ServeConfig
 from .errors import ConfigError
-from .metastore import MetaStore
+from .metastore import Kind, MetaStore
 from .metrics import LazyCollector, Metrics, tap_fetches
 from .notify import notify
 from .overlay import Snapshotter
-from .remote import RemoteLayers, open_host
+from .remote import RemoteLayers, drop_unneeded_layer_refs, open_host
 from .service import SnapshotsService
 
 __all__ = ["serve_snapshotter"]
@@ -68,14 +78,16 @@ def _prepare_socket(path: Path) -> None:
     raise ConfigError(f"another process already listens on {path}")
 
 
-async def _wait_for_stop(signals: Any, host: Any) -> None:
-    """Return on SIGTERM/SIGINT, or when the lazy host's FUSE session ended under us (unmounted by
-    someone else): then serving lazy layers is impossible and systemd's restart is the remedy."""
+async def _wait_for_stop(signals: Any, host: Any, received: list[int]) -> None:
+    """Return on SIGTERM/SIGINT (appended to ``received``), or when the lazy host's FUSE session ended
+    under us (unmounted by someone else): then serving lazy layers is impossible and systemd's restart
+    is the remedy."""
     async with trio.open_nursery() as nursery:
 
         async def on_signal() -> None:
             async for signum in signals:
                 log.info("%s: stopping", signal.Signals(signum).name)
+                received.append(signum)
                 break
             nursery.cancel_scope.cancel()
 
@@ -116,19 +128,43 @@ async def serve_snapshotter(config: ServeConfig, *, task_status: Any = trio.TASK
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         store = await trio.to_thread.run_sync(lambda: Store.open(config.root, max_size=config.cache_max_size))
         try:
-            async with open_host(config, store) as host:
-                await _serve(config, store, host, signals, task_status)
+            meta = MetaStore(store.index)
+            remote = RemoteLayers(
+                None, trio.lowlevel.current_trio_token(), timeout=config.prepare_timeout,
+                registry=config.registry,
+            )  # fmt: skip
+
+            async def restore(host: Any) -> None:
+                started = time.monotonic()
+                lazy = await trio.to_thread.run_sync(_committed_lazy_records, meta)
+                await remote.restore(host, lazy)
+                needed = {record["digest"] for record in lazy}
+                await trio.to_thread.run_sync(drop_unneeded_layer_refs, store, needed)
+                if lazy:
+                    log.info("lazy layers restored in %.3f s", time.monotonic() - started)
+
+            # SIGINT (an operator's Ctrl-C) really unmounts; SIGTERM (systemctl stop/restart) keeps a
+            # session the fd store holds, for the next start
+            received: list[int] = []
+            keep = lambda: signal.SIGINT not in received  # noqa: E731
+            async with open_host(config, store, restore=restore, keep_mounted=keep) as host:
+                await _serve(config, store, host, meta, remote, signals, received, task_status)
         finally:
             await trio.to_thread.run_sync(store.close)
 
 
-async def _serve(config: ServeConfig, store: Store, host: Any, signals: Any, task_status: Any) -> None:
-    remote = RemoteLayers(
-        host, trio.lowlevel.current_trio_token(), timeout=config.prepare_timeout, registry=config.registry,
-    )  # fmt: skip
-    snapshotter = Snapshotter(
-        config.root, MetaStore(store.index), lazy_dir=lambda r: remote.layer_dir(r.lazy)
-    )
+def _committed_lazy_records(meta: MetaStore) -> list[dict[str, str]]:
+    """``Record.lazy`` of every committed lazy snapshot (worker thread)."""
+    with meta.read() as txn:
+        return [dict(r.lazy) for r in txn.records() if r.lazy is not None and r.kind == Kind.COMMITTED]
+
+
+async def _serve(
+    config: ServeConfig, store: Store, host: Any, meta: MetaStore, remote: RemoteLayers, signals: Any,
+    received: list[int], task_status: Any,
+) -> None:  # fmt: skip
+    remote.use_host(host)  # None: lazy serving is off
+    snapshotter = Snapshotter(config.root, meta, lazy_dir=lambda r: remote.layer_dir(r.lazy))
     metrics = Metrics()
     host_stats = (lambda: host.stats) if host is not None else (lambda: None)
     metrics.add_collector(LazyCollector(host_stats, remote.statistics, store.stats))
@@ -146,7 +182,7 @@ async def _serve(config: ServeConfig, store: Store, host: Any, signals: Any, tas
         log.info("zsnap snapshotter %s (lazy layers %s)", where, "on" if host is not None else "off")
         notify(f"READY=1\nSTATUS={where}")
         task_status.started(config.socket)
-        await _wait_for_stop(signals, host)
+        await _wait_for_stop(signals, host, received)
         notify("STOPPING=1")
     finally:
         with trio.CancelScope(shield=True):

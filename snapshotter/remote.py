@@ -14,6 +14,13 @@ call into the host goes through ``trio.from_thread.run`` with the run's token, b
 
 Holders: an image attached for snapshots is held as ``snapshots:<manifest digest or ref>``; the service
 detaches it when the last lazy snapshot of that image is removed.
+
+Restart (:meth:`RemoteLayers.restore`, run by :func:`open_host` before the FUSE session answers): every
+image that committed lazy snapshots reference is attached again under the same holder, so the host
+rebuilds the inode numbers the kernel still holds (an adopted session, ``fs.lazy.restart``) before
+serving. An image that cannot be attached is logged once; its layers answer ``EIO`` and its snapshots'
+mounts try to attach it again. Then the store refs (``layer:<digest>``) of layers no committed snapshot
+needs any more are dropped: a crash between a detach and its ref drop leaks them otherwise.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +44,21 @@ from . import probe
 
 #: How many images without a lazily readable layer are remembered (so their Prepares skip the host).
 NOT_LAZY_MEMORY = 1024
+#: Images attached again at the same time by :meth:`RemoteLayers.restore`.
+RESTORE_CONCURRENCY = 4
+#: Seconds restoring may take in all (systemd's start timeout is 90 s by default): images not attached
+#: by then are served no more until their next mount.
+RESTORE_DEADLINE = 45.0
+#: The lazy host's FUSE session's name in the service manager's fd store.
+FD_STORE_NAME = "zsnap-fuse"
 #: Seconds a failed attach is remembered: the image's other layers fall back at once instead of each
 #: waiting for the same unreachable registry.
 FAILURE_MEMORY = 30.0
 
-__all__ = ["Fallback", "LayerRequest", "LazyLayer", "RemoteLayers", "layer_request", "open_host"]
+__all__ = [
+    "Fallback", "LayerRequest", "LazyLayer", "RemoteLayers", "drop_unneeded_layer_refs",
+    "fd_store_available", "layer_request", "open_host",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +157,67 @@ class RemoteLayers:
     def enabled(self) -> bool:
         return self._host is not None
 
+    def use_host(self, host: Any) -> None:
+        """Serve lazy layers from ``host`` (None: lazy serving is off)."""
+        self._host = host
+
+    async def restore(self, host: Any, lazy_records: list[Mapping[str, str]]) -> list[str]:
+        """Attach again, on ``host`` (from its trio run, before it serves), every image these lazy
+        records (``Record.lazy`` of committed snapshots) name, each under its recorded holder.
+
+        Returns:
+            The holders that could not be attached (each logged once; their layers answer EIO).
+        """
+        self._host = host
+        images: dict[str, tuple[str, str | None, set[str]]] = {}
+        for lazy in lazy_records:
+            image, manifest, digests = images.setdefault(
+                lazy["holder"], (lazy["image"], lazy.get("manifest") or None, set())
+            )
+            digests.add(lazy["digest"])
+        failed: list[str] = []
+        limiter = trio.CapacityLimiter(RESTORE_CONCURRENCY)
+
+        async def one(holder: str, image: str, manifest: str | None, digests: set[str]) -> None:
+            async with limiter:
+                registry = image.removeprefix("docker://").split("/", 1)[0]
+                plain = True if registry in self._plain_http else None
+                try:
+                    with trio.fail_after(self._timeout):
+                        attached = await host.attach_image(
+                            image, holder=holder, manifest_digest=manifest, plain_http=plain
+                        )
+                except (ZsnapError, OSError, ValueError, trio.TooSlowError) as exc:
+                    reason = (
+                        exc if not isinstance(exc, trio.TooSlowError) else f"took over {self._timeout:g} s"
+                    )
+                    log.error(
+                        "cannot serve %d lazy layer(s) of %s again after the restart (reads of them fail "
+                        "with EIO; their next mount tries again): %s", len(digests), image, reason,
+                    )  # fmt: skip
+                    failed.append(holder)
+                    await host.mark_lost(sorted(digests))
+                    return
+            with self._lock:
+                self._attached[holder] = {layer.digest: layer for layer in attached}
+
+        with trio.move_on_after(RESTORE_DEADLINE):  # readers wait meanwhile, and systemd for READY=1
+            async with trio.open_nursery() as nursery:
+                for holder, (image, manifest, digests) in images.items():
+                    nursery.start_soon(one, holder, image, manifest, digests)
+        for holder, (image, _, digests) in images.items():
+            if holder not in self._attached and holder not in failed:
+                log.error(
+                    "cannot serve %d lazy layer(s) of %s again after the restart (reads of them fail "
+                    "with EIO; their next mount tries again): restoring took over %g s",
+                    len(digests), image, RESTORE_DEADLINE,
+                )  # fmt: skip
+                failed.append(holder)
+                await host.mark_lost(sorted(digests))
+        if images:
+            log.info("restored %d of %d lazily served image(s)", len(images) - len(failed), len(images))
+        return failed
+
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         async def bounded() -> Any:
             with trio.fail_after(self._timeout):
@@ -229,7 +308,7 @@ class RemoteLayers:
 
     def layer_dir(self, lazy: Mapping[str, str]) -> Path:
         """The directory of a lazy snapshot's layer, attaching its image again if this daemon has not
-        (after a restart).
+        (it could not be restored at start, or its last attach failed).
 
         Raises:
             ZsnapError: lazy serving is off, or the image cannot be attached.
@@ -281,10 +360,41 @@ def _host_options(options_cls: Any, config: Any) -> Any:
     return options_cls(**{k: v for k, v in wanted.items() if k in known})
 
 
+def fd_store_available(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a service manager keeps fds for this process: ``NOTIFY_SOCKET`` is set and ``FDSTORE``
+    (set by systemd 254 from ``FileDescriptorStoreMax=``; the unit sets it for older versions) is a
+    positive number. A manager without a store would drop the fd, and the mount would die unserved."""
+    env = os.environ if environ is None else environ
+    fdstore = env.get("FDSTORE", "")
+    return bool(env.get("NOTIFY_SOCKET")) and fdstore.isdigit() and int(fdstore) > 0
+
+
+def drop_unneeded_layer_refs(store: Any, needed: set[str]) -> list[str]:
+    """Drop the ``layer:<digest>`` store holders of layers not in ``needed`` (worker thread); returns
+    the holders dropped."""
+    dropped = []
+    for holder in store.holders("layer:"):
+        if holder.removeprefix("layer:") not in needed:
+            store.drop_holder(holder)
+            dropped.append(holder)
+    if dropped:
+        log.info("dropped the store refs of %d layer(s) no snapshot needs any more", len(dropped))
+    return dropped
+
+
 @contextlib.asynccontextmanager
-async def open_host(config: Any, store: Any) -> AsyncIterator[Any]:
+async def open_host(
+    config: Any,
+    store: Any,
+    *,
+    restore: Callable[[Any], Awaitable[None]] | None = None,
+    keep_mounted: Callable[[], bool] = lambda: True,
+) -> AsyncIterator[Any]:
     """The lazy host for the daemon (FUSE at ``<root>/mnt``), or None when lazy serving is off or this
-    build has no ``fs.lazy.host``; closed (unmounted) on exit."""
+    build has no ``fs.lazy.host``. ``restore(host)`` runs before the session answers (see the module
+    docstring). With a service manager's fd store (:func:`fd_store_available`) the session is adopted
+    from / kept in the store across restarts (unless ``keep_mounted()`` says False at exit); otherwise it
+    is unmounted on exit."""
     if not config.lazy:
         log.info("lazy layers are off (lazy = false): every layer takes the normal path")
         yield None
@@ -295,5 +405,10 @@ async def open_host(config: Any, store: Any) -> AsyncIterator[Any]:
         log.info("lazy layers are unavailable (no fs.lazy.host): every layer takes the normal path")
         yield None
         return
-    async with open_lazy_host(config.root, store, options=_host_options(HostOptions, config)) as host:
+    options = _host_options(HostOptions, config)
+    if fd_store_available() and "fd_store_name" in {f.name for f in dataclasses.fields(HostOptions)}:
+        options = dataclasses.replace(options, fd_store_name=FD_STORE_NAME)
+    async with open_lazy_host(
+        config.root, store, options=options, restore=restore, keep_mounted=keep_mounted
+    ) as host:
         yield host

@@ -20,8 +20,16 @@ Layout (one module per stage; imports go downwards only)::
     ops.py        LazyOperations (pyfuse3): lookup/getattr/readdir/open/read/forget; errors -> EIO   I/O
     system.py     overlay/bind mount command, mountinfo, read_ahead_kb, mount records, mountpoint
                   checks                                                                              OS
+    sdnotify.py   sd_notify / sd_listen_fds: READY, FDSTORE=1, LISTEN_FDS (systemd's protocol)       OS
+    session.py    a FUSE session that outlives its process: capture FUSE_INIT at mount, adopt a passed
+                  /dev/fuse fd by replaying it, FUSE_NOTIFY_RESEND what a dead process left           OS
+    restart.py    the fd-store bookkeeping: store fd + INIT memfd, pick them out of LISTEN_FDS,
+                  start_fuse_session (adopt, else mount afresh and store)                             OS
+    hostsession.py  the host's mount side: mountpoint checks, start (pyfuse3 or fs.lazy.restart),
+                  close (unmount, or keep a stored session mounted)                                   OS
     host.py       LazyHost: ONE FUSE session, images attached/detached at run time, layers shared
-                  and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API) I/O
+                  and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API);
+                  with fd_store_name the session is adopted/kept across restarts, restored first     I/O
     mount.py      run_mount: ``zsnap mount`` = a host + one image + overlayfs at MOUNTPOINT           I/O
 
 Contracts worth knowing:

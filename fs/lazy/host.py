@@ -53,7 +53,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,9 @@ import pyfuse3
 import trio
 
 from fs.errors import NotInStore, ZsnapError
-from fs.lazy import system
+from fs.lazy import sdnotify, session, system
 from fs.lazy.fetcher import ChunkFetcher
+from fs.lazy.hostsession import close_session, prepare_mountpoint, resolve_mountpoint, start_session
 from fs.lazy.image import LayoutClient, resolve_image
 from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer
@@ -103,6 +104,10 @@ class HostOptions:
         bound_holder: one store holder for every layer, bound to this process (``zsnap mount``); None
             gives each layer the persistent holder ``layer:<digest>``.
         scratch_dir: download/decompression scratch (default ``<root>/scratch/host-<pid>``).
+        fd_store_name: keep the session in the service manager's fd store under this name
+            (:mod:`fs.lazy.restart`): adopt the connection a previous process stored there, else mount
+            afresh and store it (when ``NOTIFY_SOCKET`` is set); at exit leave it mounted for the next
+            start. None (``zsnap mount``): mount with pyfuse3 alone and unmount at exit.
     """
 
     prefetch: bool = True
@@ -113,6 +118,7 @@ class HostOptions:
     fuse_dir: Path | None = None
     bound_holder: str | None = None
     scratch_dir: Path | None = None
+    fd_store_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,8 @@ class LazyHost:
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._client_lock = trio.Lock()
         self._filling: dict[str, set[str]] = {"prefetch": set(), "background": set()}
+        self._serving = False  # the FUSE session runs (the kernel may be told about changes)
+        self.fuse: session.FuseSession | None = None  # set when the session came from fs.lazy.restart
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -187,6 +195,22 @@ class LazyHost:
     def attached(self) -> list[str]:
         """Digests of the layers in the tree."""
         return [d for d, la in self._layers.items() if la.tree is not None]
+
+    @property
+    def serving(self) -> bool:
+        """Whether the FUSE session answers requests (False while :func:`open_lazy_host` restores)."""
+        return self._serving
+
+    async def mark_lost(self, digests: list[str]) -> None:
+        """Layers a previous process served that cannot be attached again (e.g. the registry is gone).
+
+        The kernel may still hold their inode numbers (a running container's open files, an overlay's
+        lower directory): requests for them get ``EIO`` instead of ``ENOENT`` until the layer is attached
+        again. Call before the session serves (a restart restores first, then adopts).
+        """
+        for digest in digests:
+            if digest not in self._layers:
+                self.ops.lost_slots.add(await self._slots.slot(digest))
 
     async def attach_image(
         self,
@@ -318,6 +342,7 @@ class LazyHost:
             )
             slot = await self._slots.slot(desc.digest)
             tree = await trio.to_thread.run_sync(_build, slot, desc.hex, opened)
+            self.ops.lost_slots.discard(slot)
         la.opened = opened
         if not la.holders:  # every holder left while it was opening
             if self._layers.get(la.digest) is la:
@@ -357,6 +382,9 @@ class LazyHost:
         with contextlib.suppress(KeyError):
             self._table.tree(tree.slot)  # still held by the kernel: freed by forget
             self._unlinked[la.digest] = tree
+        if not self._serving:  # restoring before the session runs: the kernel has nothing of it cached
+            await self._drop_refs(la.digest)
+            return
         # Ask the kernel to drop what it cached of the layer (deepest first, the layer's own name last):
         # an unhashed dentry is freed, and its inode forgotten, as soon as nobody uses it. Dentries
         # below a merely unhashed parent would otherwise stay cached until memory pressure.
@@ -450,13 +478,29 @@ async def _run_session(host: LazyHost) -> None:
         host.session_ended.set()
 
 
+#: Seconds requests in flight at exit may take to be answered before they are cancelled (a kept
+#: session's next process gets the cancelled ones resent).
+STOP_GRACE = 5.0
+
+
 @contextlib.asynccontextmanager
 async def open_lazy_host(
-    root: Path, store: Any, *, options: HostOptions | None = None
+    root: Path,
+    store: Any,
+    *,
+    options: HostOptions | None = None,
+    restore: Callable[[LazyHost], Awaitable[None]] | None = None,
+    keep_mounted: Callable[[], bool] = lambda: True,
 ) -> AsyncIterator[LazyHost]:
     """Mount the host's FUSE session and serve it until the block exits (see the module docstring).
 
     ``store`` is an open :class:`~fs.store.Store` (the caller closes it after the block).
+
+    ``restore`` runs before the session answers its first request: a restarted daemon attaches there
+    what the previous process served, so that an adopted connection (``options.fd_store_name``) finds
+    every inode number the kernel still holds. At exit, requests in flight are answered first (up to
+    :data:`STOP_GRACE` seconds); a session kept in the fd store stays mounted for the next process
+    unless ``keep_mounted()`` says False, any other is unmounted.
 
     Raises:
         ZsnapError: the FUSE session could not be mounted (e.g. something is mounted there already).
@@ -467,15 +511,16 @@ async def open_lazy_host(
         raise ValueError("fetch_timeout must be a positive number of seconds")
     root = Path(root)
     # resolved once, before mounting: afterwards this process must not resolve paths through its mount
-    fuse_dir = Path(os.path.realpath(options.fuse_dir or root / "mnt"))
+    fuse_dir = resolve_mountpoint(Path(options.fuse_dir or root / "mnt"))
     options = dataclasses.replace(options, fuse_dir=fuse_dir)
-    if system.is_mounted(fuse_dir, resolve=False):
-        raise ZsnapError(f"{fuse_dir} is already a mount point: is another zsnap serving this root?")
-    await trio.to_thread.run_sync(lambda: fuse_dir.mkdir(parents=True, exist_ok=True))
+    passed = sdnotify.listen_fds() if options.fd_store_name is not None else []
+    adopting = any(name == options.fd_store_name for name, _ in passed)
+    await prepare_mountpoint(fuse_dir, adopting)
     stats = MountStats()
     scheduler = FetchScheduler()
     sio = StoreIO(store)
-    mounted = False
+    started = False
+    host: LazyHost | None = None
     try:
         async with contextlib.AsyncExitStack() as exits, trio.open_nursery() as nursery:
             fetcher = ChunkFetcher(
@@ -484,10 +529,17 @@ async def open_lazy_host(
             )  # fmt: skip
             host = LazyHost(root, store, options, nursery, fetcher, scheduler, sio, stats, exits)
             try:
-                pyfuse3.init(host.ops, str(fuse_dir), set(FUSE_OPTIONS))
-            except RuntimeError as exc:
-                raise ZsnapError(f"cannot mount the FUSE session at {fuse_dir}: {exc}") from exc
-            mounted = True
+                if restore is not None:
+                    await restore(host)  # nothing answers FUSE yet: the kernel's requests wait
+                host.fuse = start_session(host.ops, fuse_dir, FUSE_OPTIONS, options.fd_store_name, passed)
+            finally:
+                ours = {options.fd_store_name, f"{options.fd_store_name}.init"}  # taken by restart
+                for name, fd in passed:  # nothing else of ours is stored: fds of an older version
+                    if name not in ours:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+            started = True
+            host._serving = True
             try:
                 nursery.start_soon(_run_session, host)
                 # a worker thread waits for the first reply (INIT done); then read-ahead may be raised
@@ -500,19 +552,19 @@ async def open_lazy_host(
                     await trio.to_thread.run_sync(system.set_read_ahead, dev, options.read_ahead_kb)
                 yield host
             finally:
-                pyfuse3.terminate()
-                nursery.cancel_scope.cancel()  # prefetch, fetches and the session loop
+                pyfuse3.terminate()  # no new requests; those in flight finish before main returns
+                with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE):
+                    await host.session_ended.wait()
+                nursery.cancel_scope.cancel()  # prefetch, fetches and what is still in flight
     finally:
         with trio.CancelScope(shield=True):
-            if mounted:
-                try:
-                    pyfuse3.close(unmount=True)
-                except Exception as exc:  # already unmounted under us
-                    log.info("closing the FUSE session at %s: %r", fuse_dir, exc)
+            if started and host is not None:
+                keep = host.fuse is not None and options.fd_store_name is not None and keep_mounted()
+                close_session(host.fuse, fuse_dir, options.fd_store_name, keep)
             if not system.is_mounted(fuse_dir, resolve=False):
                 with contextlib.suppress(OSError):
                     fuse_dir.rmdir()
-            else:
+            elif not (started and host is not None and host.fuse is not None):
                 log.info("%s is still mounted", fuse_dir)
             if options.scratch_dir is None:  # the host's own scratch (a caller's is the caller's)
                 scratch = root / "scratch" / f"host-{os.getpid()}"

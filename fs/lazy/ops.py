@@ -28,7 +28,7 @@ import pyfuse3
 
 from fs.errors import ZsnapError
 from fs.lazy.fetcher import ChunkFetcher
-from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree, Node
+from fs.lazy.inodes import INDEX_BITS, ROOT_INODE, InodeTable, LayerTree, Node
 from fs.lazy.layer import OpenedLayer
 from fs.lazy.stats import MountStats
 
@@ -77,6 +77,9 @@ class LazyOperations(pyfuse3.Operations):
         self._attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self._dirlists: dict[int, list[tuple[bytes, int]]] = {}
         self._failed: set[tuple[int, str]] = set()
+        #: slots of layers a previous process served that could not be attached again (a restart):
+        #: the kernel may still ask for their inodes, which then get EIO (not ENOENT: the file exists)
+        self.lost_slots: set[int] = set()
 
     def layer_of(self, node: Node) -> OpenedLayer | None:
         """The opened layer serving ``node`` (None for the root)."""
@@ -101,6 +104,8 @@ class LazyOperations(pyfuse3.Operations):
         try:
             return self.table.get(inode)
         except KeyError:
+            if inode >> INDEX_BITS in self.lost_slots:
+                raise pyfuse3.FUSEError(errno.EIO) from None
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:

@@ -10,6 +10,9 @@ replay to libfuse. The whole life cycle, as a serving process sees it::
     session.close_fuse_session(fuse, unmount=False)   # restart: the stored fd keeps the mount
     # or, to really unmount:
     session.close_fuse_session(fuse, unmount=True); forget_stored_fuse_session("fuse-<id>")
+
+The lazy host (``fs.lazy.host`` through ``fs.lazy.hostsession``) follows it when
+``HostOptions.fd_store_name`` is set (``zsnap serve`` under a service manager with an fd store).
 """
 
 from __future__ import annotations

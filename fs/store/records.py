@@ -173,6 +173,20 @@ def holder_refs(txn: Txn, index: Index, holder: bytes) -> list[bytes]:
     return keys
 
 
+def holders_with_prefix(txn: Txn, index: Index, prefix: bytes) -> list[bytes]:
+    """Distinct holders starting with ``prefix`` that hold at least one blob, in order."""
+    holders: list[bytes] = []
+    with txn.cursor(db=index.hrefs) as cur:
+        if not cur.set_range(prefix):
+            return holders
+        while cur.key().startswith(prefix):
+            holder = cur.key().partition(b"\0")[0]
+            holders.append(holder)
+            if not cur.set_range(holder + b"\1"):  # past every ``holder\0key`` row of this holder
+                break
+    return holders
+
+
 def blob_holders(txn: Txn, index: Index, key: bytes) -> list[bytes]:
     """Holders of blob ``key``."""
     prefix = key + b"\0"

@@ -37,7 +37,7 @@ from .gc import (
 )
 from .holders import AliveCache, ProcessId
 from .index import Index
-from .records import blob_key, check_holder, read_counters
+from .records import blob_key, check_holder, holders_with_prefix, read_counters
 from .stats import StoreStats, TempObjectStats
 from .temp import READY, TempArea, TempHandle
 
@@ -223,6 +223,12 @@ class Store:
         with self._index.write() as txn:
             txn.delete(raw, db=self._index.holders)
             return self._blobs.drop_holder_refs(txn, raw)
+
+    def holders(self, prefix: str = "") -> list[str]:
+        """Holders whose name starts with ``prefix`` that hold at least one blob (e.g. ``"layer:"``)."""
+        self._check()
+        with self._index.read() as txn:
+            return [h.decode() for h in holders_with_prefix(txn, self._index, prefix.encode())]
 
     def bind_holder(self, holder: str) -> None:
         """Tie ``holder``'s blob refs to this process: if it dies, they are dropped at the next open/gc."""

@@ -102,24 +102,33 @@ class FdStore:
                 alive.append((name, fd))
         self.stored = alive
 
-    def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-        """Start ``python argv…`` with the stored fds in LISTEN_FDS and NOTIFY_SOCKET set."""
+    def spawn(
+        self,
+        argv: list[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        stdout_to_log: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``python argv…`` with the stored fds in LISTEN_FDS and NOTIFY_SOCKET set (plus ``env``;
+        stdout is a pipe unless ``stdout_to_log``)."""
         with self.lock:
             self._drop_dead()
             entries = list(self.stored)
-        env = dict(os.environ)
+        extra, env = env or {}, dict(os.environ)
         env.update(
             NOTIFY_SOCKET=str(self.socket_path),
             TEST_STORE_FDS=",".join(str(fd) for _, fd in entries),
             TEST_STORE_NAMES=":".join(name for name, _ in entries),
             PYTHONPATH=str(REPO_ROOT),
         )
+        env.update(extra)
         with open(log_path, "ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-c", LAUNCHER, *argv],
                 env=env,
                 cwd=REPO_ROOT,
-                stdout=subprocess.PIPE,
+                stdout=log if stdout_to_log else subprocess.PIPE,
                 stderr=log,
                 pass_fds=[fd for _, fd in entries],
             )

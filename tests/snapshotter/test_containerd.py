@@ -267,8 +267,9 @@ def test_layers_the_host_cannot_serve_take_the_normal_path(
 
 @pytest.mark.parametrize("which", ["handshake_stack", "stack"])
 def test_lazy_snapshots_survive_a_daemon_restart(which, request, registry, test_images, tmp_path) -> None:
-    """After a restart the daemon attaches the image again on first use: a container of an image pulled
-    lazily before the restart runs (stand-in host, and the real host once fs.lazy.host is in)."""
+    """After a restart (without an fd store: the FUSE session is unmounted and mounted afresh) the daemon
+    attaches the image again before READY=1: a container of an image pulled lazily before the restart
+    runs (stand-in host and real host). tests/snapshotter/test_restart.py restarts under an fd store."""
     if which == "stack" and not HAS_LAZY_HOST:
         pytest.skip("for the lead: needs fs.lazy.host (branch lazyhost)")
     stack = request.getfixturevalue(which)

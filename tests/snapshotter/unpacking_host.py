@@ -102,14 +102,22 @@ class UnpackingHost:
     def layer_path(self, digest: str) -> Path:
         return self._paths[digest]
 
+    async def mark_lost(self, digests: list[str]) -> None:
+        return None
+
     async def detach(self, holder: str) -> None:
         with (self.root / "detached").open("a") as log:
             log.write(holder + "\n")
 
 
 @contextlib.asynccontextmanager
-async def open_unpacking_host(config: Any, store: Any) -> AsyncIterator[UnpackingHost]:
-    yield UnpackingHost(config.root / "test-host")
+async def open_unpacking_host(
+    config: Any, store: Any, *, restore: Any = None, keep_mounted: Any = None
+) -> AsyncIterator[UnpackingHost]:
+    host = UnpackingHost(config.root / "test-host")
+    if restore is not None:  # as the real host: before serving (the stand-in has no FUSE session)
+        await restore(host)
+    yield host
 
 
 async def zstd_layers(image: str, manifest_digest: str | None, *, plain_http: bool | None = None,

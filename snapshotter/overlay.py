@@ -83,8 +83,8 @@ def mounts(record: Record, parents: Sequence[Record], layer_dir: LayerDir) -> li
 
     * no parents: a bind mount of its own directory (``rw`` for an active snapshot, ``ro`` for a view);
     * a view with one parent: a read-only bind mount of the parent's directory;
-    * otherwise overlay with ``lowerdir`` = the parents topmost first, plus ``upperdir``/``workdir`` for
-      an active snapshot.
+    * otherwise overlay with ``lowerdir`` = the parents topmost first (a directory named twice only at its
+      topmost place), plus ``upperdir``/``workdir`` for an active snapshot.
 
     ``parents`` are the ancestors, immediate parent first; ``layer_dir`` maps a record to the directory
     with its files (``snapshots/<id>/fs``, or the lazy host's layer directory).
@@ -92,13 +92,17 @@ def mounts(record: Record, parents: Sequence[Record], layer_dir: LayerDir) -> li
     if not parents:
         flag = "ro" if record.kind == Kind.VIEW else "rw"
         return [Mount("bind", str(layer_dir(record)), (flag, "rbind"))]
+    # An image may name one layer twice; lazily both are the same host directory, which overlayfs refuses
+    # (ELOOP). Keeping only the topmost occurrence gives the same tree: everything the lower copy holds is
+    # shadowed by the upper one.
+    lowers = list(dict.fromkeys(str(layer_dir(p)) for p in parents))
     options = []
     if record.kind == Kind.ACTIVE:
         own = Path(layer_dir(record))
         options += [f"workdir={own.parent / 'work'}", f"upperdir={own}"]
-    elif len(parents) == 1:
-        return [Mount("bind", str(layer_dir(parents[0])), ("ro", "rbind"))]
-    options.append("lowerdir=" + ":".join(str(layer_dir(p)) for p in parents))
+    elif len(lowers) == 1:
+        return [Mount("bind", lowers[0], ("ro", "rbind"))]
+    options.append("lowerdir=" + ":".join(lowers))
     return [Mount("overlay", "overlay", tuple(options))]
 
 

@@ -335,9 +335,10 @@ class RemoteLayers:
             log.error("cannot detach %s from the lazy host: %s", holder, exc)
 
     def statistics(self) -> tuple[int, int]:
-        """(images attached, layers attached) by this daemon's snapshots."""
+        """(images attached, distinct layers attached) by this daemon's snapshots: a layer that several
+        images share is served once, so it counts once."""
         with self._lock:
-            return len(self._attached), sum(len(layers) for layers in self._attached.values())
+            return len(self._attached), len({d for layers in self._attached.values() for d in layers})
 
 
 def _host_options(options_cls: Any, config: Any) -> Any:

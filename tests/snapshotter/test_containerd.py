@@ -1,10 +1,9 @@
 """The real containerd 1.6 using ``zsnap serve`` as its proxy snapshotter: ctr pull + run, CRI pulls, and
-(once ``fs.lazy.host`` is in) the lazy ALREADY_EXISTS handshake."""
+the lazy ALREADY_EXISTS handshake."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -31,16 +30,18 @@ from tests.snapshotter.daemon import REPO, short_tempdir, start_daemon, zsnap_co
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
-HAS_LAZY_HOST = importlib.util.find_spec("fs.lazy.host") is not None
-
 
 class Stack:
     """One zsnap daemon and one containerd (CRI on) that routes the ``zsnap`` snapshotter to it."""
 
-    def __init__(self, base: Path, registry_host: str, *, module: str = "snapshotter") -> None:
+    def __init__(
+        self, base: Path, registry_host: str, *, module: str = "snapshotter", settings: str = ""
+    ) -> None:
         self.base = base
         self.module = module
-        self.config = f'metrics_address = "127.0.0.1:0"\n[registry]\nplain_http = ["{registry_host}"]\n'
+        self.config = (
+            f'metrics_address = "127.0.0.1:0"\n{settings}[registry]\nplain_http = ["{registry_host}"]\n'
+        )
         self.daemon = start_daemon(base, config=self.config, module=module)
         try:
             self.ctrd = start_containerd(
@@ -77,9 +78,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(registry_host: str, module: str = "snapshotter") -> Iterator[Stack]:
+def running_stack(registry_host: str, module: str = "snapshotter", settings: str = "") -> Iterator[Stack]:
+    """A :class:`Stack` under a short temp dir; ``settings`` are top-level config lines for the daemon."""
     base = short_tempdir()
-    s = Stack(base, registry_host, module=module)
+    s = Stack(base, registry_host, module=module, settings=settings)
     try:
         yield s
     finally:
@@ -90,7 +92,7 @@ def running_stack(registry_host: str, module: str = "snapshotter") -> Iterator[S
 
 @pytest.fixture(scope="module")
 def stack(registry) -> Iterator[Stack]:
-    """The daemon as shipped (lazy layers on if ``fs.lazy.host`` exists) behind a CRI-enabled containerd."""
+    """The daemon as shipped (lazy layers on) behind a CRI-enabled containerd."""
     with running_stack(registry.host) as s:
         yield s
 
@@ -184,7 +186,6 @@ def test_cri_pull_of_a_gzip_image_falls_back_to_the_normal_path(stack: Stack, re
     assert cri.image_status(stack.ctrd.address, ref) is None
 
 
-@pytest.mark.skipif(not HAS_LAZY_HOST, reason="for the lead: needs fs.lazy.host (branch lazyhost)")
 def test_cri_pull_of_zstd_chunked_is_lazy(stack: Stack, registry, test_images, tmp_path) -> None:
     """The ALREADY_EXISTS handshake: containerd records our lazily committed snapshots, downloads no layer,
     and the container reads the image through the lazy host."""
@@ -270,8 +271,6 @@ def test_lazy_snapshots_survive_a_daemon_restart(which, request, registry, test_
     """After a restart (without an fd store: the FUSE session is unmounted and mounted afresh) the daemon
     attaches the image again before READY=1: a container of an image pulled lazily before the restart
     runs (stand-in host and real host). tests/snapshotter/test_restart.py restarts under an fd store."""
-    if which == "stack" and not HAS_LAZY_HOST:
-        pytest.skip("for the lead: needs fs.lazy.host (branch lazyhost)")
     stack = request.getfixturevalue(which)
     image = test_images["features:gzip"]
     if which == "stack":

@@ -37,6 +37,23 @@ def test_mounts_as_overlay_go() -> None:
     ]
 
 
+def test_a_layer_named_twice_is_a_lowerdir_once() -> None:
+    """Lazily, a layer an image names twice is one host directory: overlayfs refuses it twice (ELOOP); its
+    topmost place alone gives the same tree."""
+    same = {"digest": "sha256:x"}  # the same layer digest at two places of the chain
+    dup = [
+        Record("x2", 5, Kind.COMMITTED, lazy=same),
+        record("b", 4, lazy=True),
+        Record("x1", 3, Kind.COMMITTED, lazy=same),
+    ]
+    assert mounts(record("c", 7, Kind.ACTIVE), dup, layer_dir) == [
+        Mount("overlay", "overlay", ("workdir=/s/7/work", "upperdir=/s/7/fs", "lowerdir=/mnt/x:/mnt/b"))
+    ]
+    assert mounts(record("v", 8, Kind.VIEW), [dup[0], dup[2]], layer_dir) == [
+        Mount("bind", "/mnt/x", ("ro", "rbind"))
+    ]
+
+
 def test_layer_request_from_labels() -> None:
     target = {"containerd.io/snapshot.ref": "sha256:chain"}
     cri = {

@@ -8,9 +8,9 @@ One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazil
    files, layers or images are hits); a hit is a ``pread``;
 4. misses (plus a bounded read-ahead of the same file's following chunks) become *flights*, one per chunk
    digest (single-flight: a second reader of the same chunk waits on the same flight);
-5. new flights are grouped by :func:`coalesce` into compressed byte ranges (neighbours merged when the gap is
-   small), each fetched by its own task with one range GET, several in flight, gated by the
-   :class:`~fs.lazy.scheduler.FetchScheduler` at the caller's priority;
+5. new flights are grouped by :func:`fs.registry.ranges.coalesce` into compressed byte ranges
+   (neighbours merged when the gap is small), each fetched by its own task with one range GET, several
+   in flight, gated by the :class:`~fs.lazy.scheduler.FetchScheduler` at the caller's priority;
 6. in a worker thread each chunk's compressed slice is decoded (zstd across frames / gzip members, skipping
    ``inner_offset`` and taking exactly ``size`` bytes), hashed and compared with the TOC's chunk digest;
    waiting readers are answered from the verified bytes at once, while the group's good chunks are put in
@@ -38,7 +38,7 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
@@ -47,12 +47,11 @@ from fs.errors import NotInStore, RegistryUnavailable, VerificationError, ZsnapE
 from fs.lazy.decode import STORED, ChunkLike, decode_verify, stored_piece, zeros_piece
 from fs.lazy.scheduler import FetchScheduler, Priority, Ticket
 from fs.lazy.stats import MountStats
+from fs.registry.ranges import coalesce
 
 __all__ = [
     "BlobSource",
     "ChunkFetcher",
-    "Group",
-    "coalesce",
     "open_fetcher",
 ]
 
@@ -94,57 +93,6 @@ class BlobSource:
     codec: str
     label: str = ""
     holder: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pure part: coalescing
-
-
-@dataclass
-class Group:
-    """One coalesced range ``[start, end)`` of compressed bytes and the indices of the spans it serves."""
-
-    start: int
-    end: int
-    members: list[int] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-
-def coalesce(
-    spans: Sequence[tuple[int, int]], *, max_gap: int = DEFAULT_MAX_GAP, max_size: int = DEFAULT_MAX_REQUEST
-) -> list[Group]:
-    """Merge compressed byte ranges into as few requests as the limits allow.
-
-    Spans are ``(start, end)`` half-open ranges in any order; overlapping or identical spans (eStargz
-    ``innerOffset`` chunks share a frame) always merge. Two spans whose gap is ``<= max_gap`` merge unless
-    the merged range would exceed ``max_size`` (a single span larger than ``max_size`` stays whole).
-
-    Returns:
-        Groups sorted by ``start``, each listing the indices (into ``spans``) it covers, in span order.
-
-    Raises:
-        ValueError: a span with ``end < start`` or a negative start.
-    """
-    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], spans[i][1]))
-    groups: list[Group] = []
-    for i in order:
-        start, end = spans[i]
-        if start < 0 or end < start:
-            raise ValueError(f"bad span {spans[i]!r}")
-        if groups:
-            g = groups[-1]
-            overlaps = start < g.end
-            near = start - g.end <= max_gap
-            fits = max(end, g.end) - g.start <= max_size
-            if overlaps or (near and fits):
-                g.end = max(g.end, end)
-                g.members.append(i)
-                continue
-        groups.append(Group(start, end, [i]))
-    return groups
 
 
 # ---------------------------------------------------------------------------------------------------------

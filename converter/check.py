@@ -34,6 +34,7 @@ from fs.format import (
     toc_location_from_annotations,
 )
 from fs.lazy.decode import check_chunk
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry import ImageReference
 from fs.registry.manifests import (
     Descriptor,
@@ -68,8 +69,9 @@ async def check_image(
     plain_http: bool | None = None,
     jobs: int | None = None,
     reporter: Reporter | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[LayerCheck]:
-    """Verify every layer of ``reference`` (every platform of an index).
+    """Verify every layer of ``reference`` (every platform of an index); a TOC past ``limits`` fails.
 
     Raises:
         VerificationError / FormatError naming the image, layer and file at the first failure.
@@ -79,7 +81,7 @@ async def check_image(
     worker = LayerWorker(
         store,
         ConversionCache(store.root / "convert-cache"),
-        ConvertOptions(),
+        ConvertOptions(limits=limits),
         reporter,
         holder=f"check:{os.getpid()}",
     )
@@ -94,7 +96,7 @@ async def check_image(
                     with error_context(layer=layer.digest):
                         async with worker.staged_source(endpoint, layer) as path:
                             result = await trio.to_thread.run_sync(
-                                _check_blob, path, layer, diff_id if full else None
+                                _check_blob, path, layer, diff_id if full else None, limits
                             )
                 results.append(result)
                 reporter.event(
@@ -138,7 +140,9 @@ async def _layers_with_diff_ids(endpoint: Endpoint, reference: str | None) -> li
     return out
 
 
-def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerCheck:
+def _check_blob(
+    path: Path, layer: Descriptor, diff_id: str | None, limits: Limits = DEFAULT_LIMITS
+) -> LayerCheck:
     location = toc_location_from_annotations(layer.annotations, layer.media_type)
     if location is None:
         raise UnsupportedFormat("layer is not zstd:chunked or eStargz (no TOC annotations)")
@@ -149,8 +153,8 @@ def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerChec
             blob.seek(max(0, size - FOOTER_FETCH_SIZE))
             location = location.with_footer(parse_footer(blob.read(), size))
         blob.seek(location.offset)
-        toc = decode_and_verify_toc(blob.read(location.length), location)
-        index = build_index(toc, location.dialect, size, toc_offset=location.offset)
+        toc = decode_and_verify_toc(blob.read(location.length), location, limits=limits)
+        index = build_index(toc, location.dialect, size, toc_offset=location.offset, limits=limits)
         result = LayerCheck(layer.digest, location.dialect.value)
         seen: set[int] = set()
         # Each chunk's compressed range is copied out of the mapping (no buffer export outlives the

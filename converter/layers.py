@@ -44,6 +44,7 @@ from fs.errors import (
     error_context,
 )
 from fs.format import Dialect
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
 
@@ -61,11 +62,16 @@ MAX_LAYERS_IN_FLIGHT = 16
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """Everything that changes the bytes a conversion writes (part of the cache key)."""
+    """Everything that changes the bytes a conversion writes (part of the cache key), and the limits.
+
+    ``limits`` bound what a source layer may make the conversion accept (names, sizes); they refuse input
+    but never change the bytes written, so they are not part of the cache key.
+    """
 
     dialect: Dialect = Dialect.CSTORAGE
     level: int = 3
     prefetch: tuple[str, ...] = ()
+    limits: Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if not 1 <= self.level <= 22:
@@ -382,6 +388,7 @@ class LayerWorker:
                     prefetch=self._options.prefetch,
                     progress=progress,
                     src_factory=reopen,
+                    limits=self._options.limits,
                 )
             source_diff_id = result.diff_id if self._options.dialect.is_cstorage else ""
             if (

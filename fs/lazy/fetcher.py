@@ -47,6 +47,7 @@ from fs.errors import NotInStore, RegistryUnavailable, VerificationError, ZsnapE
 from fs.lazy.decode import STORED, ChunkLike, decode_verify, stored_piece, zeros_piece
 from fs.lazy.scheduler import FetchScheduler, Priority, Ticket
 from fs.lazy.stats import MountStats
+from fs.limits import DEFAULT_LIMITS
 from fs.registry.ranges import coalesce
 
 __all__ = [
@@ -135,6 +136,7 @@ class ChunkFetcher:
         max_gap: int = DEFAULT_MAX_GAP,
         max_request: int = DEFAULT_MAX_REQUEST,
         readahead: int = DEFAULT_READAHEAD,
+        max_materialize: int = DEFAULT_LIMITS.max_read_materialize,
         cpu_limiter: trio.CapacityLimiter | None = None,
         store_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
@@ -146,6 +148,7 @@ class ChunkFetcher:
         self.max_gap = max_gap
         self.max_request = max_request
         self.readahead = readahead
+        self.max_materialize = max_materialize  # bigger chunks are decoded streaming into the store
         self._nursery = nursery
         self._inflight: dict[str, _Flight] = {}
         self._cpu = cpu_limiter or trio.CapacityLimiter(2)
@@ -338,7 +341,8 @@ class ChunkFetcher:
                         start,
                         [f.chunk for f in flights],
                         store=self.store,
-                        holder=self.holder,
+                        holder=source.holder or self.holder,
+                        max_materialize=self.max_materialize,
                     ),
                     limiter=self._cpu,
                 )

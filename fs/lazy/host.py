@@ -74,6 +74,7 @@ from fs.lazy.slots import LayerSlots
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
 from fs.lazy.treebuild import build_layer_tree
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry import ImageReference, OciLayout, open_registry_client
 
 __all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost", "open_lazy_host"]
@@ -103,6 +104,8 @@ class HostOptions:
         bound_holder: one store holder for every layer, bound to this process (``zsnap mount``); None
             gives each layer the persistent holder ``layer:<digest>``.
         scratch_dir: download/decompression scratch (default ``<root>/scratch/host-<pid>``).
+        limits: what an image may make the host spend (TOC size/entries, names, chunk sizes, fetches in
+            flight); a layer past them is refused at attach.
     """
 
     prefetch: bool = True
@@ -113,6 +116,7 @@ class HostOptions:
     fuse_dir: Path | None = None
     bound_holder: str | None = None
     scratch_dir: Path | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -315,6 +319,7 @@ class LazyHost:
                 stats=self.stats,
                 holder=holder,
                 scratch=self.scratch,
+                limits=self.options.limits,
             )
             slot = await self._slots.slot(desc.digest)
             tree = await trio.to_thread.run_sync(_build, slot, desc.hex, opened)
@@ -473,7 +478,7 @@ async def open_lazy_host(
         raise ZsnapError(f"{fuse_dir} is already a mount point: is another zsnap serving this root?")
     await trio.to_thread.run_sync(lambda: fuse_dir.mkdir(parents=True, exist_ok=True))
     stats = MountStats()
-    scheduler = FetchScheduler()
+    scheduler = FetchScheduler(max_in_flight=options.limits.max_concurrent_fetches)
     sio = StoreIO(store)
     mounted = False
     try:
@@ -481,6 +486,7 @@ async def open_lazy_host(
             fetcher = ChunkFetcher(
                 store, scheduler, stats, nursery, holder=options.bound_holder,
                 fetch_timeout=options.fetch_timeout, store_limiter=sio.limiter,
+                max_materialize=options.limits.max_read_materialize,
             )  # fmt: skip
             host = LazyHost(root, store, options, nursery, fetcher, scheduler, sio, stats, exits)
             try:

@@ -30,10 +30,11 @@ from typing import Any, BinaryIO
 import trio
 import zstandard
 
-from fs.errors import FormatError, VerificationError, error_context
+from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
 from fs.format.annotations import (
     GZIP_LAYER_MEDIA_TYPES,
     ZSTD_LAYER_MEDIA_TYPES,
+    TocLocation,
     toc_location_from_annotations,
 )
 from fs.format.dialect import Dialect
@@ -46,6 +47,7 @@ from fs.lazy.inodes import Item
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
 from fs.lazy.tarindex import index_tar
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry.manifests import Descriptor
 
 __all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
@@ -216,11 +218,13 @@ async def open_layer(
     stats: MountStats,
     holder: str,
     scratch: Path,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> OpenedLayer:
     """Open ``desc`` for serving (see the module docstring).
 
     Args:
         scratch: a directory for download/decompression temp files (same file system as the store).
+        limits: bounds on the layer's TOC or tar (entries, names, sizes); past them the layer is refused.
 
     Raises:
         FormatError: malformed annotations/footer/TOC, or names escaping the layer.
@@ -231,9 +235,16 @@ async def open_layer(
         loc = toc_location_from_annotations(desc.annotations, desc.media_type, blob_size=desc.size)
         if loc is None:
             return await _open_whole(
-                client, repository, desc, store=store, stats=stats, holder=holder, scratch=scratch
+                client,
+                repository,
+                desc,
+                store=store,
+                stats=stats,
+                holder=holder,
+                scratch=scratch,
+                limits=limits,
             )
-        return await _open_lazy(client, repository, desc, loc, stats, holder)
+        return await _open_lazy(client, repository, desc, loc, stats, holder, limits)
 
 
 async def _fetch(client: Any, repository: str, digest: str, rng: tuple[int, int], stats: MountStats) -> bytes:
@@ -245,7 +256,13 @@ async def _fetch(client: Any, repository: str, digest: str, rng: tuple[int, int]
 
 
 async def _open_lazy(
-    client: Any, repository: str, desc: LayerDescriptor, loc: Any, stats: MountStats, holder: str
+    client: Any,
+    repository: str,
+    desc: LayerDescriptor,
+    loc: TocLocation,
+    stats: MountStats,
+    holder: str,
+    limits: Limits,
 ) -> OpenedLayer:
     size = desc.size
     tail_start = size
@@ -265,14 +282,19 @@ async def _open_lazy(
         toc_range = (loc.offset, loc.offset + loc.length)
     if not 0 <= toc_range[0] < toc_range[1] <= size:
         raise FormatError(f"TOC range {toc_range} lies outside the blob ({size} bytes)")
+    if toc_range[1] - toc_range[0] > limits.max_toc_compressed_size:  # refused before it is fetched
+        raise UnsupportedFormat(
+            f"compressed TOC of {toc_range[1] - toc_range[0]} bytes exceeds the "
+            f"{limits.max_toc_compressed_size}-byte cap (max-toc-compressed-size)"
+        )
     if toc_range[0] >= tail_start and tail:
         compressed = tail[toc_range[0] - tail_start : toc_range[1] - tail_start]
     else:
         compressed = await _fetch(client, repository, desc.digest, toc_range, stats)
 
     def parse() -> LayerIndex:  # worker thread: a big TOC is seconds of CPU
-        toc = decode_and_verify_toc(compressed, loc)
-        return build_index(toc, loc.dialect, size, toc_offset=toc_range[0])
+        toc = decode_and_verify_toc(compressed, loc, limits=limits)
+        return build_index(toc, loc.dialect, size, toc_offset=toc_range[0], limits=limits)
 
     index = await trio.to_thread.run_sync(parse)
     source = BlobSource(
@@ -309,6 +331,7 @@ async def _open_whole(
     stats: MountStats,
     holder: str,
     scratch: Path,
+    limits: Limits,
 ) -> OpenedLayer:
     decompress = _decompressor(desc.media_type)
     sio = store if isinstance(store, StoreIO) else StoreIO(store)
@@ -354,7 +377,7 @@ async def _open_whole(
         tar_digest = await trio.to_thread.run_sync(
             _decompress_into_store, store, desc, decompress, scratch, holder
         )
-    items = await trio.to_thread.run_sync(_index_store_tar, store, tar_digest)
+    items = await trio.to_thread.run_sync(_index_store_tar, store, tar_digest, limits)
     return OpenedLayer(desc=desc, items=items, tar_digest=tar_digest)
 
 
@@ -385,6 +408,6 @@ def _decompress_into_store(
         tmp.unlink(missing_ok=True)
 
 
-def _index_store_tar(store: Any, tar_digest: str) -> list[Item]:
+def _index_store_tar(store: Any, tar_digest: str, limits: Limits) -> list[Item]:
     with store.open_blob(tar_digest) as f:
-        return index_tar(f)
+        return index_tar(f, limits=limits)

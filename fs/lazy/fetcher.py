@@ -3,7 +3,8 @@
 One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazily served file:
 
 1. the chunks covering the range are found by bisection on ``Chunk.file_offset``;
-2. ``zeros`` chunks are synthesized, never fetched;
+2. ``zeros`` chunks are synthesized, never fetched, once their digest is checked to be that of their zero
+   bytes (cached by size; a big run is hashed the first time in a worker thread, not on the trio thread);
 3. every other chunk is looked up in the store by its digest (content-addressed, so identical chunks of other
    files, layers or images are hits); a hit is a ``pread``;
 4. misses (plus a bounded read-ahead of the same file's following chunks) become *flights*, one per chunk
@@ -44,7 +45,15 @@ from typing import Any, Protocol
 import trio
 
 from fs.errors import NotInStore, RegistryUnavailable, VerificationError, ZsnapError
-from fs.lazy.decode import STORED, ChunkLike, decode_verify, stored_piece, zeros_piece
+from fs.lazy.decode import (
+    STORED,
+    ChunkLike,
+    decode_verify,
+    known_zeros_digest,
+    stored_piece,
+    zeros_digest,
+    zeros_piece,
+)
 from fs.lazy.scheduler import FetchScheduler, Priority, Ticket
 from fs.lazy.stats import MountStats
 from fs.limits import DEFAULT_LIMITS
@@ -64,6 +73,9 @@ DEFAULT_MAX_GAP = 64 * 1024
 DEFAULT_MAX_REQUEST = 4 * 1024 * 1024
 #: On-demand reads also fetch the file's following missing chunks up to this many uncompressed bytes.
 DEFAULT_READAHEAD = 1024 * 1024
+#: Zero runs up to this size are hashed inline the first time (tens of µs, less than a thread hop);
+#: bigger ones in a worker thread (1 GiB is ~0.7 s the trio thread must not spend).
+INLINE_ZEROS_HASH = 64 * 1024
 
 
 def _file_offset(c: ChunkLike) -> int:
@@ -153,6 +165,7 @@ class ChunkFetcher:
         self._inflight: dict[str, _Flight] = {}
         self._cpu = cpu_limiter or trio.CapacityLimiter(2)
         self._store_limiter = store_limiter or self._cpu  # store writes (fsync) never on the trio thread
+        self._zeros_hashing: dict[int, trio.Event] = {}  # zero-run sizes being hashed in a thread
         self._drained = trio.Event()  # set (and replaced) whenever the in-flight map becomes empty
         self._shrunk = trio.Event()  # set (and replaced) whenever flights leave the in-flight map
 
@@ -181,6 +194,7 @@ class ChunkFetcher:
             hi = min(end, c.file_offset + c.size) - c.file_offset
             if hi > lo:
                 spans.append((c, lo, hi))
+        await self._learn_zero_runs(spans)
         pieces, missing = self._gather(spans)  # inline: a worker thread per read measured slower
         self.stats.cache_hits += len(spans) - len(missing)
         if missing:
@@ -193,6 +207,25 @@ class ChunkFetcher:
                 data = got.get(c.digest)
                 pieces[i] = data[lo:hi] if data is not None else stored_piece(self.store, c, lo, hi)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _learn_zero_runs(self, spans: list[tuple[ChunkLike, int, int]]) -> None:
+        """Hash, in a worker thread, the zero runs of ``spans`` whose digest is not cached yet (one thread
+        per size however many readers ask), so that :meth:`_gather` checks them against the cache."""
+        for c, _, _ in spans:
+            while c.zeros and c.size > INLINE_ZEROS_HASH and known_zeros_digest(c.size) is None:
+                hashing = self._zeros_hashing.get(c.size)
+                if hashing is not None:
+                    await hashing.wait()  # then look again: that thread may have failed
+                    continue
+                await self._hash_zero_run(c.size)
+
+    async def _hash_zero_run(self, size: int) -> None:
+        self._zeros_hashing[size] = done = trio.Event()
+        try:
+            await trio.to_thread.run_sync(zeros_digest, size, limiter=self._cpu)
+        finally:
+            del self._zeros_hashing[size]
+            done.set()
 
     def _gather(self, spans: list[tuple[ChunkLike, int, int]]) -> tuple[list[bytes], list[int]]:
         """The cached pieces of ``spans`` (zeros synthesized) and the indices of those not in the store

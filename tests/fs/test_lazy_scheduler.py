@@ -143,11 +143,11 @@ async def test_max_in_flight_bounds_all_priorities_together() -> None:
         for name in ("od1", "od2"):
             n.start_soon(_hold, sched, Priority.ON_DEMAND, log, name, od_release)
         await trio.testing.wait_all_tasks_blocked()
-        assert log == ["bg", "od1"]  # the total is reached: the second on-demand fetch waits
+        assert log[0] == "bg" and len(log) == 2  # the total is reached: one on-demand fetch waits
         assert sched.statistics().in_flight == (1, 0, 1) and sched.statistics().waiting == (1, 0, 0)
         bg_release.set()
         await trio.testing.wait_all_tasks_blocked()
-        assert log == ["bg", "od1", "od2"]
+        assert sorted(log) == ["bg", "od1", "od2"]
         od_release.set()
     with pytest.raises(ValueError):
         FetchScheduler(max_in_flight=0)

@@ -8,6 +8,7 @@ that hashes to the config's ``diff_id``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -23,6 +24,7 @@ from converter.cache import ConversionCache
 from converter.endpoints import Endpoint, open_endpoint
 from converter.layers import ConvertOptions, LayerWorker
 from converter.progress import Reporter
+from converter.readahead import Readable
 from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
 from fs.format import (
     FOOTER_FETCH_SIZE,
@@ -131,7 +133,7 @@ async def _layers_with_diff_ids(endpoint: Endpoint, reference: str | None) -> li
             manifests.append(parsed)
     else:
         manifests = [top]
-    out = []
+    out: list[tuple[Descriptor, str]] = []
     for manifest in manifests:
         diff_ids = config_diff_ids(await endpoint.get_blob(manifest.config.digest))
         if len(diff_ids) != len(manifest.layers):
@@ -190,10 +192,11 @@ def _stream_digest(blob: BinaryIO, codec: str) -> str:
     if codec == "gzip":
         from isal import igzip
 
-        stream = igzip.IGzipFile(fileobj=blob, mode="rb")  # continues across gzip members
+        # continues across gzip members; isal's IGzipFile.__init__ carries no annotations
+        stream: Readable = igzip.IGzipFile(fileobj=blob, mode="rb")  # type: ignore[no-untyped-call]
     else:
         stream = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
-    with stream:
+    with contextlib.closing(stream):
         while block := stream.read(1 << 20):
             hasher.update(block)
     return "sha256:" + hasher.hexdigest()

@@ -236,13 +236,13 @@ class _Writer:
         sha256 = hashlib.sha256
         size = e.payload_size
         if size <= SINGLE_CHUNK_MAX:  # small file: one read, usually one chunk
-            data = self.reader.read_payload(size)
-            bounds = self.chunker.split(data)
+            payload = self.reader.read_payload(size)
+            bounds = self.chunker.split(payload)
             if len(bounds) == 1:
-                reg.digest = "sha256:" + sha256(data).hexdigest()
-                frame(data, (reg, reg))
-                return crc64_iso(data)
-            view = memoryview(data)
+                reg.digest = "sha256:" + sha256(payload).hexdigest()
+                frame(payload, (reg, reg))
+                return crc64_iso(payload)
+            view = memoryview(payload)
             pieces: Iterator[tuple[bytes | memoryview, bool]] = iter(
                 [(view[start:end], zeros) for start, end, zeros in bounds]
             )

@@ -33,7 +33,7 @@ from converter.manifests import Compression
 from converter.output_tap import OutputTap
 from converter.placement import location_of, mount_origins, place_recorded
 from converter.progress import Reporter
-from converter.readahead import ReadAhead
+from converter.readahead import Readable, ReadAhead
 from converter.scheduling import PriorityLimiter
 from fs.errors import (
     ConversionError,
@@ -227,7 +227,7 @@ class LayerWorker:
                 stop.set()
 
     async def _stream_upload(
-        self, job: LayerJob, dest: RegistryEndpoint, tap: OutputTap, pushed: list
+        self, job: LayerJob, dest: RegistryEndpoint, tap: OutputTap, pushed: list[Endpoint]
     ) -> None:
         """Upload the blob while it is written. Never fails the job: the finished file is pushed the
         ordinary way (with retries) when streaming did not work out."""
@@ -322,7 +322,7 @@ class LayerWorker:
     async def _acquired(
         self,
         name: str,
-        producer,
+        producer: Callable[[Path], None],
         *,
         limiter: PriorityLimiter | None = None,
         priority: int = 0,
@@ -438,14 +438,15 @@ def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:
     if compression is Compression.GZIP:
         from isal import igzip
 
-        stream: BinaryIO = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        # isal's IGzipFile.__init__ carries no annotations (its stub is incomplete)
+        stream: Readable = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
     elif compression is Compression.ZSTD:
         import zstandard
 
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
     else:
         return raw
-    return io.BufferedReader(ReadAhead(stream, also_close=raw), 1 << 20)  # type: ignore[return-value]
+    return io.BufferedReader(ReadAhead(stream, also_close=raw), 1 << 20)
 
 
 def _verify_file(path: Path, digest: str) -> None:

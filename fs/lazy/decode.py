@@ -25,7 +25,7 @@ import hashlib
 import secrets
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -56,15 +56,28 @@ _ZERO_PIECE = bytes(PIECE_SIZE)
 
 
 class ChunkLike(Protocol):
-    """What decoding and fetching need of a chunk (``fs.format.Chunk`` has these)."""
+    """What decoding and fetching need of a chunk (``fs.format.Chunk`` has these), read only."""
 
-    file_offset: int
-    size: int
-    compressed_offset: int
-    compressed_end: int
-    digest: str
-    inner_offset: int
-    zeros: bool
+    @property
+    def file_offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def compressed_offset(self) -> int: ...
+    @property
+    def compressed_end(self) -> int: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def inner_offset(self) -> int: ...
+    @property
+    def zeros(self) -> bool: ...
+
+
+class PieceReader(Protocol):
+    """What :func:`stored_piece` needs of the store (:class:`fs.store.Store` has it)."""
+
+    def pread(self, digest: str, offset: int, length: int) -> bytes: ...
 
 
 class _Stored:
@@ -136,7 +149,7 @@ def zeros_piece(chunk: ChunkLike, lo: int, hi: int) -> bytes:
     return bytes(hi - lo)
 
 
-def stored_piece(store: Any, chunk: ChunkLike, lo: int, hi: int) -> bytes:
+def stored_piece(store: PieceReader, chunk: ChunkLike, lo: int, hi: int) -> bytes:
     """Bytes ``[lo, hi)`` of a chunk from the store, refusing a stored object of another size.
 
     A read that reaches the chunk's end asks for one byte more: if the store has it, the object under
@@ -191,23 +204,25 @@ def iter_decoded(
         raise FormatError(f"chunk does not decode as {codec}: {exc}") from exc
 
 
-def _zstd_pieces(data: bytes | memoryview) -> Any:
+def _zstd_pieces(data: bytes | memoryview) -> Callable[[int], bytes]:
     reader = _zstd().stream_reader(data, read_across_frames=True)
     return reader.read
 
 
-def _gzip_pieces(data: bytes | memoryview) -> Any:
-    state = {"buf": memoryview(data), "d": zlib.decompressobj(31)}
+def _gzip_pieces(data: bytes | memoryview) -> Callable[[int], bytes]:
+    """``read(n)``: up to ``n`` decompressed bytes across gzip members (b"" at the end)."""
+    buf = memoryview(data)
+    d = zlib.decompressobj(31)
 
     def read(n: int) -> bytes:
-        while state["buf"]:
-            d = state["d"]
-            out = d.decompress(state["buf"], n)
+        nonlocal buf, d
+        while buf:
+            out = d.decompress(buf, n)
             if d.eof:
-                state["buf"] = memoryview(d.unused_data)
-                state["d"] = zlib.decompressobj(31)
+                buf = memoryview(d.unused_data)
+                d = zlib.decompressobj(31)
             else:
-                state["buf"] = memoryview(d.unconsumed_tail)
+                buf = memoryview(d.unconsumed_tail)
             if out:
                 return out
         return b""

@@ -42,7 +42,7 @@ from fs.format.footer import FOOTER_FETCH_SIZE, parse_footer
 from fs.format.index import build_index
 from fs.format.tree import Chunk, LayerIndex
 from fs.format.verify import decode_and_verify_toc
-from fs.lazy.fetcher import BlobSource, ChunkFetcher
+from fs.lazy.fetcher import BlobSource, ChunkFetcher, RangeClient
 from fs.lazy.inodes import Item
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
@@ -247,7 +247,9 @@ async def open_layer(
         return await _open_lazy(client, repository, desc, loc, stats, holder, limits)
 
 
-async def _fetch(client: Any, repository: str, digest: str, rng: tuple[int, int], stats: MountStats) -> bytes:
+async def _fetch(
+    client: RangeClient, repository: str, digest: str, rng: tuple[int, int], stats: MountStats
+) -> bytes:
     t0 = trio.current_time()
     data = (await client.get_ranges(repository, digest, [rng]))[0]
     stats.record_fetch(len(data), trio.current_time() - t0)
@@ -316,7 +318,7 @@ def _decompressor(media_type: str) -> Callable[[BinaryIO], BinaryIO] | None:
     if media_type in GZIP_LAYER_MEDIA_TYPES or media_type.endswith("+gzip") or media_type.endswith(".gzip"):
         return lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
     if media_type in ZSTD_LAYER_MEDIA_TYPES or media_type.endswith("+zstd") or media_type.endswith(".zstd"):
-        return lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
+        return lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     if media_type in _UNCOMPRESSED_TYPES:
         return None
     raise FormatError(f"unsupported layer media type {media_type!r}")

@@ -104,7 +104,7 @@ async def _fetch_batch(
                 await fetcher.wait_backlog(MAX_BACKLOG)
                 missing = [c for c in batch if not fetcher.is_cached(c)]  # again: reads may have fetched some
                 if missing:
-                    await fetcher.ensure(layer.source, missing, priority)  # type: ignore[arg-type]
+                    await fetcher.ensure(layer.source, missing, priority)
     except VerificationError:
         pass  # counted by the fetcher; the reader of that chunk gets EIO
     except ZsnapError as exc:  # retries spent (RetriesExhausted), or bad content (FormatError), or the store

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from fs.errors import ZsnapError
@@ -25,7 +26,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds."""
     if proc.poll() is not None:
         return
@@ -37,7 +38,9 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait()
 
 
-def _wait(predicate, proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
+def _wait(
+    predicate: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
@@ -101,7 +104,7 @@ class LocalContainerd:
     def _ctr_ok(self) -> bool:
         return self.ctr("version", check=False).returncode == 0
 
-    def ctr(self, *args: str, check: bool = True, tool: str = "ctr") -> subprocess.CompletedProcess:
+    def ctr(self, *args: str, check: bool = True, tool: str = "ctr") -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [tool, "--address", self.address, "--namespace", self.NAMESPACE, *args],
             capture_output=True, text=True,

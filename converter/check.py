@@ -8,6 +8,7 @@ that hashes to the config's ``diff_id``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -23,6 +24,7 @@ from converter.cache import ConversionCache
 from converter.endpoints import Endpoint, open_endpoint
 from converter.layers import ConvertOptions, LayerWorker
 from converter.progress import Reporter
+from converter.readahead import Readable
 from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
 from fs.format import (
     FOOTER_FETCH_SIZE,
@@ -34,6 +36,7 @@ from fs.format import (
     toc_location_from_annotations,
 )
 from fs.lazy.decode import check_chunk
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry import ImageReference
 from fs.registry.manifests import (
     Descriptor,
@@ -68,8 +71,9 @@ async def check_image(
     plain_http: bool | None = None,
     jobs: int | None = None,
     reporter: Reporter | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[LayerCheck]:
-    """Verify every layer of ``reference`` (every platform of an index).
+    """Verify every layer of ``reference`` (every platform of an index); a TOC past ``limits`` fails.
 
     Raises:
         VerificationError / FormatError naming the image, layer and file at the first failure.
@@ -79,7 +83,7 @@ async def check_image(
     worker = LayerWorker(
         store,
         ConversionCache(store.root / "convert-cache"),
-        ConvertOptions(),
+        ConvertOptions(limits=limits),
         reporter,
         holder=f"check:{os.getpid()}",
     )
@@ -94,7 +98,7 @@ async def check_image(
                     with error_context(layer=layer.digest):
                         async with worker.staged_source(endpoint, layer) as path:
                             result = await trio.to_thread.run_sync(
-                                _check_blob, path, layer, diff_id if full else None
+                                _check_blob, path, layer, diff_id if full else None, limits
                             )
                 results.append(result)
                 reporter.event(
@@ -129,7 +133,7 @@ async def _layers_with_diff_ids(endpoint: Endpoint, reference: str | None) -> li
             manifests.append(parsed)
     else:
         manifests = [top]
-    out = []
+    out: list[tuple[Descriptor, str]] = []
     for manifest in manifests:
         diff_ids = config_diff_ids(await endpoint.get_blob(manifest.config.digest))
         if len(diff_ids) != len(manifest.layers):
@@ -138,7 +142,9 @@ async def _layers_with_diff_ids(endpoint: Endpoint, reference: str | None) -> li
     return out
 
 
-def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerCheck:
+def _check_blob(
+    path: Path, layer: Descriptor, diff_id: str | None, limits: Limits = DEFAULT_LIMITS
+) -> LayerCheck:
     location = toc_location_from_annotations(layer.annotations, layer.media_type)
     if location is None:
         raise UnsupportedFormat("layer is not zstd:chunked or eStargz (no TOC annotations)")
@@ -149,8 +155,8 @@ def _check_blob(path: Path, layer: Descriptor, diff_id: str | None) -> LayerChec
             blob.seek(max(0, size - FOOTER_FETCH_SIZE))
             location = location.with_footer(parse_footer(blob.read(), size))
         blob.seek(location.offset)
-        toc = decode_and_verify_toc(blob.read(location.length), location)
-        index = build_index(toc, location.dialect, size, toc_offset=location.offset)
+        toc = decode_and_verify_toc(blob.read(location.length), location, limits=limits)
+        index = build_index(toc, location.dialect, size, toc_offset=location.offset, limits=limits)
         result = LayerCheck(layer.digest, location.dialect.value)
         seen: set[int] = set()
         # Each chunk's compressed range is copied out of the mapping (no buffer export outlives the
@@ -186,10 +192,11 @@ def _stream_digest(blob: BinaryIO, codec: str) -> str:
     if codec == "gzip":
         from isal import igzip
 
-        stream = igzip.IGzipFile(fileobj=blob, mode="rb")  # continues across gzip members
+        # continues across gzip members; isal's IGzipFile.__init__ carries no annotations
+        stream: Readable = igzip.IGzipFile(fileobj=blob, mode="rb")  # type: ignore[no-untyped-call]
     else:
         stream = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
-    with stream:
+    with contextlib.closing(stream):
         while block := stream.read(1 << 20):
             hasher.update(block)
     return "sha256:" + hasher.hexdigest()

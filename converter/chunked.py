@@ -45,6 +45,8 @@ from converter.workers import InputHasher, OrderedCompressor, short_switch_inter
 from fs.errors import ConversionError, ZsnapError
 from fs.format import Dialect, Footer, Toc, TocEntry, footer_bytes, skippable_frame
 from fs.format.annotations import annotations_for
+from fs.format.paths import LayerNames
+from fs.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "LAYER_MEDIA_TYPE",
@@ -115,10 +117,11 @@ class _Writer:
         threads: int,
         progress: Callable[[int, int], None] | None,
         prefetch: Sequence[str] = (),
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.prefetch = list(prefetch)
         self.input_hash = InputHasher()
-        self.reader = TarStreamReader(src, on_read=self.input_hash)
+        self.reader = TarStreamReader(src, on_read=self.input_hash, names=LayerNames(limits))
         self.dialect = dialect
         self.level = level
         self.progress = progress
@@ -233,13 +236,13 @@ class _Writer:
         sha256 = hashlib.sha256
         size = e.payload_size
         if size <= SINGLE_CHUNK_MAX:  # small file: one read, usually one chunk
-            data = self.reader.read_payload(size)
-            bounds = self.chunker.split(data)
+            payload = self.reader.read_payload(size)
+            bounds = self.chunker.split(payload)
             if len(bounds) == 1:
-                reg.digest = "sha256:" + sha256(data).hexdigest()
-                frame(data, (reg, reg))
-                return crc64_iso(data)
-            view = memoryview(data)
+                reg.digest = "sha256:" + sha256(payload).hexdigest()
+                frame(payload, (reg, reg))
+                return crc64_iso(payload)
+            view = memoryview(payload)
             pieces: Iterator[tuple[bytes | memoryview, bool]] = iter(
                 [(view[start:end], zeros) for start, end, zeros in bounds]
             )
@@ -337,6 +340,7 @@ def write_zstd_chunked(
     progress: Callable[[int, int], None] | None = None,
     threads: int = 2,
     src_factory: Callable[[], BinaryIO] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ChunkedLayer:
     """Convert the uncompressed tar read from ``src`` into a zstd:chunked blob written to ``dst``.
 
@@ -355,6 +359,7 @@ def write_zstd_chunked(
         threads: compression threads.
         src_factory: opens the source again from the start (``STARGZ_ZSTD`` with a prefetch list reads
             the source twice).
+        limits: bounds on the source's names (a name past them is refused with the entry named).
 
     Returns:
         :class:`ChunkedLayer` describing the blob; for c/storage dialects ``diff_id`` equals the sha256 of
@@ -370,13 +375,20 @@ def write_zstd_chunked(
 
         return write_stargz_zstd(
             src, dst, level=level, prefetch=prefetch, progress=progress, threads=threads,
-            src_factory=src_factory,
+            src_factory=src_factory, limits=limits,
         )  # fmt: skip
     if dialect not in (Dialect.CSTORAGE, Dialect.CSTORAGE_V1):
         raise ConversionError(f"write_zstd_chunked cannot write the {dialect.value} dialect")
     with short_switch_interval():
         writer = _Writer(
-            src, dst, level=level, dialect=dialect, threads=threads, progress=progress, prefetch=prefetch
+            src,
+            dst,
+            level=level,
+            dialect=dialect,
+            threads=threads,
+            progress=progress,
+            prefetch=prefetch,
+            limits=limits,
         )
         try:
             layer = writer.run()

@@ -24,6 +24,8 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
 
 import trio
 
@@ -82,7 +84,7 @@ class _ManifestPlan:
     destination: Endpoint
     manifest: ImageManifest
     config: bytes
-    platform: dict | None
+    platform: dict[str, Any] | None  # the index descriptor's, as the registry wrote it
     layer_jobs: list[LayerJob | None] = field(default_factory=list)  # None = copied untouched
 
 
@@ -186,12 +188,14 @@ class _EndpointPool:
         await self._stack.__aenter__()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> bool | None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         assert self._stack is not None
-        return await self._stack.__aexit__(*exc_info)
+        return await self._stack.__aexit__(exc_type, exc, tb)
 
     async def get(self, ref: ImageReference) -> Endpoint:
-        key = ref.path if ref.transport == "oci" else f"{ref.registry}/{ref.repository}"
+        key = f"oci:{ref.path}" if ref.transport == "oci" else f"{ref.registry}/{ref.repository}"
         if key not in self.opened:
             assert self._stack is not None
             self.opened[key] = await self._stack.enter_async_context(
@@ -242,7 +246,7 @@ async def _plan_manifest(
     source: Endpoint,
     destination: Endpoint,
     manifest: ImageManifest,
-    platform: dict | None,
+    platform: dict[str, Any] | None,
     options: ConvertOptions,
     layer_jobs: dict[str, LayerJob],
 ) -> _ManifestPlan:

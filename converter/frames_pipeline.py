@@ -26,7 +26,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import zstandard
 
@@ -56,19 +56,33 @@ class PipelineTotals:
         self.uncompressed_size = usize
 
 
-def _compress_batch(local: threading.local, level: int, items: list[tuple[Buffer, bool]]) -> tuple:
+#: one compressed batch: its frames back to back, each frame's size, the sha256 hex of those that asked
+_Batch = tuple[bytes, list[int], list[str | None]]
+
+
+def _compress_batch(local: threading.local, level: int, items: list[tuple[Buffer, bool]]) -> _Batch:
     """Compress a batch (one GIL release for all its frames) and hash the frames that asked for it."""
-    cctx = getattr(local, "cctx", None)
+    cctx: zstandard.ZstdCompressor | None = getattr(local, "cctx", None)
     if cctx is None:
         cctx = local.cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
     frames = cctx.multi_compress_to_buffer([data for data, _ in items], threads=0)
-    sizes = [len(f) for f in frames]
+    # zstandard's stub omits that BufferWithSegmentsCollection iterates and its segments are buffers
+    sizes = [len(f) for f in frames]  # type: ignore[attr-defined]
+    digests: list[str | None]
     if any(want for _, want in items):
         sha = hashlib.sha256
         digests = [sha(data).hexdigest() if want else None for data, want in items]
     else:
         digests = [None] * len(items)
-    return b"".join(frames), sizes, digests
+    return b"".join(frames), sizes, digests  # type: ignore[arg-type]
+
+
+#: what the writer thread takes from its queue, in order (None: stop)
+_QueueItem = (
+    tuple[Literal["raw"], bytes, int]
+    | tuple[Literal["call"], Callable[[], None], int]
+    | tuple[Literal["frames"], "concurrent.futures.Future[_Batch]", list[int] | None, list[Any], int]
+)
 
 
 class FramePipeline:
@@ -100,7 +114,7 @@ class FramePipeline:
         self._max_inflight = max_inflight
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix="zsnap-zstd")
         self._local = threading.local()
-        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_QueueItem | None] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._inflight = 0
         self._error: BaseException | None = None

@@ -33,7 +33,7 @@ from converter.manifests import Compression
 from converter.output_tap import OutputTap
 from converter.placement import location_of, mount_origins, place_recorded
 from converter.progress import Reporter
-from converter.readahead import ReadAhead
+from converter.readahead import Readable, ReadAhead
 from converter.scheduling import PriorityLimiter
 from fs.errors import (
     ConversionError,
@@ -44,6 +44,7 @@ from fs.errors import (
     error_context,
 )
 from fs.format import Dialect
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
 
@@ -61,11 +62,16 @@ MAX_LAYERS_IN_FLIGHT = 16
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    """Everything that changes the bytes a conversion writes (part of the cache key)."""
+    """Everything that changes the bytes a conversion writes (part of the cache key), and the limits.
+
+    ``limits`` bound what a source layer may make the conversion accept (names, sizes); they refuse input
+    but never change the bytes written, so they are not part of the cache key.
+    """
 
     dialect: Dialect = Dialect.CSTORAGE
     level: int = 3
     prefetch: tuple[str, ...] = ()
+    limits: Limits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         if not 1 <= self.level <= 22:
@@ -221,7 +227,7 @@ class LayerWorker:
                 stop.set()
 
     async def _stream_upload(
-        self, job: LayerJob, dest: RegistryEndpoint, tap: OutputTap, pushed: list
+        self, job: LayerJob, dest: RegistryEndpoint, tap: OutputTap, pushed: list[Endpoint]
     ) -> None:
         """Upload the blob while it is written. Never fails the job: the finished file is pushed the
         ordinary way (with retries) when streaming did not work out."""
@@ -316,7 +322,7 @@ class LayerWorker:
     async def _acquired(
         self,
         name: str,
-        producer,
+        producer: Callable[[Path], None],
         *,
         limiter: PriorityLimiter | None = None,
         priority: int = 0,
@@ -382,6 +388,7 @@ class LayerWorker:
                     prefetch=self._options.prefetch,
                     progress=progress,
                     src_factory=reopen,
+                    limits=self._options.limits,
                 )
             source_diff_id = result.diff_id if self._options.dialect.is_cstorage else ""
             if (
@@ -431,14 +438,15 @@ def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:
     if compression is Compression.GZIP:
         from isal import igzip
 
-        stream: BinaryIO = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+        # isal's IGzipFile.__init__ carries no annotations (its stub is incomplete)
+        stream: Readable = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
     elif compression is Compression.ZSTD:
         import zstandard
 
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
     else:
         return raw
-    return io.BufferedReader(ReadAhead(stream, also_close=raw), 1 << 20)  # type: ignore[return-value]
+    return io.BufferedReader(ReadAhead(stream, also_close=raw), 1 << 20)
 
 
 def _verify_file(path: Path, digest: str) -> None:

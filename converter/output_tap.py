@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 import trio
 
@@ -113,7 +116,7 @@ class _TappedFile(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data: ReadableBuffer) -> int:
         view = memoryview(data).cast("B")
         total = len(view)
         while view:

@@ -75,6 +75,7 @@ def location_of(endpoint: Endpoint) -> str:
     """How the conversion record names where a blob was pushed."""
     ref = endpoint.ref
     if ref.transport == "oci":
+        assert ref.path is not None  # an oci: reference always names its directory
         return f"oci:{Path(ref.path).resolve()}"
     return f"{ref.registry}/{ref.repository}"
 

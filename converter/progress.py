@@ -11,7 +11,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 __all__ = ["Reporter"]
 
@@ -26,7 +29,7 @@ class _Layer:
     bytes_out: int = 0
     started: float = field(default_factory=time.monotonic)
     last_line: float = 0.0
-    task_id: int | None = None
+    task_id: TaskID | None = None
 
 
 class Reporter:

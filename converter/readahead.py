@@ -11,11 +11,21 @@ from __future__ import annotations
 import io
 import queue
 import threading
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["ReadAhead"]
 
 _DONE = object()
+
+
+class Readable(Protocol):
+    """A byte source :class:`ReadAhead` can drain (files, gzip and zstd stream readers)."""
+
+    def read(self, size: int = ..., /) -> bytes: ...
+    def close(self) -> None: ...
 
 
 class ReadAhead(io.RawIOBase):
@@ -32,7 +42,7 @@ class ReadAhead(io.RawIOBase):
     """
 
     def __init__(
-        self, source: BinaryIO, *, block: int = 1 << 20, depth: int = 8, also_close: BinaryIO | None = None
+        self, source: Readable, *, block: int = 1 << 20, depth: int = 8, also_close: BinaryIO | None = None
     ) -> None:
         super().__init__()
         self._source = source
@@ -69,7 +79,7 @@ class ReadAhead(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         while not self._pending:
             if self._eof:
                 return 0
@@ -81,8 +91,9 @@ class ReadAhead(io.RawIOBase):
                 self._eof = True
                 raise item
             self._pending = memoryview(item)  # type: ignore[arg-type]
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
+        out = memoryview(buffer).cast("B")
+        n = min(len(out), len(self._pending))
+        out[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
 

@@ -46,6 +46,8 @@ from fs.digest import EMPTY_SHA256
 from fs.errors import ConversionError, error_context
 from fs.format import Dialect, Footer, Toc, TocEntry, footer_bytes, ns_to_rfc3339, skippable_frame
 from fs.format.annotations import annotations_for
+from fs.format.paths import LayerNames
+from fs.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "LANDMARK_CONTENT",
@@ -201,19 +203,19 @@ def _modtime(ns: int) -> str:
     return "" if seconds == 0 else ns_to_rfc3339(seconds * 1_000_000_000)
 
 
-def _entries(src: BinaryIO) -> Iterator[tuple[TarEntry, bytes, TarStreamReader]]:
+def _entries(src: BinaryIO, limits: Limits) -> Iterator[tuple[TarEntry, bytes, TarStreamReader]]:
     """Source entries with their own header bytes (the raw bytes minus the previous entry's padding)."""
-    reader = TarStreamReader(src)
+    reader = TarStreamReader(src, names=LayerNames(limits))
     pad = 0
     for e in reader:
         yield e, e.raw[pad:], reader
         pad = -e.payload_size % 512
 
 
-def _prioritized(src: BinaryIO, prefetch: Sequence[str]) -> set[str]:
+def _prioritized(src: BinaryIO, prefetch: Sequence[str], limits: Limits) -> set[str]:
     """Cleaned names to put first: the listed files, their parent dirs and hardlink targets (if present)."""
     index: dict[str, tuple[str, str]] = {}
-    for e, _, _ in _entries(src):
+    for e, _, _ in _entries(src, limits):
         index[clean_name(e.name)] = (e.type, clean_name(e.link_name) if e.type == "hardlink" else "")
     chosen: set[str] = set()
 
@@ -241,9 +243,10 @@ def _copy(
     stream: BinaryIO,
     wanted: Callable[[str], bool],
     progress: Callable[[int, int], None] | None,
+    limits: Limits,
 ) -> None:
     """Copy the wanted entries of ``stream`` (by cleaned name), dropping landmarks already there."""
-    for e, header, reader in _entries(stream):
+    for e, header, reader in _entries(stream, limits):
         name = clean_name(e.name)
         if name in _LANDMARKS or not wanted(name):
             continue
@@ -262,6 +265,7 @@ def write_stargz_zstd(
     progress: Callable[[int, int], None] | None = None,
     threads: int = 2,
     src_factory: Callable[[], BinaryIO] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ChunkedLayer:
     """Write the stargz-snapshotter zstdchunked form of the tar read from ``src`` (see module docstring).
 
@@ -269,6 +273,7 @@ def write_stargz_zstd(
         prefetch: paths to put before ``.prefetch.landmark``; needs ``src_factory`` (the source is read
             three times: to find the entries, to copy the prioritized ones, to copy the rest).
         progress: ``progress(bytes_written_uncompressed, bytes_written_compressed)``, on this thread.
+        limits: bounds on the source's names (a name past them is refused with the entry named).
 
     Returns:
         The layer; ``diff_id``/``uncompressed_size`` describe the *new* tar stream.
@@ -284,15 +289,15 @@ def write_stargz_zstd(
         try:
             if prefetch:
                 assert src_factory is not None
-                chosen = _prioritized(src, prefetch)
+                chosen = _prioritized(src, prefetch, limits)
                 with contextlib.closing(src_factory()) as first:
-                    _copy(emitter, first, chosen.__contains__, progress)
+                    _copy(emitter, first, chosen.__contains__, progress, limits)
                 emitter.landmark(PREFETCH_LANDMARK)
                 with contextlib.closing(src_factory()) as second:
-                    _copy(emitter, second, lambda name: name not in chosen, progress)
+                    _copy(emitter, second, lambda name: name not in chosen, progress, limits)
             else:
                 emitter.landmark(NO_PREFETCH_LANDMARK)
-                _copy(emitter, src, lambda name: True, progress)
+                _copy(emitter, src, lambda name: True, progress, limits)
             footer, tail, toc, toc_digest, compressed_digest = emitter.finish()
             for piece in tail:
                 emitter.pipe.raw(piece)

@@ -43,12 +43,14 @@ CRC64_ISO = anycrc.Model("CRC64-GO-ISO")
 
 def crc64_iso(data: bytes | bytearray | memoryview, crc: int | None = None) -> int:
     """CRC-64/ISO of ``data``, continuing from ``crc`` (the CRC of the preceding bytes) when given."""
-    return CRC64_ISO.calc(data) if crc is None else CRC64_ISO.calc(data, crc)
+    value: int = CRC64_ISO.calc(data) if crc is None else CRC64_ISO.calc(data, crc)  # anycrc: untyped
+    return value
 
 
 def crc64_combine(crc1: int, crc2: int, length2: int) -> int:
     """CRC of ``A + B`` from ``crc(A)``, ``crc(B)`` and ``len(B)`` (lets chunks be checksummed apart)."""
-    return CRC64_ISO.combine(crc1, crc2, length2)
+    value: int = CRC64_ISO.combine(crc1, crc2, length2)
+    return value
 
 
 def crc64_bytes(crc: int) -> bytes:

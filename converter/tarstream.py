@@ -199,14 +199,16 @@ class TarStreamReader:
             block = self._take(BLOCK_SIZE)
             raw_parts.append(block)
             if not block:  # clean end of stream without end-of-archive blocks
-                return self._finish(raw_parts)
+                self._finish(raw_parts)
+                return None
             if len(block) < BLOCK_SIZE:
                 raise self._truncated("a header block", None, header_offset)
             if block == _ZERO_BLOCK:
                 second = self._take(BLOCK_SIZE)
                 raw_parts.append(second)
                 if not second or second == _ZERO_BLOCK:
-                    return self._finish(raw_parts)
+                    self._finish(raw_parts)
+                    return None
                 if len(second) < BLOCK_SIZE:
                     raise self._truncated("the end-of-archive marker", None, header_offset + BLOCK_SIZE)
                 raise FormatError(

@@ -67,8 +67,9 @@ class RetryPolicy:
         """Seconds to sleep before the ``retry``-th retry (1-based)."""
         if retry_after is not None and 0 <= retry_after <= self.max_delay:
             return retry_after
-        backoff = min(self.max_delay, self.base_delay * 2 ** (retry - 1))
-        return backoff * (0.5 + 0.5 * (rng or random).random())
+        backoff = min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
+        jitter = rng.random() if rng is not None else random.random()
+        return backoff * (0.5 + 0.5 * jitter)
 
     def tries(
         self,

@@ -21,6 +21,8 @@ Every key, its type and default (``systemd/config.toml`` is the annotated sample
     [registry.auth."registry.example.com"]
     username = "..."
     password = "..."
+    [limits]                             bounds an image may not push zsnap past (fs/limits.py has them all)
+    max-toc-entries = 1000000            e.g.; keys are fs.limits.Limits fields with '-', positive integers
 
 An unknown key, a wrong type or a bad value is a :class:`~snapshotter.errors.ConfigError` naming the key
 and the file, reported at start as one ``zsnap: error:`` line.
@@ -35,6 +37,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fs.errors import FormatError
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.store import parse_size
 
 from .errors import ConfigError
@@ -70,6 +74,7 @@ class ServeConfig:
     metrics_address: tuple[str, int] | None = None
     grpc_threads: int = 16
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    limits: Limits = DEFAULT_LIMITS
 
     def with_overrides(self, **overrides: Any) -> ServeConfig:
         """A copy with the non-None ``overrides`` applied (command-line flags)."""
@@ -152,6 +157,15 @@ def _registry(where: str, table: object) -> RegistryConfig:
     )  # fmt: skip
 
 
+def _limits(where: str, table: object) -> Limits:
+    if not isinstance(table, dict):
+        raise _type_error(where, "limits", "a table", table)
+    try:
+        return Limits.from_mapping(table)
+    except FormatError as exc:
+        raise ConfigError(f"{where}: [limits]: {exc.message}") from None
+
+
 def config_from_mapping(doc: Mapping[str, Any], where: str) -> ServeConfig:
     """Validate a parsed TOML document into a :class:`ServeConfig`.
 
@@ -187,6 +201,8 @@ def config_from_mapping(doc: Mapping[str, Any], where: str) -> ServeConfig:
             values[key] = value
         elif key == "registry":
             values[key] = _registry(where, value)
+        elif key == "limits":
+            values[key] = _limits(where, value)
     return ServeConfig(**values)
 
 

@@ -354,6 +354,7 @@ def _host_options(options_cls: Any, config: Any) -> Any:
         "mirrors": dict(config.registry.mirrors),
         "auth": dict(config.registry.auth),
         "docker_config": config.registry.docker_config,
+        "limits": config.limits,
     }
     if not dataclasses.is_dataclass(options_cls):
         return options_cls()

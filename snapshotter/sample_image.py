@@ -13,7 +13,7 @@ import io
 import json
 import random
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from isal import igzip
@@ -125,7 +125,7 @@ def system_layers(total_mb: int, layers: int = 5, roots: tuple[str, ...] = ("/us
     return [_base_layer] + [lambda tar, paths=paths: build(tar, paths) for paths in groups]
 
 
-def _walk_files(roots: tuple[str, ...]):
+def _walk_files(roots: tuple[str, ...]) -> Iterator[Path]:
     import os
 
     for root in roots:
@@ -137,7 +137,7 @@ def _walk_files(roots: tuple[str, ...]):
                     yield path
 
 
-def _write_blob(blobs: Path, data: bytes, media_type: str) -> dict:
+def _write_blob(blobs: Path, data: bytes, media_type: str) -> dict[str, object]:
     digest = hashlib.sha256(data).hexdigest()
     (blobs / digest).write_bytes(data)
     return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}

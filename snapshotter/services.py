@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fs.errors import ZsnapError
@@ -43,7 +43,7 @@ def _http_ok(url: str, prefix: Sequence[str]) -> bool:
         return False
 
 
-def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds."""
     if proc.poll() is not None:
         return
@@ -55,7 +55,9 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait()
 
 
-def _wait(predicate, proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None:
+def _wait(
+    predicate: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, timeout: float = 20.0
+) -> None:
     """Wait until ``predicate()``; if it never comes (or Ctrl-C), stop ``proc``: nobody else holds it yet."""
     deadline = time.monotonic() + timeout
     try:
@@ -169,7 +171,7 @@ class LocalContainerd:
     def _ctr_ok(self) -> bool:
         return self.ctr("version", check=False).returncode == 0
 
-    def ctr(self, *args: str, check: bool = True, tool: str = "ctr") -> subprocess.CompletedProcess:
+    def ctr(self, *args: str, check: bool = True, tool: str = "ctr") -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [tool, "--address", self.address, "--namespace", self.namespace, *args],
             capture_output=True,

@@ -187,14 +187,18 @@ def schema_fields(dialect: Dialect) -> tuple[tuple[str, str, str], ...]:
 # ---------------------------------------------------------------------------------------------- write
 
 
-def _entry_pairs(entry: TocEntry, fields: tuple[tuple[str, str, str], ...], dialect: Dialect) -> list:
+#: One entry as ``(key, JSON text)`` pairs in schema order; xattrs as ``(JSON name, JSON value)`` pairs.
+_Pairs = list[tuple[str, str | list[tuple[str, str]]]]
+
+
+def _entry_pairs(entry: TocEntry, fields: tuple[tuple[str, str, str], ...], dialect: Dialect) -> _Pairs:
     allowed = {attr for _, attr, _ in fields}
     for attr in _ALL_ATTRS:
         if attr not in allowed and getattr(entry, attr):
             raise FormatError(
                 f"TOC entry {entry.name!r}: field {attr} cannot be written in the {dialect.value} schema"
             )
-    pairs: list[tuple[str, str | list[tuple[str, str]]]] = []
+    pairs: _Pairs = []
     for key, attr, kind in fields:
         value = getattr(entry, attr)
         if key in ("type", "name"):  # the only keys without omitempty
@@ -229,7 +233,7 @@ def serialize_toc(toc: Toc, dialect: Dialect) -> bytes:
     return _indented(toc, entries).encode("utf-8")
 
 
-def _compact(toc: Toc, entries: list[list]) -> str:
+def _compact(toc: Toc, entries: list[_Pairs]) -> str:
     parts = ['{"version":', str(int(toc.version)), ',"entries":[']
     for n, pairs in enumerate(entries):
         if n:
@@ -253,7 +257,7 @@ def _compact(toc: Toc, entries: list[list]) -> str:
     return "".join(parts)
 
 
-def _indented(toc: Toc, entries: list[list]) -> str:
+def _indented(toc: Toc, entries: list[_Pairs]) -> str:
     if not entries:
         return '{\n\t"version": ' + str(int(toc.version)) + ',\n\t"entries": []\n}'
     parts = ['{\n\t"version": ', str(int(toc.version)), ',\n\t"entries": [\n']

@@ -25,7 +25,7 @@ import binascii
 import json
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
@@ -115,7 +115,7 @@ def _decode_type(dialect_fields: tuple[tuple[str, str, str], ...], name: str) ->
     blank = TocEntry("reg", "")
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("type", _TYPE), ("name", str)]
     fields += [(attr, annotations[attr], getattr(blank, attr)) for attr in TocEntry.__struct_fields__[2:]]
-    return msgspec.defstruct(  # type: ignore[no-any-return]
+    struct = msgspec.defstruct(
         name,
         fields,
         bases=(TocEntry,),
@@ -124,6 +124,7 @@ def _decode_type(dialect_fields: tuple[tuple[str, str, str], ...], name: str) ->
         gc=False,
         module=__name__,
     )
+    return cast(type[TocEntry], struct)  # defstruct is typed as returning type[Struct]; bases=(TocEntry,)
 
 
 _CSTORAGE_ENTRY = _decode_type(schema_fields(Dialect.CSTORAGE), "_CStorageTocEntry")
@@ -142,7 +143,9 @@ class _EstargzTop(msgspec.Struct, forbid_unknown_fields=True):
     entries: list[_ESTARGZ_ENTRY] = []  # type: ignore[valid-type]
 
 
-_DECODERS = {d: msgspec.json.Decoder(_CStorageTop if d.is_cstorage else _EstargzTop) for d in Dialect}
+_DECODERS: dict[Dialect, msgspec.json.Decoder[_CStorageTop | _EstargzTop]] = {
+    d: msgspec.json.Decoder(_CStorageTop if d.is_cstorage else _EstargzTop) for d in Dialect
+}
 
 
 def _too_many(n: int | str, limit: int) -> str:
@@ -159,7 +162,7 @@ def _parse_toc_fast(data: bytes, dialect: Dialect) -> Toc | str:
         return f"eStargz TOC version {top.version}"
     entries: list[TocEntry] = top.entries
     digests = [e.digest for e in entries if e.digest] + [e.chunk_digest for e in entries if e.chunk_digest]
-    split = getattr(top, "tarSplitDigest", "")
+    split = top.tarSplitDigest if isinstance(top, _CStorageTop) else ""
     if not _all_digests(digests) or not _DIGEST_RE.fullmatch(split):
         return "a malformed digest"
     times = {e.modtime for e in entries} | {e.accesstime for e in entries} | {e.changetime for e in entries}
@@ -172,10 +175,11 @@ def _parse_toc_fast(data: bytes, dialect: Dialect) -> Toc | str:
     for e in entries:
         if e.xattrs:
             try:
-                e.xattrs = _decode_xattrs(e.xattrs)
+                # the fast-path entry types decode xattrs as base64 text (see _decode_type)
+                e.xattrs = _decode_xattrs(cast(dict[str, str], e.xattrs))
             except FormatError as exc:
                 return exc.message
-    prefetch = top.zsnapPrefetch if dialect.is_cstorage else []
+    prefetch = top.zsnapPrefetch if isinstance(top, _CStorageTop) else []
     return Toc(version=top.version, entries=entries, tar_split_digest=split, prefetch=prefetch)
 
 

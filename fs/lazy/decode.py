@@ -21,12 +21,11 @@ thread is reused across chunks.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import secrets
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -45,6 +44,7 @@ __all__ = [
     "decode_verify",
     "decode_verify_chunk",
     "iter_decoded",
+    "known_zeros_digest",
     "stored_piece",
     "zeros_digest",
     "zeros_piece",
@@ -56,15 +56,28 @@ _ZERO_PIECE = bytes(PIECE_SIZE)
 
 
 class ChunkLike(Protocol):
-    """What decoding and fetching need of a chunk (``fs.format.Chunk`` has these)."""
+    """What decoding and fetching need of a chunk (``fs.format.Chunk`` has these), read only."""
 
-    file_offset: int
-    size: int
-    compressed_offset: int
-    compressed_end: int
-    digest: str
-    inner_offset: int
-    zeros: bool
+    @property
+    def file_offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def compressed_offset(self) -> int: ...
+    @property
+    def compressed_end(self) -> int: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def inner_offset(self) -> int: ...
+    @property
+    def zeros(self) -> bool: ...
+
+
+class PieceReader(Protocol):
+    """What :func:`stored_piece` needs of the store (:class:`fs.store.Store` has it)."""
+
+    def pread(self, digest: str, offset: int, length: int) -> bytes: ...
 
 
 class _Stored:
@@ -89,9 +102,29 @@ def _zstd() -> zstandard.ZstdDecompressor:
 # ---------------------------------------------------------------------------------------------- zeros
 
 
-@functools.lru_cache(maxsize=256)
+#: zero-run digests by size (a layer has few distinct sizes); bounded, oldest dropped first
+_ZEROS_DIGESTS: dict[int, str] = {}
+_ZEROS_CACHE_SIZE: Final = 256
+
+
 def zeros_digest(size: int) -> str:
-    """``sha256:`` digest of ``size`` zero bytes, hashed in pieces (cached by size)."""
+    """``sha256:`` digest of ``size`` zero bytes, hashed in pieces (cached by size; up to ~0.7 s for
+    1 GiB the first time, so callers on an event loop use :func:`known_zeros_digest` first)."""
+    digest = _ZEROS_DIGESTS.get(size)
+    if digest is None:
+        digest = _hash_zeros(size)
+        if len(_ZEROS_DIGESTS) >= _ZEROS_CACHE_SIZE:
+            _ZEROS_DIGESTS.pop(next(iter(_ZEROS_DIGESTS)), None)
+        _ZEROS_DIGESTS[size] = digest
+    return digest
+
+
+def known_zeros_digest(size: int) -> str | None:
+    """The cached digest of ``size`` zero bytes, or None when :func:`zeros_digest` would hash them."""
+    return _ZEROS_DIGESTS.get(size)
+
+
+def _hash_zeros(size: int) -> str:
     h = hashlib.sha256()
     full, rest = divmod(size, PIECE_SIZE)
     for _ in range(full):
@@ -116,7 +149,7 @@ def zeros_piece(chunk: ChunkLike, lo: int, hi: int) -> bytes:
     return bytes(hi - lo)
 
 
-def stored_piece(store: Any, chunk: ChunkLike, lo: int, hi: int) -> bytes:
+def stored_piece(store: PieceReader, chunk: ChunkLike, lo: int, hi: int) -> bytes:
     """Bytes ``[lo, hi)`` of a chunk from the store, refusing a stored object of another size.
 
     A read that reaches the chunk's end asks for one byte more: if the store has it, the object under
@@ -171,23 +204,25 @@ def iter_decoded(
         raise FormatError(f"chunk does not decode as {codec}: {exc}") from exc
 
 
-def _zstd_pieces(data: bytes | memoryview) -> Any:
+def _zstd_pieces(data: bytes | memoryview) -> Callable[[int], bytes]:
     reader = _zstd().stream_reader(data, read_across_frames=True)
     return reader.read
 
 
-def _gzip_pieces(data: bytes | memoryview) -> Any:
-    state = {"buf": memoryview(data), "d": zlib.decompressobj(31)}
+def _gzip_pieces(data: bytes | memoryview) -> Callable[[int], bytes]:
+    """``read(n)``: up to ``n`` decompressed bytes across gzip members (b"" at the end)."""
+    buf = memoryview(data)
+    d = zlib.decompressobj(31)
 
     def read(n: int) -> bytes:
-        while state["buf"]:
-            d = state["d"]
-            out = d.decompress(state["buf"], n)
+        nonlocal buf, d
+        while buf:
+            out = d.decompress(buf, n)
             if d.eof:
-                state["buf"] = memoryview(d.unused_data)
-                state["d"] = zlib.decompressobj(31)
+                buf = memoryview(d.unused_data)
+                d = zlib.decompressobj(31)
             else:
-                state["buf"] = memoryview(d.unconsumed_tail)
+                buf = memoryview(d.unconsumed_tail)
             if out:
                 return out
         return b""

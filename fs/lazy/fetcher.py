@@ -3,14 +3,15 @@
 One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazily served file:
 
 1. the chunks covering the range are found by bisection on ``Chunk.file_offset``;
-2. ``zeros`` chunks are synthesized, never fetched;
+2. ``zeros`` chunks are synthesized, never fetched, once their digest is checked to be that of their zero
+   bytes (cached by size; a big run is hashed the first time in a worker thread, not on the trio thread);
 3. every other chunk is looked up in the store by its digest (content-addressed, so identical chunks of other
    files, layers or images are hits); a hit is a ``pread``;
 4. misses (plus a bounded read-ahead of the same file's following chunks) become *flights*, one per chunk
    digest (single-flight: a second reader of the same chunk waits on the same flight);
-5. new flights are grouped by :func:`coalesce` into compressed byte ranges (neighbours merged when the gap is
-   small), each fetched by its own task with one range GET, several in flight, gated by the
-   :class:`~fs.lazy.scheduler.FetchScheduler` at the caller's priority;
+5. new flights are grouped by :func:`fs.registry.ranges.coalesce` into compressed byte ranges
+   (neighbours merged when the gap is small), each fetched by its own task with one range GET, several
+   in flight, gated by the :class:`~fs.lazy.scheduler.FetchScheduler` at the caller's priority;
 6. in a worker thread each chunk's compressed slice is decoded (zstd across frames / gzip members, skipping
    ``inner_offset`` and taking exactly ``size`` bytes), hashed and compared with the TOC's chunk digest;
    waiting readers are answered from the verified bytes at once, while the group's good chunks are put in
@@ -38,21 +39,29 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
 from fs.errors import NotInStore, RegistryUnavailable, VerificationError, ZsnapError
-from fs.lazy.decode import STORED, ChunkLike, decode_verify, stored_piece, zeros_piece
+from fs.lazy.decode import (
+    STORED,
+    ChunkLike,
+    decode_verify,
+    known_zeros_digest,
+    stored_piece,
+    zeros_digest,
+    zeros_piece,
+)
 from fs.lazy.scheduler import FetchScheduler, Priority, Ticket
 from fs.lazy.stats import MountStats
+from fs.limits import DEFAULT_LIMITS
+from fs.registry.ranges import coalesce
 
 __all__ = [
     "BlobSource",
     "ChunkFetcher",
-    "Group",
-    "coalesce",
     "open_fetcher",
 ]
 
@@ -64,6 +73,9 @@ DEFAULT_MAX_GAP = 64 * 1024
 DEFAULT_MAX_REQUEST = 4 * 1024 * 1024
 #: On-demand reads also fetch the file's following missing chunks up to this many uncompressed bytes.
 DEFAULT_READAHEAD = 1024 * 1024
+#: Zero runs up to this size are hashed inline the first time (tens of µs, less than a thread hop);
+#: bigger ones in a worker thread (1 GiB is ~0.7 s the trio thread must not spend).
+INLINE_ZEROS_HASH = 64 * 1024
 
 
 def _file_offset(c: ChunkLike) -> int:
@@ -94,57 +106,6 @@ class BlobSource:
     codec: str
     label: str = ""
     holder: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pure part: coalescing
-
-
-@dataclass
-class Group:
-    """One coalesced range ``[start, end)`` of compressed bytes and the indices of the spans it serves."""
-
-    start: int
-    end: int
-    members: list[int] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-
-def coalesce(
-    spans: Sequence[tuple[int, int]], *, max_gap: int = DEFAULT_MAX_GAP, max_size: int = DEFAULT_MAX_REQUEST
-) -> list[Group]:
-    """Merge compressed byte ranges into as few requests as the limits allow.
-
-    Spans are ``(start, end)`` half-open ranges in any order; overlapping or identical spans (eStargz
-    ``innerOffset`` chunks share a frame) always merge. Two spans whose gap is ``<= max_gap`` merge unless
-    the merged range would exceed ``max_size`` (a single span larger than ``max_size`` stays whole).
-
-    Returns:
-        Groups sorted by ``start``, each listing the indices (into ``spans``) it covers, in span order.
-
-    Raises:
-        ValueError: a span with ``end < start`` or a negative start.
-    """
-    order = sorted(range(len(spans)), key=lambda i: (spans[i][0], spans[i][1]))
-    groups: list[Group] = []
-    for i in order:
-        start, end = spans[i]
-        if start < 0 or end < start:
-            raise ValueError(f"bad span {spans[i]!r}")
-        if groups:
-            g = groups[-1]
-            overlaps = start < g.end
-            near = start - g.end <= max_gap
-            fits = max(end, g.end) - g.start <= max_size
-            if overlaps or (near and fits):
-                g.end = max(g.end, end)
-                g.members.append(i)
-                continue
-        groups.append(Group(start, end, [i]))
-    return groups
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,6 +148,7 @@ class ChunkFetcher:
         max_gap: int = DEFAULT_MAX_GAP,
         max_request: int = DEFAULT_MAX_REQUEST,
         readahead: int = DEFAULT_READAHEAD,
+        max_materialize: int = DEFAULT_LIMITS.max_read_materialize,
         cpu_limiter: trio.CapacityLimiter | None = None,
         store_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
@@ -198,10 +160,12 @@ class ChunkFetcher:
         self.max_gap = max_gap
         self.max_request = max_request
         self.readahead = readahead
+        self.max_materialize = max_materialize  # bigger chunks are decoded streaming into the store
         self._nursery = nursery
         self._inflight: dict[str, _Flight] = {}
         self._cpu = cpu_limiter or trio.CapacityLimiter(2)
         self._store_limiter = store_limiter or self._cpu  # store writes (fsync) never on the trio thread
+        self._zeros_hashing: dict[int, trio.Event] = {}  # zero-run sizes being hashed in a thread
         self._drained = trio.Event()  # set (and replaced) whenever the in-flight map becomes empty
         self._shrunk = trio.Event()  # set (and replaced) whenever flights leave the in-flight map
 
@@ -230,6 +194,7 @@ class ChunkFetcher:
             hi = min(end, c.file_offset + c.size) - c.file_offset
             if hi > lo:
                 spans.append((c, lo, hi))
+        await self._learn_zero_runs(spans)
         pieces, missing = self._gather(spans)  # inline: a worker thread per read measured slower
         self.stats.cache_hits += len(spans) - len(missing)
         if missing:
@@ -242,6 +207,25 @@ class ChunkFetcher:
                 data = got.get(c.digest)
                 pieces[i] = data[lo:hi] if data is not None else stored_piece(self.store, c, lo, hi)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _learn_zero_runs(self, spans: list[tuple[ChunkLike, int, int]]) -> None:
+        """Hash, in a worker thread, the zero runs of ``spans`` whose digest is not cached yet (one thread
+        per size however many readers ask), so that :meth:`_gather` checks them against the cache."""
+        for c, _, _ in spans:
+            while c.zeros and c.size > INLINE_ZEROS_HASH and known_zeros_digest(c.size) is None:
+                hashing = self._zeros_hashing.get(c.size)
+                if hashing is not None:
+                    await hashing.wait()  # then look again: that thread may have failed
+                    continue
+                await self._hash_zero_run(c.size)
+
+    async def _hash_zero_run(self, size: int) -> None:
+        self._zeros_hashing[size] = done = trio.Event()
+        try:
+            await trio.to_thread.run_sync(zeros_digest, size, limiter=self._cpu)
+        finally:
+            del self._zeros_hashing[size]
+            done.set()
 
     def _gather(self, spans: list[tuple[ChunkLike, int, int]]) -> tuple[list[bytes], list[int]]:
         """The cached pieces of ``spans`` (zeros synthesized) and the indices of those not in the store
@@ -390,7 +374,8 @@ class ChunkFetcher:
                         start,
                         [f.chunk for f in flights],
                         store=self.store,
-                        holder=self.holder,
+                        holder=source.holder or self.holder,
+                        max_materialize=self.max_materialize,
                     ),
                     limiter=self._cpu,
                 )

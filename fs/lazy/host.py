@@ -75,6 +75,7 @@ from fs.lazy.slots import LayerSlots
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
 from fs.lazy.treebuild import build_layer_tree
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry import ImageReference, OciLayout, open_registry_client
 
 __all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost", "open_lazy_host"]
@@ -108,6 +109,8 @@ class HostOptions:
             (:mod:`fs.lazy.restart`): adopt the connection a previous process stored there, else mount
             afresh and store it (when ``NOTIFY_SOCKET`` is set); at exit leave it mounted for the next
             start. None (``zsnap mount``): mount with pyfuse3 alone and unmount at exit.
+        limits: what an image may make the host spend (TOC size/entries, names, chunk sizes, fetches in
+            flight); a layer past them is refused at attach.
     """
 
     prefetch: bool = True
@@ -119,6 +122,7 @@ class HostOptions:
     bound_holder: str | None = None
     scratch_dir: Path | None = None
     fd_store_name: str | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,7 @@ class LazyHost:
                 stats=self.stats,
                 holder=holder,
                 scratch=self.scratch,
+                limits=self.options.limits,
             )
             slot = await self._slots.slot(desc.digest)
             tree = await trio.to_thread.run_sync(_build, slot, desc.hex, opened)
@@ -517,7 +522,7 @@ async def open_lazy_host(
     adopting = any(name == options.fd_store_name for name, _ in passed)
     await prepare_mountpoint(fuse_dir, adopting)
     stats = MountStats()
-    scheduler = FetchScheduler()
+    scheduler = FetchScheduler(max_in_flight=options.limits.max_concurrent_fetches)
     sio = StoreIO(store)
     started = False
     host: LazyHost | None = None
@@ -526,6 +531,7 @@ async def open_lazy_host(
             fetcher = ChunkFetcher(
                 store, scheduler, stats, nursery, holder=options.bound_holder,
                 fetch_timeout=options.fetch_timeout, store_limiter=sio.limiter,
+                max_materialize=options.limits.max_read_materialize,
             )  # fmt: skip
             host = LazyHost(root, store, options, nursery, fetcher, scheduler, sio, stats, exits)
             try:

@@ -96,6 +96,8 @@ async def resolve_image(
     doc, digest = await _manifest(client, ref, None, manifest_digest)
     if isinstance(doc, ImageIndex):
         doc, digest = await _manifest(client, ref, _pick_platform(doc, want))
+        if isinstance(doc, ImageIndex):
+            raise FormatError(f"the manifest {digest} chosen for this platform is an index again")
     config_bytes = await client.get_blob(ref.repository, doc.config.digest)
     try:
         config = json.loads(config_bytes)

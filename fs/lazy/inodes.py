@@ -24,7 +24,7 @@ How a layer's entries become nodes (whiteouts, opaque directories, hard links, i
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +80,7 @@ class Item:
     dev_major: int = 0
     dev_minor: int = 0
     target: str = ""
-    xattrs: dict[str, bytes] = field(default_factory=dict)
+    xattrs: Mapping[str, bytes] = field(default_factory=dict)  # read only
     content: Any = None
 
 

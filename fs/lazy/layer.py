@@ -30,10 +30,11 @@ from typing import Any, BinaryIO
 import trio
 import zstandard
 
-from fs.errors import FormatError, VerificationError, error_context
+from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
 from fs.format.annotations import (
     GZIP_LAYER_MEDIA_TYPES,
     ZSTD_LAYER_MEDIA_TYPES,
+    TocLocation,
     toc_location_from_annotations,
 )
 from fs.format.dialect import Dialect
@@ -41,11 +42,12 @@ from fs.format.footer import FOOTER_FETCH_SIZE, parse_footer
 from fs.format.index import build_index
 from fs.format.tree import Chunk, LayerIndex
 from fs.format.verify import decode_and_verify_toc
-from fs.lazy.fetcher import BlobSource, ChunkFetcher
+from fs.lazy.fetcher import BlobSource, ChunkFetcher, RangeClient
 from fs.lazy.inodes import Item
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
 from fs.lazy.tarindex import index_tar
+from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry.manifests import Descriptor
 
 __all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
@@ -216,11 +218,13 @@ async def open_layer(
     stats: MountStats,
     holder: str,
     scratch: Path,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> OpenedLayer:
     """Open ``desc`` for serving (see the module docstring).
 
     Args:
         scratch: a directory for download/decompression temp files (same file system as the store).
+        limits: bounds on the layer's TOC or tar (entries, names, sizes); past them the layer is refused.
 
     Raises:
         FormatError: malformed annotations/footer/TOC, or names escaping the layer.
@@ -231,12 +235,21 @@ async def open_layer(
         loc = toc_location_from_annotations(desc.annotations, desc.media_type, blob_size=desc.size)
         if loc is None:
             return await _open_whole(
-                client, repository, desc, store=store, stats=stats, holder=holder, scratch=scratch
+                client,
+                repository,
+                desc,
+                store=store,
+                stats=stats,
+                holder=holder,
+                scratch=scratch,
+                limits=limits,
             )
-        return await _open_lazy(client, repository, desc, loc, stats, holder)
+        return await _open_lazy(client, repository, desc, loc, stats, holder, limits)
 
 
-async def _fetch(client: Any, repository: str, digest: str, rng: tuple[int, int], stats: MountStats) -> bytes:
+async def _fetch(
+    client: RangeClient, repository: str, digest: str, rng: tuple[int, int], stats: MountStats
+) -> bytes:
     t0 = trio.current_time()
     data = (await client.get_ranges(repository, digest, [rng]))[0]
     stats.record_fetch(len(data), trio.current_time() - t0)
@@ -245,7 +258,13 @@ async def _fetch(client: Any, repository: str, digest: str, rng: tuple[int, int]
 
 
 async def _open_lazy(
-    client: Any, repository: str, desc: LayerDescriptor, loc: Any, stats: MountStats, holder: str
+    client: Any,
+    repository: str,
+    desc: LayerDescriptor,
+    loc: TocLocation,
+    stats: MountStats,
+    holder: str,
+    limits: Limits,
 ) -> OpenedLayer:
     size = desc.size
     tail_start = size
@@ -265,14 +284,19 @@ async def _open_lazy(
         toc_range = (loc.offset, loc.offset + loc.length)
     if not 0 <= toc_range[0] < toc_range[1] <= size:
         raise FormatError(f"TOC range {toc_range} lies outside the blob ({size} bytes)")
+    if toc_range[1] - toc_range[0] > limits.max_toc_compressed_size:  # refused before it is fetched
+        raise UnsupportedFormat(
+            f"compressed TOC of {toc_range[1] - toc_range[0]} bytes exceeds the "
+            f"{limits.max_toc_compressed_size}-byte cap (max-toc-compressed-size)"
+        )
     if toc_range[0] >= tail_start and tail:
         compressed = tail[toc_range[0] - tail_start : toc_range[1] - tail_start]
     else:
         compressed = await _fetch(client, repository, desc.digest, toc_range, stats)
 
     def parse() -> LayerIndex:  # worker thread: a big TOC is seconds of CPU
-        toc = decode_and_verify_toc(compressed, loc)
-        return build_index(toc, loc.dialect, size, toc_offset=toc_range[0])
+        toc = decode_and_verify_toc(compressed, loc, limits=limits)
+        return build_index(toc, loc.dialect, size, toc_offset=toc_range[0], limits=limits)
 
     index = await trio.to_thread.run_sync(parse)
     source = BlobSource(
@@ -294,7 +318,7 @@ def _decompressor(media_type: str) -> Callable[[BinaryIO], BinaryIO] | None:
     if media_type in GZIP_LAYER_MEDIA_TYPES or media_type.endswith("+gzip") or media_type.endswith(".gzip"):
         return lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
     if media_type in ZSTD_LAYER_MEDIA_TYPES or media_type.endswith("+zstd") or media_type.endswith(".zstd"):
-        return lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)  # type: ignore[return-value]
+        return lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     if media_type in _UNCOMPRESSED_TYPES:
         return None
     raise FormatError(f"unsupported layer media type {media_type!r}")
@@ -309,6 +333,7 @@ async def _open_whole(
     stats: MountStats,
     holder: str,
     scratch: Path,
+    limits: Limits,
 ) -> OpenedLayer:
     decompress = _decompressor(desc.media_type)
     sio = store if isinstance(store, StoreIO) else StoreIO(store)
@@ -354,7 +379,7 @@ async def _open_whole(
         tar_digest = await trio.to_thread.run_sync(
             _decompress_into_store, store, desc, decompress, scratch, holder
         )
-    items = await trio.to_thread.run_sync(_index_store_tar, store, tar_digest)
+    items = await trio.to_thread.run_sync(_index_store_tar, store, tar_digest, limits)
     return OpenedLayer(desc=desc, items=items, tar_digest=tar_digest)
 
 
@@ -385,6 +410,6 @@ def _decompress_into_store(
         tmp.unlink(missing_ok=True)
 
 
-def _index_store_tar(store: Any, tar_digest: str) -> list[Item]:
+def _index_store_tar(store: Any, tar_digest: str, limits: Limits) -> list[Item]:
     with store.open_blob(tar_digest) as f:
-        return index_tar(f)
+        return index_tar(f, limits=limits)

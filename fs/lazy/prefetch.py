@@ -8,8 +8,11 @@
 Both go through the same :class:`~fs.lazy.fetcher.ChunkFetcher` path as reads (verify, then store) in
 batches of about one request, and pause while on-demand reads are waiting or in flight
 (:meth:`~fs.lazy.scheduler.FetchScheduler.wait_turn`); an on-demand read of a chunk already queued here
-promotes that fetch. Failures (e.g. the registry is away) are logged at INFO and retried after a back-off;
-a chunk that fails verification is skipped (its readers get EIO).
+promotes that fetch. A batch whose fetch fails at the registry (away, timing out, failing) is retried under
+:data:`PREFETCH_RETRY` (:class:`~fs.retry.RetryPolicy`: back-off with jitter, bounded attempts and time);
+once that budget is spent the batch is skipped with one INFO line and the fill goes on (on-demand reads
+still fetch those chunks). A batch that fails for its content (verification, decoding) is not retried:
+the chunk is bad wherever it comes from, and its readers get EIO.
 """
 
 from __future__ import annotations
@@ -19,19 +22,24 @@ from collections.abc import Sequence
 
 import trio
 
-from fs.errors import VerificationError, ZsnapError
+from fs.errors import RegistryError, VerificationError, ZsnapError
 from fs.format.tree import Chunk
 from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.layer import OpenedLayer
 from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.stats import MountStats
+from fs.retry import RetryPolicy
 
-__all__ = ["batches", "run_prefetch"]
+__all__ = ["PREFETCH_RETRY", "batches", "run_prefetch"]
 
 log = logging.getLogger(__name__)
 
 #: prefetch starts no new batch while more chunks than this are fetched but not yet stored (memory bound)
 MAX_BACKLOG = 256
+
+#: Retries of one prefetch/background batch: nothing waits on it, so the back-off is patient (1 s doubling
+#: to 15 s), but bounded (5 attempts, 2 minutes): a registry that stays away costs each batch that much.
+PREFETCH_RETRY = RetryPolicy(attempts=5, base_delay=1.0, max_delay=15.0, total_time=120.0)
 
 
 def batches(chunks: Sequence[Chunk], max_bytes: int) -> list[list[Chunk]]:
@@ -59,38 +67,49 @@ async def _fill(
     priority: Priority,
     *,
     workers: int,
-    retry_delay: float,
+    retry: RetryPolicy,
 ) -> None:
-    assert layer.source is not None
-    todo = [b for b in batches(chunks, fetcher.max_request)]
+    todo = batches(chunks, fetcher.max_request)
     todo.reverse()
 
     async def worker() -> None:
-        delay = retry_delay
         while todo:
-            batch = todo.pop()
-            await scheduler.wait_turn(priority, quiet=0.02)
-            await fetcher.wait_backlog(MAX_BACKLOG)
-            missing = [c for c in batch if not fetcher.is_cached(c)]
-            if not missing:
-                continue
-            try:
-                await fetcher.ensure(layer.source, missing, priority)  # type: ignore[arg-type]
-                delay = retry_delay
-            except VerificationError:
-                continue  # counted by the fetcher; the reader of that chunk gets EIO
-            except ZsnapError as exc:
-                log.info(
-                    "%s fetch of %s paused for %.1fs: %s", priority.name.lower(), layer.desc.short, delay, exc
-                )
-                todo.append(batch)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+            await _fetch_batch(layer, todo.pop(), fetcher, scheduler, priority, retry)
 
     async with trio.open_nursery() as n:
         for _ in range(workers):
             n.start_soon(worker)
     await fetcher.wait_idle()  # "done" means stored, not just fetched
+
+
+async def _fetch_batch(
+    layer: OpenedLayer,
+    batch: list[Chunk],
+    fetcher: ChunkFetcher,
+    scheduler: FetchScheduler,
+    priority: Priority,
+    retry: RetryPolicy,
+) -> None:
+    """Fetch the chunks of ``batch`` not cached yet, retrying registry failures within ``retry``'s budget;
+    skip the batch (one INFO line) when that is spent or its content is bad. Never raises a ZsnapError."""
+    assert layer.source is not None
+    phase = priority.name.lower()
+    what = (
+        f"{phase} fetch of {layer.desc.short} bytes {batch[0].compressed_offset}-{batch[-1].compressed_end}"
+    )
+    try:
+        async for attempt in retry.tries(what=what, retry_on=RegistryError):
+            with attempt:
+                await scheduler.wait_turn(priority, quiet=0.02)
+                await fetcher.wait_backlog(MAX_BACKLOG)
+                missing = [c for c in batch if not fetcher.is_cached(c)]  # again: reads may have fetched some
+                if missing:
+                    await fetcher.ensure(layer.source, missing, priority)
+    except VerificationError:
+        pass  # counted by the fetcher; the reader of that chunk gets EIO
+    except ZsnapError as exc:  # retries spent (RetriesExhausted), or bad content (FormatError), or the store
+        left = sum(not fetcher.is_cached(c) for c in batch)
+        log.info("%s: skipped %d chunks (on-demand reads still fetch them): %s", what, left, exc)
 
 
 async def run_prefetch(
@@ -101,21 +120,19 @@ async def run_prefetch(
     *,
     prefetch: bool = True,
     background: bool = True,
-    retry_delay: float = 1.0,
+    retry: RetryPolicy = PREFETCH_RETRY,
 ) -> None:
     """Prefetch marked chunks, then (optionally) fetch everything else; returns when done.
 
-    ``layers`` are topmost first. Cancellation stops it at once (fetches in flight are abandoned by
-    their waiters; the fetcher's own nursery owns them).
+    ``layers`` are topmost first; ``retry`` bounds the retries of each batch. Cancellation stops it at
+    once (fetches in flight are abandoned by their waiters; the fetcher's own nursery owns them).
     """
     lazy = [la for la in layers if la.lazy]
     if prefetch:
         for layer in lazy:
             chunks = layer.prefetch_chunks()
             if chunks:
-                await _fill(
-                    layer, chunks, fetcher, scheduler, Priority.PREFETCH, workers=4, retry_delay=retry_delay
-                )
+                await _fill(layer, chunks, fetcher, scheduler, Priority.PREFETCH, workers=4, retry=retry)
         stats.prefetch_done = True
     if background:
         for layer in lazy:
@@ -126,6 +143,6 @@ async def run_prefetch(
                 scheduler,
                 Priority.BACKGROUND,
                 workers=2,
-                retry_delay=retry_delay,
+                retry=retry,
             )
         stats.background_done = True

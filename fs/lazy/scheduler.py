@@ -5,7 +5,8 @@ while prioritized work runs. :class:`FetchScheduler` is zsnap's named object for
 as *slots* a fetch must hold while its range GET is on the wire:
 
 * ``ON_DEMAND`` (a process is blocked in ``read(2)``): granted whenever fewer than ``limits[ON_DEMAND]``
-  on-demand fetches are in flight; never waits for lower-priority work, whose slots are counted apart.
+  on-demand fetches are in flight; lower-priority work has slots of its own, so it waits for it only when
+  the mount's total ``max_in_flight`` (``max-concurrent-fetches``) is reached.
 * ``PREFETCH`` (files the image marks as needed first): granted only while no on-demand fetch is waiting or
   in flight, and fewer than ``limits[PREFETCH]`` prefetches are in flight.
 * ``BACKGROUND`` (the rest of the layer): granted only while nothing of higher priority is waiting or in
@@ -121,16 +122,24 @@ class FetchScheduler:
 
     Args:
         limits: maximum in-flight fetches per priority (missing keys take :data:`DEFAULT_LIMITS`).
+        max_in_flight: maximum in-flight fetches of all priorities together (``max-concurrent-fetches``;
+            None: the sum of the per-priority limits). When it is reached even an on-demand fetch waits
+            for a slot (lower-priority fetches on the wire are short).
 
     Must be used from one trio run; no locking beyond trio's single thread.
     """
 
-    def __init__(self, limits: Mapping[Priority, int] | None = None) -> None:
+    def __init__(
+        self, limits: Mapping[Priority, int] | None = None, *, max_in_flight: int | None = None
+    ) -> None:
         merged = dict(DEFAULT_LIMITS)
         merged.update(limits or {})
         if any(v < 1 for v in merged.values()):
             raise ValueError("every priority needs at least one slot")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._limits = merged
+        self._max_in_flight = sum(merged.values()) if max_in_flight is None else max_in_flight
         self._in_flight = dict.fromkeys(Priority, 0)
         self._granted = dict.fromkeys(Priority, 0)
         self._waiting: list[Ticket] = []
@@ -174,6 +183,8 @@ class FetchScheduler:
 
     def _may_start(self, priority: Priority) -> bool:
         if self._in_flight[priority] >= self._limits[priority]:
+            return False
+        if sum(self._in_flight.values()) >= self._max_in_flight:
             return False
         return all(self._in_flight[p] == 0 for p in Priority if p < priority)
 

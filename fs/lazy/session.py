@@ -133,7 +133,7 @@ class InitRequest:
     @property
     def flags(self) -> int:
         """The capability flags the kernel offered (``flags2`` as bits 32-63 with ``FUSE_INIT_EXT``)."""
-        flags = _INIT_IN_HEAD.unpack_from(self.raw, _IN_HEADER.size)[3]
+        flags: int = _INIT_IN_HEAD.unpack_from(self.raw, _IN_HEADER.size)[3]
         if flags & FUSE_INIT_EXT and len(self.raw) >= _IN_HEADER.size + _INIT_IN_HEAD.size + 4:
             (flags2,) = struct.unpack_from("<I", self.raw, _IN_HEADER.size + _INIT_IN_HEAD.size)
             flags |= flags2 << 32

@@ -9,6 +9,7 @@ under their raw names for :class:`~fs.lazy.inodes.InodeTable` to map. A regular 
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 
@@ -23,7 +24,7 @@ __all__ = ["index_tar"]
 _XATTR_PREFIX = "SCHILY.xattr."
 
 
-def _pax_time_ns(pax: dict[str, str], key: str) -> int | None:
+def _pax_time_ns(pax: Mapping[str, str], key: str) -> int | None:
     value = pax.get(key)
     if value is None:
         return None

@@ -247,7 +247,7 @@ class RegistryAuth(httpx.Auth):
         headers = {"Accept": "application/json"}
         if self.credentials is not None:
             headers["Authorization"] = self.credentials.basic_header()
-        request = httpx.Request("GET", challenge.realm, params=params, headers=headers)
+        request = httpx.Request("GET", challenge.realm, params=tuple(params), headers=headers)
         request.extensions[TOKEN_REQUEST] = True
         return request
 

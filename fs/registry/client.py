@@ -67,7 +67,8 @@ class Manifest(NamedTuple):
 
 
 def _media_type(response: httpx.Response, data: bytes) -> str:
-    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip()
+    header: str = response.headers.get("content-type", "")  # httpx types Headers.get as Any
+    content_type = header.split(";", 1)[0].strip()
     if content_type and content_type not in ("application/json", "text/plain", "application/octet-stream"):
         return content_type
     with contextlib.suppress(ValueError, AttributeError):
@@ -136,7 +137,8 @@ class RegistryClient(BlobReads):
         async def read(response: httpx.Response) -> str | None:
             if response.status_code != 200:
                 raise unexpected_status(response, what)
-            return response.headers.get("docker-content-digest")
+            digest: str | None = response.headers.get("docker-content-digest")
+            return digest
 
         try:
             return await self.session.fetch(

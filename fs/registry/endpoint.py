@@ -46,8 +46,9 @@ def _layout_media_type(data: bytes, declared: str | None) -> str:
     """A layout has no Content-Type: the body's own ``mediaType``, else the descriptor's, else a guess."""
     with contextlib.suppress(ValueError, UnicodeDecodeError, AttributeError):
         doc = json.loads(data)
-        if isinstance(doc.get("mediaType"), str):
-            return doc["mediaType"]
+        media_type = doc.get("mediaType")
+        if isinstance(media_type, str):
+            return media_type
         if not declared:
             return media.OCI_INDEX if "manifests" in doc else media.OCI_MANIFEST
     return declared or media.OCI_MANIFEST
@@ -240,6 +241,7 @@ def _check(digest: str, size: int, hasher: Hasher, what: str) -> None:
 class RegistryEndpoint(Endpoint):
     """A repository in a distribution registry."""
 
+    source: RegistryClient
     default_reference = "latest"
 
     def __init__(self, ref: ImageReference, client: RegistryClient) -> None:

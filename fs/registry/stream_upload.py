@@ -19,8 +19,9 @@ upload session instead (the source repository lost the blob) gets the session ca
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import httpx
@@ -64,7 +65,7 @@ def _location(response: httpx.Response, what: str) -> httpx.URL:
     return response.url.join(location)
 
 
-def _expect(statuses: tuple[int, ...], what: str) -> Callable[[httpx.Response], object]:
+def _expect(statuses: tuple[int, ...], what: str) -> Callable[[httpx.Response], Awaitable[httpx.Response]]:
     async def read(response: httpx.Response) -> httpx.Response:
         if response.status_code not in statuses:
             body = (await response.aread())[:300].decode("utf-8", "replace")
@@ -150,8 +151,9 @@ async def push_growing_blob(
                     "Content-Range": f"{offset}-{offset + length - 1}",
                 }
                 response = await session.fetch(
-                    lambda url=location, h=headers, n=length, f=reader: build(
-                        "PATCH", url, headers=h, content=_pieces(f, n)
+                    # one attempt (retry=False): the body generator is made once, here
+                    functools.partial(
+                        build, "PATCH", location, headers=headers, content=_pieces(reader, length)
                     ),
                     _expect((202, 204), f"{what}: PATCH at byte {offset}"),
                     what=what,

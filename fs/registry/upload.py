@@ -9,8 +9,9 @@ retry policy).
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import httpx
@@ -126,7 +127,9 @@ async def _upload(
     build = client.session.client.build_request
     hasher = Hasher()
 
-    def checker(statuses: tuple[int, ...], step: str) -> Callable[[httpx.Response], object]:
+    def checker(
+        statuses: tuple[int, ...], step: str
+    ) -> Callable[[httpx.Response], Awaitable[httpx.Response]]:
         async def read(response: httpx.Response) -> httpx.Response:
             if response.status_code not in statuses:
                 body = (await response.aread())[:300].decode("utf-8", "replace")
@@ -148,8 +151,9 @@ async def _upload(
                 "Content-Range": f"{offset}-{offset + length - 1}",
             }
             response = await session.fetch(
-                lambda url=location, h=headers, n=length: build(
-                    "PATCH", url, headers=h, content=_pieces(file, n, hasher)
+                # one attempt (retry=False): the body generator is made once, here
+                functools.partial(
+                    build, "PATCH", location, headers=headers, content=_pieces(file, length, hasher)
                 ),
                 checker((202, 204), f"PATCH at byte {offset}"),
                 what=what,

@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from fs.errors import ZsnapError
 from snapshotter.bench.convert_seed import SEED_TAG, SIBLING_TAG, build_seed_layout
@@ -87,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="zsnap-bench-convert-"))
     registry = containerd = None
-    results: dict[str, dict] = {}
+    results: dict[str, dict[str, Any]] = {}
     try:
         registry = LocalRegistry(work / "registry")
         if args.shape == "seed":
@@ -260,7 +261,7 @@ def _zsnap_command(args: argparse.Namespace, root: Path, listing: Path) -> list[
     return cmd
 
 
-def _report(results: dict[str, dict], uncompressed: int, args: argparse.Namespace) -> None:
+def _report(results: dict[str, dict[str, Any]], uncompressed: int, args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 

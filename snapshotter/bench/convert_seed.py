@@ -17,8 +17,12 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snapshotter.sample_image import MTIME, build_image
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["SEED_TAG", "SIBLING_TAG", "build_seed_layout"]
 
@@ -89,7 +93,7 @@ def _file_groups(budgets: list[int]) -> list[list[Path]]:
     return groups
 
 
-def _walk(root: str):
+def _walk(root: str) -> Iterator[Path]:
     for directory, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
@@ -98,7 +102,7 @@ def _walk(root: str):
                 yield path
 
 
-def _write_image(layout: Path, tag: str, layers: list[tuple[dict, str]]) -> None:
+def _write_image(layout: Path, tag: str, layers: list[tuple[dict[str, object], str]]) -> None:
     config = {
         "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
@@ -119,7 +123,7 @@ def _write_image(layout: Path, tag: str, layers: list[tuple[dict, str]]) -> None
     (layout / "index.json").write_text(json.dumps(index))
 
 
-def _put(layout: Path, data: bytes, media_type: str) -> dict:
+def _put(layout: Path, data: bytes, media_type: str) -> dict[str, object]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     (layout / "blobs/sha256" / digest.split(":")[1]).write_bytes(data)
     return {"mediaType": media_type, "digest": digest, "size": len(data)}

@@ -33,6 +33,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from fs.errors import ZsnapError
 
@@ -145,10 +146,10 @@ class _Mount:
             self.stop()
             raise ZsnapError(f"zsnap mount failed: {(root / 'mount.log').read_text()[-2000:]}")
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return json.loads(self.stats_file.read_text())
 
-    def wait(self, key: str, timeout: float = 600) -> dict:
+    def wait(self, key: str, timeout: float = 600) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

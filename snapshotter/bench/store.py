@@ -26,6 +26,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = ["add_arguments", "run"]
 
@@ -61,7 +65,7 @@ class _RawPublisher:
     """The syscalls a durable put needs and nothing else: write, fdatasync, rename into a 256-way
     directory fan-out, directory fsync, one LMDB commit of a small record."""
 
-    def __init__(self, root: Path, lmdb) -> None:
+    def __init__(self, root: Path, lmdb: ModuleType) -> None:
         from fs.store.files import fsync_dir
 
         self._fsync_dir = fsync_dir

@@ -23,7 +23,7 @@ BENCHMARKS = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = subparsers.add_parser(
         "bench",
         help="run a benchmark (" + ", ".join(BENCHMARKS) + ")",

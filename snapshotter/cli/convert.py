@@ -7,11 +7,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from converter.convert import ConvertRequest
 
 _FORMATS = {"zstd-chunked": "CSTORAGE", "stargz-zstd-chunked": "STARGZ_ZSTD"}
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     convert = subparsers.add_parser(
         "convert",
         help="convert images to zstd:chunked",
@@ -87,7 +91,7 @@ def _read_lines(path: Path) -> list[str]:
     return [line.split("#", 1)[0].strip() for line in text.splitlines()]
 
 
-def _requests(args: argparse.Namespace):
+def _requests(args: argparse.Namespace) -> list[ConvertRequest]:
     from converter.convert import ConvertRequest
 
     requests = []

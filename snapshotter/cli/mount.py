@@ -19,12 +19,16 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fs.errors import ZsnapError, error_context
 from snapshotter.cli import exception_leaves
 
+if TYPE_CHECKING:
+    from fs.lazy.mount import MountConfig
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mount = subparsers.add_parser(
         "mount",
         help="mount an image lazily (read-only)",
@@ -55,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     umount.set_defaults(func=_umount)
 
 
-def _config(args: argparse.Namespace, mount_id: str):  # -> MountConfig
+def _config(args: argparse.Namespace, mount_id: str) -> MountConfig:
     from fs.lazy.mount import MountConfig
     from fs.lazy.system import check_mountpoint
 

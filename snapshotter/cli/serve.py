@@ -17,7 +17,7 @@ from pathlib import Path
 from snapshotter.cli import DEFAULT_ROOT
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = subparsers.add_parser(
         "serve",
         help="run the containerd proxy snapshotter daemon",

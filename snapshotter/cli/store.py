@@ -9,11 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from fs.errors import StoreError
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+    from fs.store import Store
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     store = subparsers.add_parser(
         "store",
         help="inspect or collect the local store",
@@ -50,7 +56,7 @@ def _unused(args: argparse.Namespace) -> bool:
     return not (args.root / "index").is_dir()
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace) -> Store:
     from fs.store import Store
 
     if _unused(args):
@@ -131,7 +137,7 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_reclaimed(console, reclaimed: list[str]) -> None:
+def _print_reclaimed(console: Console, reclaimed: list[str]) -> None:
     if reclaimed:
         shown = ", ".join(reclaimed[:10]) + (" …" if len(reclaimed) > 10 else "")
         console.print(f"recovery at open reclaimed {len(reclaimed)} item(s): {shown}")

@@ -1,11 +1,12 @@
 """Test-only entry point: serve images from ONE :class:`~fs.lazy.host.LazyHost` in this process.
 
-    python -m tests.fs.host_worker --root ROOT [--no-prefetch] [--no-background-fetch] REF...
+    python -m tests.fs.host_worker --root ROOT [--no-prefetch] [--no-background-fetch] [--config TOML] REF...
 
 Opens the store at ROOT and a host (FUSE session at ``ROOT/mnt``), attaches each REF under holder
 ``img<i>``, prints one JSON line ``{"layers": [[path, ...] per REF], "lazy": [[bool, ...] per REF],
 "attach_seconds": [float per REF]}``, then
-serves until SIGTERM/SIGINT. Commands on stdin, one per line, each answered by one JSON line:
+serves until SIGTERM/SIGINT. ``--config`` reads the daemon's config file and builds the host options the
+way the daemon does (``[limits]`` included). Commands on stdin, one per line, each answered by one JSON line:
 
     attach REF HOLDER [MANIFEST-DIGEST]  -> {"layers": [path, ...]}       (or {"error": "..."})
     detach HOLDER       -> {"ok": true}
@@ -17,6 +18,7 @@ serves until SIGTERM/SIGINT. Commands on stdin, one per line, each answered by o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -78,7 +80,15 @@ async def _commands(host: LazyHost, done: trio.CancelScope) -> None:
 async def main(args: argparse.Namespace) -> None:
     store = await trio.to_thread.run_sync(Store.open, args.root)
     try:
-        options = HostOptions(prefetch=not args.no_prefetch, background_fetch=not args.no_background_fetch)
+        options = HostOptions()
+        if args.config is not None:
+            from snapshotter.config import load_config
+            from snapshotter.remote import _host_options
+
+            options = _host_options(HostOptions, load_config(args.config))
+        options = dataclasses.replace(
+            options, prefetch=not args.no_prefetch, background_fetch=not args.no_background_fetch
+        )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_lazy_host(args.root, store, options=options) as host, trio.open_nursery() as n:
                 attached, seconds = [], []
@@ -106,6 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--no-prefetch", action="store_true")
     parser.add_argument("--no-background-fetch", action="store_true")
+    parser.add_argument("--config", type=Path)
     parser.add_argument("refs", nargs="*")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trio.run(main, parser.parse_args())

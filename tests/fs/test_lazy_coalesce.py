@@ -1,4 +1,4 @@
-"""Pure parts of the fetcher: range coalescing and chunk decoding."""
+"""Pure parts of the fetcher: how it groups chunks into range requests, and chunk decoding."""
 
 from __future__ import annotations
 
@@ -9,38 +9,34 @@ import pytest
 import zstandard
 
 from fs.errors import FormatError
+from fs.lazy import fetcher
 from fs.lazy.decode import decode_chunk
-from fs.lazy.fetcher import coalesce
+from fs.registry.ranges import RangeGroup, coalesce
 
 
-def _ranges(groups):
+def _groups(groups: list[RangeGroup]) -> list[tuple[int, int, list[int]]]:
     return [(g.start, g.end, g.members) for g in groups]
 
 
-def test_coalesce_merges_neighbours_within_gap() -> None:
-    spans = [(0, 100), (100, 200), (250, 300), (10_000, 10_100)]
-    assert _ranges(coalesce(spans, max_gap=50, max_size=1 << 20)) == [
-        (0, 300, [0, 1, 2]),
-        (10_000, 10_100, [3]),
+def test_fetcher_groups_chunks_with_the_one_coalesce() -> None:
+    """The fetcher has no coalescing of its own: its groups are :func:`fs.registry.ranges.coalesce`'s
+    with the fetcher's gap and request bounds (the general cases are tested in test_registry_pure.py)."""
+    assert not hasattr(fetcher, "coalesce") or fetcher.coalesce is coalesce
+    gap, cap = fetcher.DEFAULT_MAX_GAP, fetcher.DEFAULT_MAX_REQUEST
+    spans = [
+        (0, 1000),
+        (1000 + gap, 2000 + gap),  # exactly max_gap away: merged
+        (2001 + 2 * gap, 3000 + 2 * gap),  # one byte further: a new request
+        (2001 + 2 * gap, 2500 + 2 * gap),  # eStargz innerOffset chunks share a frame: always merged
+        (10 * cap, 11 * cap + 1),  # bigger than the request bound: stays whole
+        (11 * cap + 1, 11 * cap + 2),  # touching, but the merged range would pass the bound
     ]
-
-
-def test_coalesce_respects_max_size_and_keeps_big_spans_whole() -> None:
-    spans = [(0, 600), (600, 1200), (1200, 1300), (1300, 5000)]
-    groups = coalesce(spans, max_gap=0, max_size=1000)
-    assert _ranges(groups) == [(0, 600, [0]), (600, 1300, [1, 2]), (1300, 5000, [3])]
-
-
-def test_coalesce_unsorted_overlapping_and_identical() -> None:
-    spans = [(500, 900), (0, 100), (500, 900), (80, 150)]
-    groups = coalesce(spans, max_gap=0, max_size=10)  # overlaps merge even past max_size
-    assert _ranges(groups) == [(0, 150, [1, 3]), (500, 900, [0, 2])]
-
-
-def test_coalesce_empty_and_invalid() -> None:
-    assert coalesce([]) == []
-    with pytest.raises(ValueError):
-        coalesce([(10, 5)])
+    assert _groups(coalesce(spans, max_gap=gap, max_size=cap)) == [
+        (0, 2000 + gap, [0, 1]),
+        (2001 + 2 * gap, 3000 + 2 * gap, [3, 2]),
+        (10 * cap, 11 * cap + 1, [4]),
+        (11 * cap + 1, 11 * cap + 2, [5]),
+    ]
 
 
 def test_decode_zstd_across_frames_with_inner_offset_and_skippable() -> None:

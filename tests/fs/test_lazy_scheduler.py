@@ -131,3 +131,23 @@ async def test_wait_turn_returns_when_quiet() -> None:
 def test_ticket_single_use_and_limits_validated() -> None:
     with pytest.raises(ValueError):
         FetchScheduler({Priority.PREFETCH: 0})
+
+
+async def test_max_in_flight_bounds_all_priorities_together() -> None:
+    sched = FetchScheduler(max_in_flight=2)  # max-concurrent-fetches = 2
+    log: list[str] = []
+    bg_release, od_release = trio.Event(), trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(_hold, sched, Priority.BACKGROUND, log, "bg", bg_release)
+        await trio.testing.wait_all_tasks_blocked()
+        for name in ("od1", "od2"):
+            n.start_soon(_hold, sched, Priority.ON_DEMAND, log, name, od_release)
+        await trio.testing.wait_all_tasks_blocked()
+        assert log[0] == "bg" and len(log) == 2  # the total is reached: one on-demand fetch waits
+        assert sched.statistics().in_flight == (1, 0, 1) and sched.statistics().waiting == (1, 0, 0)
+        bg_release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(log) == ["bg", "od1", "od2"]
+        od_release.set()
+    with pytest.raises(ValueError):
+        FetchScheduler(max_in_flight=0)

@@ -1,0 +1,164 @@
+"""Registry faults at random (reset, stall, flipped bytes, 5xx, 401) between zsnap and a REAL registry.
+
+A :class:`~tests.fixtures.faultproxy.FaultProxy` sits in front of the session registry. A lazy mount read
+through it returns the right bytes or EIO (never wrong bytes, never a hang past the fetch timeout), and
+once the faults stop every read succeeds and the store holds only verified chunks. A conversion through
+it succeeds with a correct image or fails with one ``zsnap: error:`` line and pushes no manifest.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.common import (
+    VECTOR,
+    assert_store_consistent,
+    chaos_rng,
+    chaos_rounds,
+    expected_files,
+    sha256_file,
+)
+from tests.fixtures.faultproxy import FaultProxy
+from tests.fixtures.fuse import REPO_ROOT, start_mount, zsnap_command
+from tests.fixtures.images import push
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
+
+FETCH_TIMEOUT = 2.0
+STALL = FETCH_TIMEOUT + 2.0
+
+
+@pytest.fixture
+def proxy(registry, request) -> FaultProxy:
+    seed, _ = chaos_rng(request.node.name)
+    p = FaultProxy(registry.host, seed=seed, stall_seconds=STALL).start()
+    yield p
+    p.stop()
+
+
+def _read_all_once(mountpoint: Path, files: dict[str, str], pending: set[str]) -> tuple[int, int]:
+    """Read every pending file once: right bytes (dropped from ``pending``) or EIO; never wrong, never
+    slower than a few fetch timeouts. Returns (ok, eio)."""
+    ok = eio = 0
+    for rel in sorted(pending):
+        started = time.monotonic()
+        try:
+            digest = sha256_file(mountpoint / rel)
+        except OSError as e:
+            assert e.errno == errno.EIO, (rel, e)
+            eio += 1
+        else:
+            assert digest == files[rel], f"{rel}: a read returned wrong bytes"
+            pending.discard(rel)
+            ok += 1
+        took = time.monotonic() - started
+        # a file is a few fetches at most; each is bounded by the fetch timeout (+ the stall's own close)
+        assert took < 4 * STALL, f"{rel}: read took {took:.1f}s"
+    return ok, eio
+
+
+def test_lazy_reads_through_a_faulty_registry_are_right_or_eio(
+    proxy: FaultProxy, registry, vectors_dir: Path, tmp_path: Path
+) -> None:
+    registry.push_oci_layout(vectors_dir / VECTOR, "chaos/faults:features")
+    files = expected_files(vectors_dir)
+    ref = f"docker://{proxy.host}/chaos/faults:features"
+    totals = {"ok": 0, "eio": 0}
+    for round_ in range(chaos_rounds(2)):
+        root = tmp_path / f"root{round_}"
+        m = start_mount(
+            root,
+            ref,
+            tmp_path / f"mnt{round_}",
+            "--no-prefetch",
+            "--no-background-fetch",
+            "--fetch-timeout",
+            str(FETCH_TIMEOUT),
+        )
+        try:
+            proxy.rate = 0.5
+            pending = set(files)
+            for _ in range(3):
+                ok, eio = _read_all_once(m.mountpoint, files, pending)
+                totals["ok"] += ok
+                totals["eio"] += eio
+            proxy.rate = 0.0
+            _read_all_once(m.mountpoint, files, pending)
+            assert not pending, (
+                f"reads still fail after the faults stopped: {sorted(pending)}\n{m.log_tail()}"
+            )
+        finally:
+            proxy.rate = 0.0
+            m.unmount()
+        assert_store_consistent(root)
+    print(f"faults injected {dict(proxy.injected)}; reads {totals}")
+    assert sum(proxy.injected.values()) > 0 and totals["eio"] > 0  # the faults were really met
+
+
+def _manifest_exists(host: str, repo: str, tag: str) -> bool:
+    request = urllib.request.Request(
+        f"http://{host}/v2/{repo}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            return True
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False
+        raise
+
+
+def test_conversion_through_a_faulty_registry_succeeds_or_fails_cleanly(
+    proxy: FaultProxy, registry, test_images, tmp_path: Path
+) -> None:
+    src = push(test_images["features:gzip"], registry.host, "chaos/convsrc:v1")
+    src_via_proxy = src.replace(registry.host, proxy.host, 1)
+    outcomes = {"ok": 0, "failed": 0}
+    for round_ in range(chaos_rounds(3)):
+        proxy.rate = 0.4
+        tag = f"r{round_}"
+        root = tmp_path / f"root{round_}"
+        done = subprocess.run(
+            [
+                *zsnap_command(root),
+                "convert",
+                "-q",
+                f"docker://{src_via_proxy}",
+                f"docker://{proxy.host}/chaos/convdst:{tag}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+        proxy.rate = 0.0
+        if done.returncode == 0:
+            outcomes["ok"] += 1
+            check = subprocess.run(
+                [*zsnap_command(root), "check", "--full", f"docker://{registry.host}/chaos/convdst:{tag}"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=REPO_ROOT,
+                check=False,
+            )
+            assert check.returncode == 0 and "OK" in check.stdout, check.stdout + check.stderr
+        else:
+            outcomes["failed"] += 1
+            lines = done.stderr.strip().splitlines()
+            assert "Traceback" not in done.stderr, done.stderr
+            assert [line for line in lines if line.startswith("zsnap: error:")] == lines[-1:], done.stderr
+            assert len(lines) == 1, done.stderr
+            assert not _manifest_exists(registry.host, "chaos/convdst", tag)
+        assert_store_consistent(root)
+    print(f"faults injected {dict(proxy.injected)}; conversions {outcomes}")

@@ -47,8 +47,11 @@ def sha256_file(path: Path) -> str:
 
 def assert_store_consistent(root: Path) -> dict:
     """The store under ``root`` reopens consistent: every blob hashes to its digest, refcounts agree, no
-    temp objects or holders of dead processes survive the open, no wip files; returns ``store stats``."""
+    temp objects or holders of dead processes survive the open, no wip files.
+
+    Returns ``store stats --json`` plus ``reclaimed_at_open``: what the open cleaned up."""
     with Store.open(root) as store:
+        reclaimed = list(store.reclaimed)
         problems = store.verify(full=True)
         assert not problems, problems
     assert not list((root / "wip").glob("*")), list((root / "wip").iterdir())
@@ -66,4 +69,5 @@ def assert_store_consistent(root: Path) -> dict:
     for path in (root / "data").rglob("*"):
         if path.is_file():
             assert "sha256:" + sha256_file(path) == "sha256:" + path.name, path
+    stats["reclaimed_at_open"] = reclaimed
     return stats

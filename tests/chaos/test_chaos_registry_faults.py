@@ -27,7 +27,7 @@ from tests.chaos.common import (
     expected_files,
 )
 from tests.fixtures.faultproxy import FaultProxy
-from tests.fixtures.fuse import REPO_ROOT, start_mount, zsnap_command
+from tests.fixtures.fuse import REPO_ROOT, force_unmount, start_mount, zsnap_command
 from tests.fixtures.images import push
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
@@ -94,17 +94,25 @@ def test_lazy_reads_through_a_faulty_registry_are_right_or_eio(
     ref = f"docker://{proxy.host}/chaos/faults:features"
     totals = {"ok": 0, "eio": 0}
     slowest = [0.0]
+    mounts = {"ok": 0, "failed": 0}
     for round_ in range(chaos_rounds(2)):
         root = tmp_path / f"root{round_}"
-        m = start_mount(
-            root,
-            ref,
-            tmp_path / f"mnt{round_}",
-            "--no-prefetch",
-            "--no-background-fetch",
-            "--fetch-timeout",
-            str(FETCH_TIMEOUT),
-        )
+        args = ("--no-prefetch", "--no-background-fetch", "--fetch-timeout", str(FETCH_TIMEOUT))
+        # odd rounds mount through the faults too (the TOC fetches): a mount comes up or fails cleanly
+        proxy.rate = 0.5 if round_ % 2 else 0.0
+        try:
+            m = start_mount(root, ref, tmp_path / f"mnt{round_}", *args, verbose=False)
+        except RuntimeError as e:
+            mounts["failed"] += 1
+            message = str(e)
+            errors = [line for line in message.splitlines() if line.startswith("zsnap: error:")]
+            assert "Traceback" not in message and len(errors) == 1, message
+            print(errors[0])
+            force_unmount(tmp_path / f"mnt{round_}")
+            proxy.rate = 0.0
+            m = start_mount(root, ref, tmp_path / f"mnt{round_}", *args)
+        else:
+            mounts["ok"] += 1
         try:
             proxy.rate = 0.5
             pending = set(files)
@@ -121,7 +129,10 @@ def test_lazy_reads_through_a_faulty_registry_are_right_or_eio(
             proxy.rate = 0.0
             m.unmount()
         assert_store_consistent(root)
-    print(f"faults injected {dict(proxy.injected)}; reads {totals}; slowest read call {slowest[0]:.2f}s")
+    print(
+        f"faults injected {dict(proxy.injected)}; mounts under faults {mounts}; reads {totals}; "
+        f"slowest read call {slowest[0]:.2f}s"
+    )
     assert sum(proxy.injected.values()) > 0 and totals["eio"] > 0  # the faults were really met
 
 

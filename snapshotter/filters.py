@@ -120,7 +120,7 @@ def parse_filter(text: str) -> list[Selector]:
         scanner.pos += 1
 
 
-def _field(record: Record, path: tuple[str, ...]) -> str | None | EllipsisType:
+def _field(record: Record, path: tuple[str, ...]) -> str | EllipsisType | None:
     """The value of a field path for ``record``; None if absent; ``...`` (Ellipsis) if unknown."""
     head, rest = path[0], path[1:]
     if head == "labels" and rest:

@@ -193,7 +193,7 @@ def _stream_digest(blob: BinaryIO, codec: str) -> str:
         from isal import igzip
 
         # continues across gzip members; isal's IGzipFile.__init__ carries no annotations
-        stream: Readable = igzip.IGzipFile(fileobj=blob, mode="rb")  # type: ignore[no-untyped-call]
+        stream: Readable = igzip.IGzipFile(fileobj=blob, mode="rb")
     else:
         stream = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
     with contextlib.closing(stream):

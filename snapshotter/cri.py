@@ -35,8 +35,8 @@ def _call(containerd_socket: str, ref: str, method: str, request: object, timeou
         try:
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            details = exc.details()  # type: ignore[attr-defined]
+            code = exc.code()
+            details = exc.details()
             raise CriError(f"CRI {method} failed: {code.name}: {details}", code=code, image=ref) from None
 
 

@@ -122,6 +122,7 @@ def _containerd_start(
                   f"= {s.total_s:.2f}s; {(s.fetched_bytes or 0) / 1e6:.1f} MB fetched")  # fmt: skip
             results[mode] = s
     lazy, full = results["lazy"], results["full"]
+    assert lazy.total_s is not None and full.total_s is not None  # modes.sample sets it or raises
     fetched = lazy.fetched_bytes or 0
     print(f"\nstartup: lazy {lazy.total_s:.2f}s vs full pull {full.total_s:.2f}s "
           f"({full.total_s / lazy.total_s:.1f}x faster); lazy fetched {fetched / 1e6:.1f} MB of "

@@ -24,6 +24,7 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import EllipsisType
 
 from .errors import SnapshotInvalid
 from .metastore import Record
@@ -119,20 +120,20 @@ def parse_filter(text: str) -> list[Selector]:
         scanner.pos += 1
 
 
-def _field(record: Record, path: tuple[str, ...]) -> str | None:
+def _field(record: Record, path: tuple[str, ...]) -> str | EllipsisType | None:
     """The value of a field path for ``record``; None if absent; ``...`` (Ellipsis) if unknown."""
     head, rest = path[0], path[1:]
     if head == "labels" and rest:
         return record.labels.get(".".join(rest))
     if rest:
-        return ...  # type: ignore[return-value]
+        return ...
     if head == "name":
         return record.key
     if head == "parent":
         return record.parent  # present even when empty: containerd filters a root layer by parent==""
     if head == "kind":
         return record.kind.label
-    return ...  # type: ignore[return-value]
+    return ...
 
 
 def _selector_matches(selector: Selector, record: Record) -> bool:

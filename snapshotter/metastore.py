@@ -126,7 +126,7 @@ def now_ns() -> int:
 class Txn:
     """One open transaction on the ``snapshots`` sub-database (read-only unless opened by ``write``)."""
 
-    def __init__(self, txn: lmdb.Transaction, db: Any) -> None:
+    def __init__(self, txn: lmdb.Transaction[bytes], db: lmdb._Database) -> None:
         self._txn = txn
         self._db = db
 

@@ -46,7 +46,10 @@ async def lazy_layers(
         ref.registry, plain_http=plain_http, timeout=timeout, docker_config=docker_config,
         credentials=credentials,
     ) as client:  # fmt: skip
-        manifest = await client.get_manifest(ref.repository, manifest_digest or ref.reference)
+        reference = manifest_digest or ref.reference
+        if reference is None:  # an oci: layout reference may name neither; a registry needs one
+            raise FormatError("the reference names no tag or digest", image=image)
+        manifest = await client.get_manifest(ref.repository, reference)
         doc = parse_manifest_or_index(manifest.data, manifest.media_type)
         if isinstance(doc, ImageIndex):
             entry = next((m for m in doc.manifests if platform_matches(m, None)), None)

@@ -8,6 +8,7 @@ base and :func:`system_layers` take this machine's files, so their digests follo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import random
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from isal import igzip
 
@@ -56,13 +58,13 @@ def build_image(layout: Path, layers: list[LayerBuilder], *, tag: str = "latest"
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }
     config_desc = _write_blob(blobs, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": config_desc, "layers": descriptors}
-    manifest_desc = _write_blob(blobs, json.dumps(manifest).encode(), manifest["mediaType"])
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    manifest = {"schemaVersion": 2, "mediaType": manifest_type, "config": config_desc, "layers": descriptors}
+    manifest_desc = _write_blob(blobs, json.dumps(manifest).encode(), manifest_type)
     manifest_desc["annotations"] = {"org.opencontainers.image.ref.name": tag}
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     index_path = layout / "index.json"
-    index = {"schemaVersion": 2, "manifests": []}
+    index: dict[str, Any] = {"schemaVersion": 2, "manifests": []}  # JSON
     if index_path.exists():
         index = json.loads(index_path.read_text())
     index["manifests"] = [
@@ -70,7 +72,7 @@ def build_image(layout: Path, layers: list[LayerBuilder], *, tag: str = "latest"
         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag
     ] + [manifest_desc]
     index_path.write_text(json.dumps(index))
-    return manifest_desc["digest"]
+    return str(manifest_desc["digest"])
 
 
 def demo_layers(data_mb: int) -> list[LayerBuilder]:
@@ -122,7 +124,7 @@ def system_layers(total_mb: int, layers: int = 5, roots: tuple[str, ...] = ("/us
             with open(path, "rb") as f:
                 tar.addfile(info, f)
 
-    return [_base_layer] + [lambda tar, paths=paths: build(tar, paths) for paths in groups]
+    return [_base_layer, *(functools.partial(build, paths=paths) for paths in groups)]
 
 
 def _walk_files(roots: tuple[str, ...]) -> Iterator[Path]:
@@ -199,7 +201,7 @@ def _big_file(tar: tarfile.TarFile, name: str, size: int, *, seed: int) -> None:
         def readable(self) -> bool:
             return True
 
-        def readinto(self, buf) -> int:  # type: ignore[override]
+        def readinto(self, buf: memoryview) -> int:  # type: ignore[override]  # io passes a memoryview
             while len(self.pending) < len(buf) and self.produced < size:
                 text = (b"weights %07d\n" % (self.produced >> 16))[:16] * 2048
                 piece = (rng.randbytes(1 << 15) + text)[: size - self.produced]

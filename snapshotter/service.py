@@ -61,8 +61,9 @@ def _timestamp(ns: int) -> Timestamp:
 
 
 def info_message(record: Record) -> snapshots_pb2.Info:
+    # The kind goes by label (Kind names match snapshots.proto): the typed form of the enum field.
     return snapshots_pb2.Info(
-        name=record.key, parent=record.parent, kind=int(record.kind), labels=dict(record.labels),
+        name=record.key, parent=record.parent, kind=record.kind.name, labels=dict(record.labels),
         created_at=_timestamp(record.created), updated_at=_timestamp(record.updated),
     )  # fmt: skip
 

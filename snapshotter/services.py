@@ -28,7 +28,8 @@ __all__ = ["LocalContainerd", "LocalRegistry", "StargzSnapshotter", "ZsnapServe"
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _http_ok(url: str, prefix: Sequence[str]) -> bool:
@@ -43,7 +44,7 @@ def _http_ok(url: str, prefix: Sequence[str]) -> bool:
         return False
 
 
-def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def stop_pid(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds."""
     if proc.poll() is not None:
         return

@@ -122,7 +122,8 @@ class InitRequest:
 
     @property
     def unique(self) -> int:
-        return _IN_HEADER.unpack_from(self.raw)[2]
+        unique: int = _IN_HEADER.unpack_from(self.raw)[2]
+        return unique
 
     @property
     def protocol(self) -> tuple[int, int]:
@@ -215,6 +216,7 @@ def _replay_init(ops: Any, session: FuseSession, request: bytes) -> None:
     def init() -> None:
         # Called synchronously from libfuse's do_init, after it read the INIT and before it replies.
         parked, session.parked_fd = session.parked_fd, None
+        assert parked is not None, "libfuse calls init once, and only after the device was parked"
         os.dup2(parked, fd, inheritable=False)
         os.close(parked)
         if had_own_init:

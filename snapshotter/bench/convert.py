@@ -218,7 +218,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 def _layout(args: argparse.Namespace, work: Path) -> Path:
     """The bench image as an OCI layout: built in ``work``, or reused from / saved to ``--image-cache``."""
     if args.image_cache is not None:
-        layout = args.image_cache / f"{args.content}-{args.size_mb}mb-{args.layers}l"
+        layout: Path = args.image_cache / f"{args.content}-{args.size_mb}mb-{args.layers}l"
         if (layout / "index.json").exists():
             _say(f"reusing the image in {layout}")
             return layout

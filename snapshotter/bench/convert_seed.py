@@ -12,6 +12,7 @@ MB/s of distinct uncompressed input, then one JSON line ``{"bench": "convert-see
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapshotter.sample_image import MTIME, build_image
+from snapshotter.sample_image import MTIME, LayerBuilder, build_image
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +39,7 @@ def build_seed_layout(layout: Path, distinct_mb: int) -> int:
     big_a, big_b = budget // 2, budget * 2 // 7
     small = (budget - big_a - big_b) // _SMALL_LAYERS
     groups = _file_groups([big_a, big_b] + [small] * _SMALL_LAYERS)
-    builders = [_empty] + [lambda tar, paths=paths: _add_files(tar, paths) for paths in groups]
+    builders: list[LayerBuilder] = [_empty, *(functools.partial(_add_files, paths=paths) for paths in groups)]
     build_image(layout, builders, tag="parts")
     index = json.loads((layout / "index.json").read_text())
     (parts_desc,) = [
@@ -108,11 +109,12 @@ def _write_image(layout: Path, tag: str, layers: list[tuple[dict[str, object], s
         "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in layers]},
     }  # fmt: skip
     config_desc = _put(layout, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
     manifest = {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config_desc, "layers": [desc for desc, _ in layers],
+        "schemaVersion": 2, "mediaType": manifest_type, "config": config_desc,
+        "layers": [desc for desc, _ in layers],
     }  # fmt: skip
-    desc = _put(layout, json.dumps(manifest).encode(), manifest["mediaType"])
+    desc = _put(layout, json.dumps(manifest).encode(), manifest_type)
     desc["annotations"] = {"org.opencontainers.image.ref.name": tag}
     index = json.loads((layout / "index.json").read_text())
     index["manifests"] = [

@@ -147,7 +147,8 @@ class _Mount:
             raise ZsnapError(f"zsnap mount failed: {(root / 'mount.log').read_text()[-2000:]}")
 
     def stats(self) -> dict[str, Any]:
-        return json.loads(self.stats_file.read_text())
+        stats: dict[str, Any] = json.loads(self.stats_file.read_text())  # the mount's JSON stats file
+        return stats
 
     def wait(self, key: str, timeout: float = 600) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -225,12 +225,15 @@ def _report(args: argparse.Namespace, n: int, r: dict[str, float]) -> None:
     ]  # fmt: skip
     ok = r["get_cached_us"] < TARGET_US
     if not args.json_only:
-        from rich.console import Console
+        from rich.console import Console, JustifyMethod
         from rich.table import Table
 
         table = Table(title=f"zsnap bench store ({n} chunks of 64 KiB)", title_justify="left")
-        for col, justify in (("operation", "left"), ("store µs/op", "right"), ("ops/s", "right"),
-                             ("raw µs/op", "right"), ("ratio", "right"), ("raw is", "left")):  # fmt: skip
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
+            ("operation", "left"), ("store µs/op", "right"), ("ops/s", "right"),
+            ("raw µs/op", "right"), ("ratio", "right"), ("raw is", "left"),
+        )  # fmt: skip
+        for col, justify in columns:
             table.add_column(col, justify=justify)
         for name, us, raw, what in rows:
             ratio = f"{us / raw:.2f}x" if raw else "-"

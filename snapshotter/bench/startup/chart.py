@@ -6,13 +6,17 @@ matplotlib with the non-interactive Agg backend, written as a PNG.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snapshotter.bench.startup.report import Summary
 
 __all__ = ["PARTS", "draw"]
 
 PARTS = (("pull_s", "pull"), ("create_s", "create"), ("run_s", "run to first output"))
 
 
-def draw(summary: dict, path: Path) -> int:
+def draw(summary: Summary, path: Path) -> int:
     """Write the chart of ``summary`` (see :func:`.report.summarize`) to ``path``; return the bar count."""
     import matplotlib
 

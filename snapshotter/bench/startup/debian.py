@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from fs.errors import ZsnapError
@@ -29,13 +30,14 @@ def mirror() -> str:
             text = path.read_text()
         except OSError:
             continue
+        uri: str
         for uri in re.findall(r"^\s*(?:URIs:|deb)\s+(?:\[[^\]]*\]\s+)?(\S+)", text, re.MULTILINE):
             if uri.rstrip("/").endswith("/debian"):
                 return uri.rstrip("/")
     return DEFAULT_MIRROR
 
 
-def debian_rootfs_tar(cache: Path, *, say=print) -> Path:
+def debian_rootfs_tar(cache: Path, *, say: Callable[[str], object] = print) -> Path:
     """The cached root file system tar, made by debootstrap on first use (a few minutes, ~120 MB fetched)."""
     out = cache / f"debian-{SUITE}-minbase-{'-'.join(PACKAGES)}.tar"
     if out.exists():

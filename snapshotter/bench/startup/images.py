@@ -25,7 +25,7 @@ import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from isal import igzip
@@ -102,7 +102,9 @@ def build(spec: ImageSpec, cache: Path, *, say: Callable[[str], None] = print) -
     layers.append(_workload_layer(spec.base))
     layout = directory / "layout"
     say(f"building image {image_key(spec)} (cached in {directory})")
-    descriptors, diff_ids, sizes = [], [], []
+    descriptors: list[dict[str, Any]] = []
+    diff_ids: list[str] = []
+    sizes: list[int] = []
     for write in layers:
         descriptors.append(_write_layer(layout, write, diff_ids, sizes))
     target = int(spec.size_gb * 1e9)
@@ -283,7 +285,7 @@ class _HashingWriter(io.RawIOBase):
         return self.count
 
 
-def _write_layer(layout: Path, write: LayerWriter, diff_ids: list[str], sizes: list[int]) -> dict:
+def _write_layer(layout: Path, write: LayerWriter, diff_ids: list[str], sizes: list[int]) -> dict[str, Any]:
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     tmp = blobs / "layer.tmp"
@@ -292,10 +294,10 @@ def _write_layer(layout: Path, write: LayerWriter, diff_ids: list[str], sizes: l
         with igzip.IGzipFile(fileobj=compressed, mode="wb", compresslevel=1, mtime=0) as gz:
             plain = _HashingWriter(gz)
             tar = tarfile.open(fileobj=plain, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - see below
-            tar.copybufsize = 4 * MiB
+            tar.copybufsize = 4 * MiB  # type: ignore[attr-defined]  # real, but not in typeshed
             sizes.append(write(tar))
             plain.write(b"\0" * 1024)  # end at the two zero blocks, without tarfile's record padding
-            tar.closed = True
+            tar.closed = True  # type: ignore[attr-defined]  # real attribute, missing from typeshed
     diff_ids.append("sha256:" + plain.sha.hexdigest())
     digest = "sha256:" + compressed.sha.hexdigest()
     tmp.rename(blobs / digest.split(":")[1])
@@ -303,13 +305,13 @@ def _write_layer(layout: Path, write: LayerWriter, diff_ids: list[str], sizes: l
             "size": compressed.count}  # fmt: skip
 
 
-def _blob(layout: Path, data: bytes, media_type: str) -> dict:
+def _blob(layout: Path, data: bytes, media_type: str) -> dict[str, Any]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     (layout / "blobs" / "sha256" / digest.split(":")[1]).write_bytes(data)
     return {"mediaType": media_type, "digest": digest, "size": len(data)}
 
 
-def _write_manifest(layout: Path, layers: list[dict], diff_ids: list[str], cmd: list[str]) -> str:
+def _write_manifest(layout: Path, layers: list[dict[str, Any]], diff_ids: list[str], cmd: list[str]) -> str:
     config = {
         "architecture": "amd64", "os": "linux", "created": "2023-11-14T22:13:20Z",
         "config": {"Cmd": cmd, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
@@ -317,10 +319,10 @@ def _write_manifest(layout: Path, layers: list[dict], diff_ids: list[str], cmd: 
     }  # fmt: skip
     config_desc = _blob(layout, json.dumps(config, sort_keys=True).encode(),
                         "application/vnd.oci.image.config.v1+json")  # fmt: skip
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": config_desc, "layers": layers}  # fmt: skip
-    desc = _blob(layout, json.dumps(manifest, sort_keys=True).encode(), manifest["mediaType"])
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    manifest = {"schemaVersion": 2, "mediaType": manifest_type, "config": config_desc, "layers": layers}
+    desc = _blob(layout, json.dumps(manifest, sort_keys=True).encode(), manifest_type)
     desc["annotations"] = {"org.opencontainers.image.ref.name": "bench"}
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
-    return desc["digest"]
+    return str(desc["digest"])

@@ -130,7 +130,7 @@ def _remove_netns_dir() -> None:
 
 def remove_stale() -> list[str]:
     """Delete ``zsnap-bench-<pid>-*`` namespaces whose creating process no longer runs; return their names."""
-    removed = []
+    removed: list[str] = []
     if not NETNS_DIR.is_dir():
         return removed
     for entry in NETNS_DIR.iterdir():

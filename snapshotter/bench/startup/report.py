@@ -8,10 +8,17 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from snapshotter.bench.startup.modes import Sample
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 __all__ = ["FIELDS", "json_line", "render_table", "summarize", "write_json"]
+
+#: The JSON document :func:`summarize` builds (and ``--json`` writes).
+Summary: TypeAlias = "dict[str, Any]"
 
 FIELDS = ("pull_s", "create_s", "run_s", "total_s", "fetched_bytes", "readall_s", "readall_hog_s")
 
@@ -20,12 +27,12 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def summarize(images: Sequence[tuple[str, int]], samples: Sequence[Sample]) -> dict:
+def summarize(images: Sequence[tuple[str, int]], samples: Sequence[Sample]) -> Summary:
     """``{"images": [{"name", "size_bytes", "modes": {MODE: {FIELD: median, …, "spread": {FIELD: [min,
     max]}, "n"}}}], "samples": [...]}`` for ``images`` (``(name, size_bytes)``) in order."""
     out = []
     for name, size in images:
-        modes: dict[str, dict] = {}
+        modes: dict[str, dict[str, Any]] = {}
         for sample in samples:
             if sample.image != name:
                 continue
@@ -45,11 +52,11 @@ def summarize(images: Sequence[tuple[str, int]], samples: Sequence[Sample]) -> d
     return {"images": out, "samples": [dataclasses.asdict(s) for s in samples]}
 
 
-def write_json(summary: dict, path: Path, **meta: object) -> None:
+def write_json(summary: Summary, path: Path, **meta: object) -> None:
     path.write_text(json.dumps({**meta, **summary}, indent=1, sort_keys=True))
 
 
-def ratios(summary: dict) -> dict[str, dict[str, float]]:
+def ratios(summary: Summary) -> dict[str, dict[str, float]]:
     """``{"IMAGE/MODE": {"total_vs_full": x, "pull_vs_full": y, …}}`` for every non-full mode."""
     out: dict[str, dict[str, float]] = {}
     for image in summary["images"]:
@@ -71,7 +78,7 @@ def ratios(summary: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def json_line(summary: dict, **meta: object) -> str:
+def json_line(summary: Summary, **meta: object) -> str:
     """The machine-readable line: medians per image and mode, and ratios against full."""
     medians = {
         f"{image['name']}/{mode}": {f: entry[f] for f in FIELDS if entry.get(f) is not None}
@@ -90,7 +97,7 @@ def _fmt(value: float | None, spread: list[float] | None = None) -> str:
     return text
 
 
-def render_table(summary: dict):  # -> rich.table.Table
+def render_table(summary: Summary) -> Table:
     """The medians (min-max in brackets) per image and mode, seconds; ``x full`` is total against full."""
     from rich.table import Table
 

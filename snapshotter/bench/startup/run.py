@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="zsnap-bench-startup-"))
     cleanup = contextlib.ExitStack()
-    samples: list = []
+    samples: list[modes.Sample] = []
     try:
         host_registry = LocalRegistry(work / "prep-registry", data=registry_data)
         try:

@@ -104,6 +104,9 @@ class HostOptions:
         bound_holder: one store holder for every layer, bound to this process (``zsnap mount``); None
             gives each layer the persistent holder ``layer:<digest>``.
         scratch_dir: download/decompression scratch (default ``<root>/scratch/host-<pid>``).
+        prefetch_wait: :meth:`LazyHost.attach_image` returns once the prefetch lists of the image's new
+            lazy layers are stored, or after this many seconds (0: at once). A container's first reads
+            then hit the store instead of paying one registry round trip per file.
         fd_store_name: keep the session in the service manager's fd store under this name
             (:mod:`fs.lazy.restart`): adopt the connection a previous process stored there, else mount
             afresh and store it (when ``NOTIFY_SOCKET`` is set); at exit leave it mounted for the next
@@ -119,6 +122,7 @@ class HostOptions:
     bound_holder: str | None = None
     scratch_dir: Path | None = None
     fd_store_name: str | None = None
+    prefetch_wait: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,9 @@ class _Layer:
     error: BaseException | None = None
     opening: bool = False
     fill: trio.CancelScope | None = None
+    prefetched: trio.Event = field(default_factory=trio.Event)  # its prefetch list is stored (or none)
+    open_s: float = 0.0  # open_layer: TOC fetch + verify + index (or the whole download)
+    build_s: float = 0.0  # the tree's nodes
 
     @property
     def hex(self) -> str:
@@ -233,8 +240,10 @@ class LazyHost:
             raise ValueError("holder must be a non-empty string")
         if isinstance(ref, str):
             ref = ImageReference.parse(ref)
+        t0 = time.monotonic()
         client = await self._client(ref, plain_http)
         image = await resolve_image(client, ref, manifest_digest=manifest_digest)
+        t_resolved = time.monotonic()
         if not image.layers:
             raise ZsnapError(f"{ref} has no layers")
         order = _topmost_once(image.layers)
@@ -258,15 +267,39 @@ class LazyHost:
         missing = [d.digest for d in order if d.digest not in self._holders.get(holder, ())]
         if missing:  # detached while attaching
             raise ZsnapError(f"{ref}: holder {holder} was detached while its image was being attached")
+        t_opened = time.monotonic()
+        fresh = [self._layers[d] for d in added if d in self._layers]
+        if self.options.prefetch_wait > 0 and fresh:
+            with trio.move_on_after(self.options.prefetch_wait):
+                for la in fresh:
+                    await la.prefetched.wait()
         out = []
         for d in order:
             la = self._layers[d.digest]
             assert la.opened is not None
             out.append(AttachedLayer(d.digest, d.diff_id, self.layer_path(d.digest), la.opened.lazy))
+        t_end = time.monotonic()
+        log.info(
+            "attached %s for %s: %d layer(s) (%d lazy, %d new) in %.3f s: manifest+config %.3f s, "
+            "open (TOC fetch+index, or whole download) %.3f s [slowest layer %.3f s], tree build %.3f s "
+            "[sum], prefetch wait %.3f s (%s); TOC bytes so far %d",
+            ref, holder, len(out), sum(a.lazy for a in out), len(fresh), t_end - t0, t_resolved - t0,
+            t_opened - t_resolved, max((la.open_s for la in fresh), default=0.0),
+            sum(la.build_s for la in fresh), t_end - t_opened,
+            "done" if all(la.prefetched.is_set() for la in fresh) else "timed out", self.stats.toc_bytes,
+        )  # fmt: skip
         return out
 
     async def detach(self, holder: str) -> None:
         """Drop ``holder``'s layers; a layer no holder wants any more leaves the tree. Idempotent."""
+        if holder in self._holders:
+            st = self.stats.to_dict()
+            log.info(
+                "detaching %s; host so far: %d requests, %d bytes (by priority %s, TOCs %d), "
+                "%d cache misses, %d reads, fetch latency p50 %.3f s max %.3f s",
+                holder, st["requests"], st["bytes_fetched"], st["bytes_by_priority"], st["toc_bytes"],
+                st["cache_misses"], st["reads"], st["fetch_latency"]["p50"], st["fetch_latency"]["max"],
+            )  # fmt: skip
         await self._release(holder, list(self._holders.get(holder, ())))
 
     # -- internals --------------------------------------------------------------------------------------
@@ -331,6 +364,7 @@ class LazyHost:
                         await self._sio.ref(digest, holder)  # type: ignore[arg-type]
             tree = old
         else:
+            t0 = time.monotonic()
             opened = await open_layer(
                 client,
                 repository,
@@ -340,8 +374,10 @@ class LazyHost:
                 holder=holder,
                 scratch=self.scratch,
             )
+            t1 = time.monotonic()
             slot = await self._slots.slot(desc.digest)
             tree = await trio.to_thread.run_sync(_build, slot, desc.hex, opened)
+            la.open_s, la.build_s = t1 - t0, time.monotonic() - t1
             self.ops.lost_slots.discard(slot)
         la.opened = opened
         if not la.holders:  # every holder left while it was opening
@@ -416,8 +452,11 @@ class LazyHost:
             if on
         ]
         if not opened.lazy or not want:
+            la.prefetched.set()
             self._fill_done(la.digest, want)
             return
+        if "prefetch" not in want:
+            la.prefetched.set()
         for phase in want:
             self._filling[phase].add(la.digest)
             setattr(self.stats, f"{phase}_done", False)
@@ -434,8 +473,11 @@ class LazyHost:
                         [la.opened], self._fetcher, self._scheduler, scratch_stats,
                         prefetch=phase == "prefetch", background=phase == "background",
                     )  # fmt: skip
+                    if phase == "prefetch":
+                        la.prefetched.set()
                     self._fill_done(la.digest, [phase])
         finally:
+            la.prefetched.set()
             self._fill_done(la.digest, phases)
 
     def _fill_done(self, digest: str, phases: list[str]) -> None:

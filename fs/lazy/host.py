@@ -147,6 +147,7 @@ class _Layer:
     error: BaseException | None = None
     opening: bool = False
     fill: trio.CancelScope | None = None
+    fill_started: bool = False
     prefetched: trio.Event = field(default_factory=trio.Event)  # its prefetch list is stored (or none)
     open_s: float = 0.0  # open_layer: TOC fetch + verify + index (or the whole download)
     build_s: float = 0.0  # the tree's nodes
@@ -185,6 +186,10 @@ class LazyHost:
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._client_lock = trio.Lock()
         self._filling: dict[str, set[str]] = {"prefetch": set(), "background": set()}
+        # set while no layer is prefetching: background fetches start only then (a background request in
+        # flight would delay the prefetch, and run_prefetch's "stored" wait, of every other layer)
+        self._prefetch_quiet = trio.Event()
+        self._prefetch_quiet.set()
         self._serving = False  # the FUSE session runs (the kernel may be told about changes)
         self.fuse: session.FuseSession | None = None  # set when the session came from fs.lazy.restart
 
@@ -268,6 +273,12 @@ class LazyHost:
         if missing:  # detached while attaching
             raise ZsnapError(f"{ref}: holder {holder} was detached while its image was being attached")
         t_opened = time.monotonic()
+        # fills start once every layer is open: a layer's background fetch would otherwise start while
+        # another layer's prefetch has not and take the bandwidth (and the fetcher's idle moments) first
+        for d in order:
+            la = self._layers.get(d.digest)
+            if la is not None and la.tree is not None and not la.fill_started:
+                self._start_fill(la)
         fresh = [self._layers[d] for d in added if d in self._layers]
         if self.options.prefetch_wait > 0 and fresh:
             with trio.move_on_after(self.options.prefetch_wait):
@@ -388,7 +399,6 @@ class LazyHost:
         self._table.insert(tree)
         la.tree = tree
         self.ops.total_size += tree.file_bytes
-        self._start_fill(la)
 
     async def _release(self, holder: str, digests: list[str]) -> None:
         mine = self._holders.get(holder)
@@ -446,6 +456,7 @@ class LazyHost:
     def _start_fill(self, la: _Layer) -> None:
         opened = la.opened
         assert opened is not None
+        la.fill_started = True
         want = [
             p
             for p, on in (("prefetch", self.options.prefetch), ("background", self.options.background_fetch))
@@ -457,6 +468,8 @@ class LazyHost:
             return
         if "prefetch" not in want:
             la.prefetched.set()
+        if "prefetch" in want and self._prefetch_quiet.is_set():
+            self._prefetch_quiet = trio.Event()
         for phase in want:
             self._filling[phase].add(la.digest)
             setattr(self.stats, f"{phase}_done", False)
@@ -469,6 +482,9 @@ class LazyHost:
         try:
             with scope:
                 for phase in phases:
+                    if phase == "background":
+                        while self._filling["prefetch"]:
+                            await self._prefetch_quiet.wait()
                     await run_prefetch(
                         [la.opened], self._fetcher, self._scheduler, scratch_stats,
                         prefetch=phase == "prefetch", background=phase == "background",
@@ -485,6 +501,8 @@ class LazyHost:
             self._filling[phase].discard(digest)
             if not self._filling[phase]:
                 setattr(self.stats, f"{phase}_done", True)
+                if phase == "prefetch":
+                    self._prefetch_quiet.set()
 
 
 def _build(slot: int, name: str, opened: OpenedLayer) -> LayerTree:

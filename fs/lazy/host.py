@@ -22,7 +22,10 @@ thread (use a worker thread or another process).
 :meth:`LazyHost.attach_image` resolves the image with one manifest request (by ``manifest_digest`` when
 given; an index costs one more for this platform's manifest) plus the config, opens its distinct layers
 concurrently (TOC fetched and verified, or the whole layer into the store; :mod:`fs.lazy.layer`) and adds
-each to the tree as ``<fuse_dir>/<digest hex>/``. A layer already attached is shared: layers are
+each to the tree as ``<fuse_dir>/<digest hex>/``. Once every layer is open their prefetch starts (the
+background fetch of any layer waits until no layer is prefetching), and the call returns when the new lazy
+layers' prefetch lists are stored or after ``options.prefetch_wait`` seconds, whichever is first; it logs
+one INFO timing line per attach. A layer already attached is shared: layers are
 refcounted by holder (any string the caller chooses, e.g. one per snapshot); concurrent attaches of the
 same layer open it once. :meth:`LazyHost.detach` drops a holder; a layer no holder wants any more leaves
 the root directory at once (the kernel's dentry is invalidated), its prefetch stops, its store refs are

@@ -22,7 +22,10 @@ thread (use a worker thread or another process).
 :meth:`LazyHost.attach_image` resolves the image with one manifest request (by ``manifest_digest`` when
 given; an index costs one more for this platform's manifest) plus the config, opens its distinct layers
 concurrently (TOC fetched and verified, or the whole layer into the store; :mod:`fs.lazy.layer`) and adds
-each to the tree as ``<fuse_dir>/<digest hex>/``. A layer already attached is shared: layers are
+each to the tree as ``<fuse_dir>/<digest hex>/``. Once every layer is open their prefetch starts (the
+background fetch of any layer waits until no layer is prefetching), and the call returns when the new lazy
+layers' prefetch lists are stored or after ``options.prefetch_wait`` seconds, whichever is first; it logs
+one INFO timing line per attach. A layer already attached is shared: layers are
 refcounted by holder (any string the caller chooses, e.g. one per snapshot); concurrent attaches of the
 same layer open it once. :meth:`LazyHost.detach` drops a holder; a layer no holder wants any more leaves
 the root directory at once (the kernel's dentry is invalidated), its prefetch stops, its store refs are
@@ -105,6 +108,9 @@ class HostOptions:
         bound_holder: one store holder for every layer, bound to this process (``zsnap mount``); None
             gives each layer the persistent holder ``layer:<digest>``.
         scratch_dir: download/decompression scratch (default ``<root>/scratch/host-<pid>``).
+        prefetch_wait: :meth:`LazyHost.attach_image` returns once the prefetch lists of the image's new
+            lazy layers are stored, or after this many seconds (0: at once). A container's first reads
+            then hit the store instead of paying one registry round trip per file.
         fd_store_name: keep the session in the service manager's fd store under this name
             (:mod:`fs.lazy.restart`): adopt the connection a previous process stored there, else mount
             afresh and store it (when ``NOTIFY_SOCKET`` is set); at exit leave it mounted for the next
@@ -123,6 +129,7 @@ class HostOptions:
     scratch_dir: Path | None = None
     fd_store_name: str | None = None
     limits: Limits = DEFAULT_LIMITS
+    prefetch_wait: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,10 @@ class _Layer:
     error: BaseException | None = None
     opening: bool = False
     fill: trio.CancelScope | None = None
+    fill_started: bool = False
+    prefetched: trio.Event = field(default_factory=trio.Event)  # its prefetch list is stored (or none)
+    open_s: float = 0.0  # open_layer: TOC fetch + verify + index (or the whole download)
+    build_s: float = 0.0  # the tree's nodes
 
     @property
     def hex(self) -> str:
@@ -182,6 +193,10 @@ class LazyHost:
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._client_lock = trio.Lock()
         self._filling: dict[str, set[str]] = {"prefetch": set(), "background": set()}
+        # set while no layer is prefetching: background fetches start only then (a background request in
+        # flight would delay the prefetch, and run_prefetch's "stored" wait, of every other layer)
+        self._prefetch_quiet = trio.Event()
+        self._prefetch_quiet.set()
         self._serving = False  # the FUSE session runs (the kernel may be told about changes)
         self.fuse: session.FuseSession | None = None  # set when the session came from fs.lazy.restart
 
@@ -237,8 +252,10 @@ class LazyHost:
             raise ValueError("holder must be a non-empty string")
         if isinstance(ref, str):
             ref = ImageReference.parse(ref)
+        t0 = time.monotonic()
         client = await self._client(ref, plain_http)
         image = await resolve_image(client, ref, manifest_digest=manifest_digest)
+        t_resolved = time.monotonic()
         if not image.layers:
             raise ZsnapError(f"{ref} has no layers")
         order = _topmost_once(image.layers)
@@ -262,15 +279,45 @@ class LazyHost:
         missing = [d.digest for d in order if d.digest not in self._holders.get(holder, ())]
         if missing:  # detached while attaching
             raise ZsnapError(f"{ref}: holder {holder} was detached while its image was being attached")
+        t_opened = time.monotonic()
+        # fills start once every layer is open: a layer's background fetch would otherwise start while
+        # another layer's prefetch has not and take the bandwidth (and the fetcher's idle moments) first
+        for d in order:
+            la = self._layers.get(d.digest)
+            if la is not None and la.tree is not None and not la.fill_started:
+                self._start_fill(la)
+        fresh = [self._layers[d] for d in added if d in self._layers]
+        if self.options.prefetch_wait > 0 and fresh:
+            with trio.move_on_after(self.options.prefetch_wait):
+                for la in fresh:
+                    await la.prefetched.wait()
         out = []
         for d in order:
             la = self._layers[d.digest]
             assert la.opened is not None
             out.append(AttachedLayer(d.digest, d.diff_id, self.layer_path(d.digest), la.opened.lazy))
+        t_end = time.monotonic()
+        log.info(
+            "attached %s for %s: %d layer(s) (%d lazy, %d new) in %.3f s: manifest+config %.3f s, "
+            "open (TOC fetch+index, or whole download) %.3f s [slowest layer %.3f s], tree build %.3f s "
+            "[sum], prefetch wait %.3f s (%s); TOC bytes so far %d",
+            ref, holder, len(out), sum(a.lazy for a in out), len(fresh), t_end - t0, t_resolved - t0,
+            t_opened - t_resolved, max((la.open_s for la in fresh), default=0.0),
+            sum(la.build_s for la in fresh), t_end - t_opened,
+            "done" if all(la.prefetched.is_set() for la in fresh) else "timed out", self.stats.toc_bytes,
+        )  # fmt: skip
         return out
 
     async def detach(self, holder: str) -> None:
         """Drop ``holder``'s layers; a layer no holder wants any more leaves the tree. Idempotent."""
+        if holder in self._holders:
+            st = self.stats.to_dict()
+            log.info(
+                "detaching %s; host so far: %d requests, %d bytes (by priority %s, TOCs %d), "
+                "%d cache misses, %d reads, fetch latency p50 %.3f s max %.3f s",
+                holder, st["requests"], st["bytes_fetched"], st["bytes_by_priority"], st["toc_bytes"],
+                st["cache_misses"], st["reads"], st["fetch_latency"]["p50"], st["fetch_latency"]["max"],
+            )  # fmt: skip
         await self._release(holder, list(self._holders.get(holder, ())))
 
     # -- internals --------------------------------------------------------------------------------------
@@ -335,6 +382,7 @@ class LazyHost:
                         await self._sio.ref(digest, holder)  # type: ignore[arg-type]
             tree = old
         else:
+            t0 = time.monotonic()
             opened = await open_layer(
                 client,
                 repository,
@@ -345,8 +393,10 @@ class LazyHost:
                 scratch=self.scratch,
                 limits=self.options.limits,
             )
+            t1 = time.monotonic()
             slot = await self._slots.slot(desc.digest)
             tree = await trio.to_thread.run_sync(_build, slot, desc.hex, opened)
+            la.open_s, la.build_s = t1 - t0, time.monotonic() - t1
             self.ops.lost_slots.discard(slot)
         la.opened = opened
         if not la.holders:  # every holder left while it was opening
@@ -357,7 +407,6 @@ class LazyHost:
         self._table.insert(tree)
         la.tree = tree
         self.ops.total_size += tree.file_bytes
-        self._start_fill(la)
 
     async def _release(self, holder: str, digests: list[str]) -> None:
         mine = self._holders.get(holder)
@@ -415,14 +464,20 @@ class LazyHost:
     def _start_fill(self, la: _Layer) -> None:
         opened = la.opened
         assert opened is not None
+        la.fill_started = True
         want = [
             p
             for p, on in (("prefetch", self.options.prefetch), ("background", self.options.background_fetch))
             if on
         ]
         if not opened.lazy or not want:
+            la.prefetched.set()
             self._fill_done(la.digest, want)
             return
+        if "prefetch" not in want:
+            la.prefetched.set()
+        if "prefetch" in want and self._prefetch_quiet.is_set():
+            self._prefetch_quiet = trio.Event()
         for phase in want:
             self._filling[phase].add(la.digest)
             setattr(self.stats, f"{phase}_done", False)
@@ -435,12 +490,18 @@ class LazyHost:
         try:
             with scope:
                 for phase in phases:
+                    if phase == "background":
+                        while self._filling["prefetch"]:
+                            await self._prefetch_quiet.wait()
                     await run_prefetch(
                         [la.opened], self._fetcher, self._scheduler, scratch_stats,
                         prefetch=phase == "prefetch", background=phase == "background",
                     )  # fmt: skip
+                    if phase == "prefetch":
+                        la.prefetched.set()
                     self._fill_done(la.digest, [phase])
         finally:
+            la.prefetched.set()
             self._fill_done(la.digest, phases)
 
     def _fill_done(self, digest: str, phases: list[str]) -> None:
@@ -448,6 +509,8 @@ class LazyHost:
             self._filling[phase].discard(digest)
             if not self._filling[phase]:
                 setattr(self.stats, f"{phase}_done", True)
+                if phase == "prefetch":
+                    self._prefetch_quiet.set()
 
 
 def _build(slot: int, name: str, opened: OpenedLayer) -> LayerTree:

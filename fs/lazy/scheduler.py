@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -89,6 +90,7 @@ class Ticket:
         if self._state != "new":
             raise RuntimeError("a Ticket can be used once")
         self._state = "waiting"
+        self._sched._last_active[self.priority] = trio.current_time()
         self._sched._waiting.append(self)
         self._sched._dispatch()
         try:
@@ -98,6 +100,7 @@ class Ticket:
                 self._release()
             else:
                 self._sched._waiting.remove(self)
+                self._sched._last_active[self.priority] = trio.current_time()
                 self._state = "released"
                 self._sched._dispatch()
             raise
@@ -113,6 +116,7 @@ class Ticket:
             return
         self._state = "released"
         assert self._granted_as is not None
+        self._sched._last_active[self._granted_as] = trio.current_time()
         self._sched._in_flight[self._granted_as] -= 1
         self._sched._dispatch()
 
@@ -145,6 +149,8 @@ class FetchScheduler:
         self._waiting: list[Ticket] = []
         self._seq = itertools.count()
         self._changed = trio.Event()  # set (and replaced) on every change of waiting/in-flight work
+        # when a fetch of each priority last waited, started or ended (wait_turn's quiet period)
+        self._last_active = dict.fromkeys(Priority, -math.inf)
 
     def ticket(self, priority: Priority) -> Ticket:
         """A new claim at ``priority``; nothing happens until it is entered."""
@@ -167,7 +173,11 @@ class FetchScheduler:
                 await self._changed.wait()
             if quiet <= 0:
                 return
-            await trio.sleep(quiet)
+            last = max((self._last_active[p] for p in Priority if p < priority), default=-math.inf)
+            idle_for = trio.current_time() - last
+            if idle_for >= quiet:  # quiet long enough already: no sleep per batch when nobody reads
+                return
+            await trio.sleep(quiet - idle_for)
             if not self.busy_above(priority):
                 return
 

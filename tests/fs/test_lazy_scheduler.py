@@ -128,6 +128,23 @@ async def test_wait_turn_returns_when_quiet() -> None:
         await sched.wait_turn(Priority.BACKGROUND, quiet=0.01)
 
 
+async def test_wait_turn_sleeps_only_what_is_left_of_the_quiet_period(autojump_clock: object) -> None:
+    """Right after an on-demand fetch ends, prefetch waits out ``quiet``; once nothing more urgent has been
+    active for that long (or ever), it returns at once instead of sleeping ``quiet`` before every batch."""
+    sched = FetchScheduler()
+    t0 = trio.current_time()
+    await sched.wait_turn(Priority.PREFETCH, quiet=10.0)  # nothing was ever active: no sleep
+    assert trio.current_time() == t0
+    async with sched.ticket(Priority.ON_DEMAND):
+        pass
+    ended = trio.current_time()
+    await sched.wait_turn(Priority.PREFETCH, quiet=10.0)
+    assert trio.current_time() - ended >= 10.0  # the quiet period after the on-demand fetch
+    t1 = trio.current_time()
+    await sched.wait_turn(Priority.PREFETCH, quiet=10.0)  # quiet long enough already
+    assert trio.current_time() == t1
+
+
 def test_ticket_single_use_and_limits_validated() -> None:
     with pytest.raises(ValueError):
         FetchScheduler({Priority.PREFETCH: 0})

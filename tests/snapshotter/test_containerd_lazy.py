@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ from snapshotter import cri
 from snapshotter.proto import snapshots_pb2 as pb
 from tests.fixtures.common import wait_until
 from tests.fixtures.images import push
+from tests.snapshotter.daemon import REPO, zsnap_command
 from tests.snapshotter.test_containerd import (
     TOC_LOSSY,
     Stack,
@@ -162,4 +164,39 @@ def test_gigabyte_image_starts_lazily(lazy_stack: Stack, registry, test_images, 
     assert 0 < fetched < big + 64 * 1024 * 1024  # the files read (one big one), not the image
     print(json.dumps({"test": "gigabyte_image_starts_lazily", "image_bytes": size, "pull_s": round(pull_s, 2),
                       "run_s": round(run_s, 2), "fetched_bytes": int(fetched)}))  # fmt: skip
+    remove_and_wait(stack, ref, chains)
+
+
+def test_pull_returns_once_the_prefetch_list_is_stored(
+    lazy_stack: Stack, registry, test_images, tmp_path
+) -> None:
+    """An image converted with a prefetch list (busybox and one incompressible big file): the CRI pull
+    returns only once the listed files' chunks are fetched and stored (the daemon's attach waits, bounded,
+    for the prefetch), so the container that reads them fetches almost nothing more."""
+    stack = lazy_stack
+    image = test_images.build_large(48, 2, seed=11)
+    big = next(e for e in image.spec.layers[2].entries
+               if e.path.startswith("data/l1/big/") and e.data.style == "random")  # fmt: skip
+    listing = tmp_path / "prefetch.txt"
+    listing.write_text(f"/bin/busybox\n/{big.path}\n")
+    src = push(image, registry.host, "serve/prefetch:gzip")
+    ref = f"{registry.host}/serve/prefetch:zstd-chunked"
+    cmd = [*zsnap_command(tmp_path / "conv"), "convert", "--prefetch-list", str(listing),
+           f"docker://{src}", f"docker://{ref}"]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+    fetched_before = metric(stack, "zsnap_fetched_bytes_total")
+    cri.pull_image(stack.ctrd.address, ref, timeout=300)
+    fetched_by_pull = metric(stack, "zsnap_fetched_bytes_total") - fetched_before
+    assert fetched_by_pull >= big.data.size  # the big file's chunks landed before the pull returned
+    sums = dict(
+        (path, digest)
+        for digest, path in (
+            line.split("  ", 1) for line in image.sums_path.read_text(errors="surrogateescape").splitlines()
+        )
+    )
+    out = run_in(stack.ctrd, ref, ["sha256sum", f"/{big.path}"], namespace=cri.CRI_NAMESPACE)
+    assert out.split()[0] == sums[f"./{big.path}"]
+    fetched_by_run = metric(stack, "zsnap_fetched_bytes_total") - fetched_before - fetched_by_pull
+    assert fetched_by_run < 512 * 1024, "the container read what the prefetch list named: no more to fetch"
+    chains, _ = image_chain(stack, ref, cri.CRI_NAMESPACE)
     remove_and_wait(stack, ref, chains)

@@ -18,8 +18,10 @@ labels a remote snapshotter needs); containers are created and started with ``ct
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -128,6 +130,11 @@ class _Stack:
             self.containerd = None
         if self.serve is not None:
             self.serve.stop()
+            keep = os.environ.get("ZSNAP_BENCH_KEEP_LOGS")  # a directory: keep each sample's daemon log
+            if keep and isinstance(self.serve, ZsnapServe):
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copy(self.serve.root / "serve.log", Path(keep) / f"{self.dir.name}-serve.log")
             self.serve = None
         subprocess.run(["umount", "-R", "-l", str(self.dir)], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)

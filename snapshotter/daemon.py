@@ -164,7 +164,7 @@ async def _serve(
     received: list[int], task_status: Any,
 ) -> None:  # fmt: skip
     remote.use_host(host)  # None: lazy serving is off
-    snapshotter = Snapshotter(config.root, meta, lazy_dir=lambda r: remote.layer_dir(r.lazy))
+    snapshotter = Snapshotter(config.root, meta, lazy_dir=remote.layer_dir)
     metrics = Metrics()
     host_stats = (lambda: host.stats) if host is not None else (lambda: None)
     metrics.add_collector(LazyCollector(host_stats, remote.statistics, store.stats))

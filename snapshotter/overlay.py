@@ -112,11 +112,13 @@ class Snapshotter:
     Args:
         root: the daemon's state directory.
         meta: the metadata store (in the same root's LMDB).
-        lazy_dir: resolves a lazy record to its layer directory (the lazy host's); None: lazy records
-            cannot be mounted (SnapshotPrecondition).
+        lazy_dir: resolves a lazy record's ``Record.lazy`` to its layer directory (the lazy host's); None:
+            lazy records cannot be mounted (SnapshotPrecondition).
     """
 
-    def __init__(self, root: Path, meta: MetaStore, *, lazy_dir: LayerDir | None = None) -> None:
+    def __init__(
+        self, root: Path, meta: MetaStore, *, lazy_dir: Callable[[Mapping[str, str]], Path] | None = None
+    ) -> None:
         self.root = root
         self.dir = root / "snapshots"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,7 @@ class Snapshotter:
             return self.dir / str(record.id) / "fs"
         if self._lazy_dir is None:
             raise SnapshotPrecondition(f"snapshot {record.key} is a lazy layer and lazy serving is off")
-        return self._lazy_dir(record)
+        return self._lazy_dir(record.lazy)
 
     # -- the Snapshotter API ------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,7 @@ class RemoteLayers:
         """Serve lazy layers from ``host`` (None: lazy serving is off)."""
         self._host = host
 
-    async def restore(self, host: Any, lazy_records: list[Mapping[str, str]]) -> list[str]:
+    async def restore(self, host: Any, lazy_records: Sequence[Mapping[str, str]]) -> list[str]:
         """Attach again, on ``host`` (from its trio run, before it serves), every image these lazy
         records (``Record.lazy`` of committed snapshots) name, each under its recorded holder.
 
@@ -356,7 +356,7 @@ def _host_options(options_cls: Any, config: Any) -> Any:
         "docker_config": config.registry.docker_config,
         "limits": config.limits,
     }
-    if not dataclasses.is_dataclass(options_cls):
+    if not (isinstance(options_cls, type) and dataclasses.is_dataclass(options_cls)):
         return options_cls()
     known = {f.name for f in dataclasses.fields(options_cls)}
     return options_cls(**{k: v for k, v in wanted.items() if k in known})

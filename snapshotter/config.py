@@ -10,6 +10,7 @@ Every key, its type and default (``systemd/config.toml`` is the annotated sample
     background_fetch = true              then fetch the rest of the image at low priority
     fetch_timeout = 30.0                 seconds for one registry request (after bounded retries: EIO)
     prepare_timeout = 60.0               seconds a lazy Prepare may spend attaching before falling back
+    prefetch_wait = 2.0                  seconds a lazy pull waits for the prefetch list to land (0: none)
     metrics_address = "127.0.0.1:9155"   Prometheus endpoint (HOST:PORT); "" or absent: off
     grpc_threads = 16                    gRPC worker threads
 
@@ -71,6 +72,7 @@ class ServeConfig:
     background_fetch: bool = True
     fetch_timeout: float = 30.0
     prepare_timeout: float = 60.0
+    prefetch_wait: float = 2.0
     metrics_address: tuple[str, int] | None = None
     grpc_threads: int = 16
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -193,6 +195,10 @@ def config_from_mapping(doc: Mapping[str, Any], where: str) -> ServeConfig:
             values[key] = _bool(where, key, value)
         elif key in ("fetch_timeout", "prepare_timeout"):
             values[key] = _seconds(where, key, value)
+        elif key == "prefetch_wait":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 600:
+                raise _type_error(where, key, "a number of seconds in [0, 600]", value)
+            values[key] = float(value)
         elif key == "metrics_address":
             values[key] = parse_metrics_address(_string(where, key, value), f"{where}: metrics_address")
         elif key == "grpc_threads":

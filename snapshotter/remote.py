@@ -351,6 +351,7 @@ def _host_options(options_cls: Any, config: Any) -> Any:
         "prefetch": config.prefetch,
         "background_fetch": config.background_fetch,
         "fetch_timeout": config.fetch_timeout,
+        "prefetch_wait": config.prefetch_wait,
         "mirrors": dict(config.registry.mirrors),
         "auth": dict(config.registry.auth),
         "docker_config": config.registry.docker_config,

@@ -89,9 +89,11 @@ def test_config_values() -> None:
     assert config.registry.auth == {"r:5000": ("u", "p")}
     assert config.registry.mirrors == {"docker.io": ("m:1",)}
     assert config_from_mapping({}, "test") == ServeConfig()
+    assert config_from_mapping({"prefetch_wait": 0}, "test").prefetch_wait == 0.0  # 0: do not wait
     assert parse_metrics_address("") is None
     for bad in ({"grpc_threads": 0}, {"lazy": 1}, {"registry": {"auth": {"h": {"username": "u"}}}},
-                {"registry": {"plain_http": "r:5000"}}, {"root": "rel"}):  # fmt: skip
+                {"registry": {"plain_http": "r:5000"}}, {"root": "rel"}, {"prefetch_wait": -1},
+                {"prefetch_wait": True}):  # fmt: skip
         with pytest.raises(ConfigError):
             config_from_mapping(bad, "test")
 

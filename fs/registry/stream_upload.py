@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import httpx
@@ -30,6 +30,7 @@ import trio
 from fs.errors import RegistryError
 
 from .auth import repository_scope
+from .upload import expect_status, patch_headers, upload_location
 
 if TYPE_CHECKING:
     from .client import RegistryClient
@@ -58,23 +59,6 @@ class GrowingBlob(Protocol):
         """``sha256:…`` once the writer finished, else None."""
 
 
-def _location(response: httpx.Response, what: str) -> httpx.URL:
-    location = response.headers.get("location")
-    if not location:
-        raise RegistryError(f"{what}: upload answer {response.status_code} without a Location")
-    return response.url.join(location)
-
-
-def _expect(statuses: tuple[int, ...], what: str) -> Callable[[httpx.Response], Awaitable[httpx.Response]]:
-    async def read(response: httpx.Response) -> httpx.Response:
-        if response.status_code not in statuses:
-            body = (await response.aread())[:300].decode("utf-8", "replace")
-            raise RegistryError(f"{what} answered {response.status_code} {body}", status=response.status_code)
-        return response
-
-    return read
-
-
 async def _start(
     client: RegistryClient, repo: str, params: dict[str, str], scopes: tuple[str, ...], what: str
 ) -> httpx.Response:
@@ -83,7 +67,7 @@ async def _start(
         lambda: client.session.client.build_request(
             "POST", url, params=params, headers={"Content-Length": "0"}
         ),
-        _expect((201, 202), f"{what}: POST"),
+        expect_status((201, 202), f"{what}: POST"),
         what=what,
         scopes=scopes,
     )
@@ -96,7 +80,7 @@ async def _cancel(client: RegistryClient, location: httpx.URL, scopes: tuple[str
         try:
             await client.session.fetch(
                 lambda: client.session.client.build_request("DELETE", location),
-                _expect((200, 202, 204, 404), f"{what}: DELETE"),
+                expect_status((200, 202, 204, 404), f"{what}: DELETE"),
                 what=what,
                 scopes=scopes,
                 retry=False,
@@ -116,7 +100,7 @@ async def mount_blob(client: RegistryClient, repo: str, digest: str, from_repo: 
     response = await _start(client, repo, {"mount": digest, "from": from_repo}, scopes, what)
     if response.status_code == 201:
         return True
-    await _cancel(client, _location(response, what), scopes, what)
+    await _cancel(client, upload_location(response, what), scopes, what)
     return False
 
 
@@ -134,7 +118,7 @@ async def push_growing_blob(
     session = client.session
     build = session.client.build_request
     await blob.wait_for(0)  # the writer started (it may also give up before: then no session at all)
-    location = _location(await _start(client, repo, {}, scopes, what), what)
+    location = upload_location(await _start(client, repo, {}, scopes, what), what)
     reader: BinaryIO | None = None
     try:
         offset = 0
@@ -145,22 +129,21 @@ async def push_growing_blob(
                 if reader is None:
                     reader = await trio.to_thread.run_sync(blob.open)
                 length = written - offset if finished else chunk_size
-                headers = {
-                    "Content-Type": "application/octet-stream",
-                    "Content-Length": str(length),
-                    "Content-Range": f"{offset}-{offset + length - 1}",
-                }
                 response = await session.fetch(
                     # one attempt (retry=False): the body generator is made once, here
                     functools.partial(
-                        build, "PATCH", location, headers=headers, content=_pieces(reader, length)
+                        build,
+                        "PATCH",
+                        location,
+                        headers=patch_headers(offset, length),
+                        content=_pieces(reader, length),
                     ),
-                    _expect((202, 204), f"{what}: PATCH at byte {offset}"),
+                    expect_status((202, 204), f"{what}: PATCH at byte {offset}"),
                     what=what,
                     scopes=scopes,
                     retry=False,
                 )
-                location = _location(response, what)
+                location = upload_location(response, what)
                 offset += length
                 continue
             if finished:
@@ -170,7 +153,7 @@ async def push_growing_blob(
         url = location.copy_merge_params({"digest": digest})
         await session.fetch(
             lambda: build("PUT", url, headers={"Content-Length": "0"}),
-            _expect((201, 204), f"{what}: final PUT of {digest} ({offset} bytes)"),
+            expect_status((201, 204), f"{what}: final PUT of {digest} ({offset} bytes)"),
             what=what,
             scopes=scopes,
             retry=False,

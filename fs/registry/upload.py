@@ -32,11 +32,35 @@ log = logging.getLogger(__name__)
 PIECE = 1 << 20
 
 
-def _location(response: httpx.Response, what: str) -> httpx.URL:
+def upload_location(response: httpx.Response, what: str) -> httpx.URL:
+    """Where an upload session goes on: the ``Location`` of ``response``, resolved against its URL."""
     location = response.headers.get("location")
     if not location:
         raise RegistryError(f"{what}: upload answer {response.status_code} without a Location")
     return response.url.join(location)
+
+
+def expect_status(
+    statuses: tuple[int, ...], what: str
+) -> Callable[[httpx.Response], Awaitable[httpx.Response]]:
+    """A ``read`` for :meth:`RegistrySession.fetch` that passes ``statuses`` and names ``what`` otherwise."""
+
+    async def read(response: httpx.Response) -> httpx.Response:
+        if response.status_code not in statuses:
+            body = (await response.aread())[:300].decode("utf-8", "replace")
+            raise RegistryError(f"{what} answered {response.status_code} {body}", status=response.status_code)
+        return response
+
+    return read
+
+
+def patch_headers(offset: int, length: int) -> dict[str, str]:
+    """Headers of the chunked-upload PATCH carrying bytes ``[offset, offset + length)``."""
+    return {
+        "Content-Type": "application/octet-stream",
+        "Content-Length": str(length),
+        "Content-Range": f"{offset}-{offset + length - 1}",
+    }
 
 
 async def _pieces(file: BinaryIO, length: int, hasher: Hasher) -> AsyncIterator[bytes]:
@@ -93,9 +117,9 @@ async def push_blob(
         response = await start({"mount": digest, "from": mount_from}, (*scopes, repository_scope(mount_from)))
         if response.status_code == 201:
             return "mounted"
-        location = _location(response, what)  # the registry opened an ordinary upload instead
+        location = upload_location(response, what)  # the registry opened an ordinary upload instead
     else:
-        location = _location(await start({}, scopes), what)
+        location = upload_location(await start({}, scopes), what)
 
     # a failed PATCH/PUT cannot be replayed inside an upload session: a transient failure (or credentials
     # refused mid-stream, see fs.registry.auth) restarts the whole upload with a fresh session
@@ -106,7 +130,7 @@ async def push_blob(
         on_retry=session.count_retry,
     ):
         if attempt.number > 1:  # a fresh upload session (POST has its own retries; its failure is final)
-            location = _location(await start({}, scopes), what)
+            location = upload_location(await start({}, scopes), what)
         with attempt:
             await _upload(client, location, digest, size, open_file, chunk_size, what, scopes)
             return "uploaded"
@@ -127,40 +151,26 @@ async def _upload(
     build = client.session.client.build_request
     hasher = Hasher()
 
-    def checker(
-        statuses: tuple[int, ...], step: str
-    ) -> Callable[[httpx.Response], Awaitable[httpx.Response]]:
-        async def read(response: httpx.Response) -> httpx.Response:
-            if response.status_code not in statuses:
-                body = (await response.aread())[:300].decode("utf-8", "replace")
-                raise RegistryError(
-                    f"{what}: {step} answered {response.status_code} {body}", status=response.status_code
-                )
-            return response
-
-        return read
-
     file = await trio.to_thread.run_sync(open_file)
     try:
         offset = 0
         while offset < size:
             length = min(chunk_size, size - offset)
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(length),
-                "Content-Range": f"{offset}-{offset + length - 1}",
-            }
             response = await session.fetch(
                 # one attempt (retry=False): the body generator is made once, here
                 functools.partial(
-                    build, "PATCH", location, headers=headers, content=_pieces(file, length, hasher)
+                    build,
+                    "PATCH",
+                    location,
+                    headers=patch_headers(offset, length),
+                    content=_pieces(file, length, hasher),
                 ),
-                checker((202, 204), f"PATCH at byte {offset}"),
+                expect_status((202, 204), f"{what}: PATCH at byte {offset}"),
                 what=what,
                 scopes=scopes,
                 retry=False,
             )
-            location = _location(response, what)
+            location = upload_location(response, what)
             offset += length
         extra = await trio.to_thread.run_sync(file.read, 1)
     finally:
@@ -172,7 +182,7 @@ async def _upload(
     url = location.copy_merge_params({"digest": digest})
     await session.fetch(
         lambda: build("PUT", url, headers={"Content-Length": "0"}),
-        checker((201, 204), "final PUT"),
+        expect_status((201, 204), f"{what}: final PUT"),
         what=what,
         scopes=scopes,
         retry=False,

@@ -105,7 +105,7 @@ def system_layers(total_mb: int, layers: int = 5, roots: tuple[str, ...] = ("/us
     per_layer = max(1, budget // max(1, layers - 1))
     groups: list[list[Path]] = [[]]
     used = 0
-    for path in _walk_files(roots):
+    for path in walk_files(*roots):
         try:
             size = path.stat().st_size
         except OSError:
@@ -117,17 +117,20 @@ def system_layers(total_mb: int, layers: int = 5, roots: tuple[str, ...] = ("/us
         groups[-1].append(path)
         used += size
 
-    def build(tar: tarfile.TarFile, paths: list[Path]) -> None:
-        for path in paths:
-            info = tar.gettarinfo(str(path), arcname=str(path).lstrip("/"))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "", ""
-            with open(path, "rb") as f:
-                tar.addfile(info, f)
-
-    return [_base_layer, *(functools.partial(build, paths=paths) for paths in groups)]
+    return [_base_layer, *(functools.partial(add_files, paths=paths) for paths in groups)]
 
 
-def _walk_files(roots: tuple[str, ...]) -> Iterator[Path]:
+def add_files(tar: tarfile.TarFile, paths: list[Path]) -> None:
+    """Add host files ``paths`` (absolute) to ``tar`` under their paths, owned by root, dated ``MTIME``."""
+    for path in paths:
+        info = tar.gettarinfo(str(path), arcname=str(path).lstrip("/"))
+        info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "", ""
+        with open(path, "rb") as f:
+            tar.addfile(info, f)
+
+
+def walk_files(*roots: str) -> Iterator[Path]:
+    """Regular files (no symlinks) under ``roots``, in a stable sorted walk."""
     import os
 
     for root in roots:

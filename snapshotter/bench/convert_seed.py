@@ -15,15 +15,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapshotter.sample_image import MTIME, LayerBuilder, build_image
+from snapshotter.sample_image import LayerBuilder, add_files, build_image, walk_files
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    pass
 
 __all__ = ["SEED_TAG", "SIBLING_TAG", "build_seed_layout"]
 
@@ -39,7 +38,7 @@ def build_seed_layout(layout: Path, distinct_mb: int) -> int:
     big_a, big_b = budget // 2, budget * 2 // 7
     small = (budget - big_a - big_b) // _SMALL_LAYERS
     groups = _file_groups([big_a, big_b] + [small] * _SMALL_LAYERS)
-    builders: list[LayerBuilder] = [_empty, *(functools.partial(_add_files, paths=paths) for paths in groups)]
+    builders: list[LayerBuilder] = [_empty, *(functools.partial(add_files, paths=paths) for paths in groups)]
     build_image(layout, builders, tag="parts")
     index = json.loads((layout / "index.json").read_text())
     (parts_desc,) = [
@@ -64,18 +63,10 @@ def _empty(tar: tarfile.TarFile) -> None:
     """No entries: the empty layer images get from metadata-only Dockerfile steps."""
 
 
-def _add_files(tar: tarfile.TarFile, paths: list[Path]) -> None:
-    for path in paths:
-        info = tar.gettarinfo(str(path), arcname=str(path).lstrip("/"))
-        info.mtime, info.uid, info.gid, info.uname, info.gname = MTIME, 0, 0, "", ""
-        with open(path, "rb") as f:
-            tar.addfile(info, f)
-
-
 def _file_groups(budgets: list[int]) -> list[list[Path]]:
     """Consecutive groups of regular files under /usr (sorted walk) of about ``budgets`` bytes each."""
     groups: list[list[Path]] = []
-    walk = _walk("/usr")
+    walk = walk_files("/usr")
     for budget in budgets:
         group: list[Path] = []
         used = 0
@@ -92,15 +83,6 @@ def _file_groups(budgets: list[int]) -> list[list[Path]]:
                 break
         groups.append(group)
     return groups
-
-
-def _walk(root: str) -> Iterator[Path]:
-    for directory, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(directory) / name
-            if path.is_file() and not path.is_symlink():
-                yield path
 
 
 def _write_image(layout: Path, tag: str, layers: list[tuple[dict[str, object], str]]) -> None:

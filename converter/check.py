@@ -21,7 +21,6 @@ import trio
 import zstandard
 
 from converter.cache import ConversionCache
-from converter.endpoints import Endpoint, open_endpoint
 from converter.layers import ConvertOptions, LayerWorker
 from converter.progress import Reporter
 from converter.readahead import Readable
@@ -38,6 +37,7 @@ from fs.format import (
 from fs.lazy.decode import check_chunk
 from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry import ImageReference
+from fs.registry.endpoint import Endpoint, open_endpoint
 from fs.registry.manifests import (
     Descriptor,
     ImageIndex,

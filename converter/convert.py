@@ -30,7 +30,6 @@ from typing import Any
 import trio
 
 from converter.cache import ConversionCache, cache_key
-from converter.endpoints import Endpoint, open_endpoint
 from converter.layers import MAX_LAYERS_IN_FLIGHT, ConvertOptions, LayerJob, LayerWorker
 from converter.manifests import (
     LayerAction,
@@ -45,6 +44,7 @@ from fs.digest import sha256_digest
 from fs.errors import ConversionError, FormatError, error_context
 from fs.format import toc_location_from_annotations
 from fs.registry import ImageReference
+from fs.registry.endpoint import Endpoint, open_endpoint
 from fs.registry.manifests import (
     Descriptor,
     ImageIndex,

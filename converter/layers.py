@@ -28,7 +28,6 @@ from typing import BinaryIO
 import trio
 
 from converter.cache import CacheRecord, ConversionCache
-from converter.endpoints import Endpoint, RegistryEndpoint
 from converter.manifests import Compression
 from converter.output_tap import OutputTap
 from converter.placement import location_of, mount_origins, place_recorded
@@ -45,6 +44,7 @@ from fs.errors import (
 )
 from fs.format import Dialect
 from fs.limits import DEFAULT_LIMITS, Limits
+from fs.registry.endpoint import Endpoint, RegistryEndpoint
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
 

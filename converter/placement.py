@@ -15,9 +15,9 @@ from pathlib import Path
 import trio
 
 from converter.cache import CacheRecord, ConversionCache
-from converter.endpoints import Endpoint, RegistryEndpoint
 from converter.progress import Reporter
 from fs.errors import RegistryError, RegistryUnavailable
+from fs.registry.endpoint import Endpoint, RegistryEndpoint
 
 __all__ = ["location_of", "mount_origins", "place_recorded"]
 

@@ -68,7 +68,7 @@ from fs.errors import NotInStore, ZsnapError
 from fs.lazy import sdnotify, session, system
 from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.hostsession import close_session, prepare_mountpoint, resolve_mountpoint, start_session
-from fs.lazy.image import LayoutClient, resolve_image
+from fs.lazy.image import resolve_image
 from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer
 from fs.lazy.ops import LazyOperations
@@ -80,6 +80,7 @@ from fs.lazy.storeio import StoreIO
 from fs.lazy.treebuild import build_layer_tree
 from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry import ImageReference, OciLayout, open_registry_client
+from fs.registry.endpoint import LayoutReader
 
 __all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost", "open_lazy_host"]
 
@@ -336,7 +337,7 @@ class LazyHost:
             client = self._clients.get(key)
             if client is None:
                 if key[0] == "oci":
-                    client = LayoutClient(OciLayout(ref.path))  # type: ignore[arg-type]
+                    client = LayoutReader(OciLayout(ref.path))  # type: ignore[arg-type]
                 else:
                     client = await self._exits.enter_async_context(
                         open_registry_client(

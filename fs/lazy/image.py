@@ -6,7 +6,7 @@ own digest). With a manifest digest (what containerd hands the snapshotter) the 
 one request. Documents are parsed by :mod:`fs.registry.manifests` (the model the converter uses too); layer
 descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs.
 
-``oci:DIR[:TAG]`` references are served by :class:`LayoutClient` (:class:`fs.registry.endpoint.LayoutReader`),
+``oci:DIR[:TAG]`` references are served by :class:`fs.registry.endpoint.LayoutReader`,
 the registry client's read methods over a local OCI image layout (so a layout can be mounted without a
 registry).
 """
@@ -22,7 +22,6 @@ from typing import Any
 from fs.errors import FormatError, NotFoundError, VerificationError
 from fs.lazy.layer import LayerDescriptor
 from fs.registry import ImageReference
-from fs.registry.endpoint import LayoutReader as LayoutClient
 from fs.registry.endpoint import open_endpoint
 from fs.registry.manifests import (
     Descriptor,
@@ -34,7 +33,7 @@ from fs.registry.manifests import (
     platform_matches,
 )
 
-__all__ = ["LayoutClient", "ResolvedImage", "open_image_client", "resolve_image"]
+__all__ = ["ResolvedImage", "open_image_client", "resolve_image"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class ResolvedImage:
 async def open_image_client(
     ref: ImageReference, *, plain_http: bool | None = None, timeout: float = 30.0
 ) -> AsyncIterator[Any]:
-    """The blob source serving ``ref``: a registry client (docker) or a :class:`LayoutClient` (oci)."""
+    """The blob source serving ``ref``: a registry client (docker) or a :class:`LayoutReader` (oci)."""
     async with open_endpoint(ref, plain_http=plain_http, timeout=timeout) as endpoint:
         yield endpoint.source
 

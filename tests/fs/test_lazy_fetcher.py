@@ -10,17 +10,18 @@ import trio
 
 from fs.errors import FormatError, RegistryUnavailable, VerificationError
 from fs.lazy.fetcher import open_fetcher
-from fs.lazy.image import LayoutClient, resolve_image
+from fs.lazy.image import resolve_image
 from fs.lazy.layer import OpenedLayer, open_layer
 from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.stats import MountStats
 from fs.registry import ImageReference, OciLayout
+from fs.registry.endpoint import LayoutReader
 from fs.store import Store
 
 HOLDER = "mount:test"
 
 
-class CountingClient(LayoutClient):
+class CountingClient(LayoutReader):
     """The layout client, counting range requests; optionally corrupting or stalling them."""
 
     def __init__(self, layout: OciLayout) -> None:
@@ -171,7 +172,7 @@ async def test_prefetch_sets_from_landmarks_and_toc_list(vectors_dir: Path, feat
     marked = dataclasses.replace(layer, index=listed).prefetch_chunks()
     assert {c.digest for c in marked} == {c.digest for c in _file(layer, "feat/text-2M")[1]}
     # ctr-remote layers carry .no.prefetch.landmark: no prefetch at all
-    client = LayoutClient(OciLayout(vectors_dir / "ctr-remote-0.12-zstdchunked"))
+    client = LayoutReader(OciLayout(vectors_dir / "ctr-remote-0.12-zstdchunked"))
     image = await resolve_image(client, ImageReference.parse(f"oci:{client.layout.path}:features"))
     top = await open_layer(client, "", image.layers[-1], store=None, stats=MountStats(), holder=HOLDER,
                            scratch=Path("/nonexistent"))  # fmt: skip

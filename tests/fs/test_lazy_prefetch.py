@@ -12,12 +12,13 @@ import trio
 
 from fs.errors import RegistryUnavailable
 from fs.lazy.fetcher import open_fetcher
-from fs.lazy.image import LayoutClient, resolve_image
+from fs.lazy.image import resolve_image
 from fs.lazy.layer import open_layer
 from fs.lazy.prefetch import batches, run_prefetch
 from fs.lazy.scheduler import FetchScheduler
 from fs.lazy.stats import MountStats
 from fs.registry import ImageReference, OciLayout
+from fs.registry.endpoint import LayoutReader
 from fs.retry import RetryPolicy
 from fs.store import Store
 
@@ -26,7 +27,7 @@ HOLDER = "mount:test"
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.02, total_time=20.0)
 
 
-class FailingClient(LayoutClient):
+class FailingClient(LayoutReader):
     """The layout client; the first ``fail`` range requests fail like an unreachable registry, and
     ``corrupt`` flips a byte in every answer."""
 

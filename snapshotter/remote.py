@@ -26,7 +26,6 @@ needs any more are dropped: a crash between a detach and its ref drop leaks them
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
@@ -39,8 +38,10 @@ from typing import Any
 import trio
 
 from fs.errors import ZsnapError
+from fs.lazy.host import HostOptions, open_lazy_host
 
 from . import probe
+from .config import ServeConfig
 
 #: How many images without a lazily readable layer are remembered (so their Prepares skip the host).
 NOT_LAZY_MEMORY = 1024
@@ -341,26 +342,18 @@ class RemoteLayers:
             return len(self._attached), len({d for layers in self._attached.values() for d in layers})
 
 
-def _host_options(options_cls: Any, config: Any) -> Any:
-    """``HostOptions`` from the daemon config: the fields both sides know (the host's defaults otherwise).
-
-    Plain-HTTP registries are passed per attach (:meth:`RemoteLayers._attach`). Mirrors and credentials
-    reach the host once it has options for them (``fs.lazy.host`` has none yet).
-    """
-    wanted = {
-        "prefetch": config.prefetch,
-        "background_fetch": config.background_fetch,
-        "fetch_timeout": config.fetch_timeout,
-        "prefetch_wait": config.prefetch_wait,
-        "mirrors": dict(config.registry.mirrors),
-        "auth": dict(config.registry.auth),
-        "docker_config": config.registry.docker_config,
-        "limits": config.limits,
-    }
-    if not (isinstance(options_cls, type) and dataclasses.is_dataclass(options_cls)):
-        return options_cls()
-    known = {f.name for f in dataclasses.fields(options_cls)}
-    return options_cls(**{k: v for k, v in wanted.items() if k in known})
+def host_options(config: ServeConfig) -> HostOptions:
+    """``HostOptions`` from the daemon config. Plain-HTTP registries are passed per attach
+    (:meth:`RemoteLayers._attach`); the host's registry clients do not take the config's mirrors and
+    credentials yet (only the manifest probe does)."""
+    return HostOptions(
+        prefetch=config.prefetch,
+        background_fetch=config.background_fetch,
+        fetch_timeout=config.fetch_timeout,
+        prefetch_wait=config.prefetch_wait,
+        limits=config.limits,
+        fd_store_name=FD_STORE_NAME if fd_store_available() else None,
+    )
 
 
 def fd_store_available(environ: Mapping[str, str] | None = None) -> bool:
@@ -387,31 +380,22 @@ def drop_unneeded_layer_refs(store: Any, needed: set[str]) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def open_host(
-    config: Any,
+    config: ServeConfig,
     store: Any,
     *,
     restore: Callable[[Any], Awaitable[None]] | None = None,
     keep_mounted: Callable[[], bool] = lambda: True,
 ) -> AsyncIterator[Any]:
-    """The lazy host for the daemon (FUSE at ``<root>/mnt``), or None when lazy serving is off or this
-    build has no ``fs.lazy.host``. ``restore(host)`` runs before the session answers (see the module
-    docstring). With a service manager's fd store (:func:`fd_store_available`) the session is adopted
-    from / kept in the store across restarts (unless ``keep_mounted()`` says False at exit); otherwise it
-    is unmounted on exit."""
+    """The lazy host for the daemon (FUSE at ``<root>/mnt``), or None when lazy serving is off.
+
+    ``restore(host)`` runs before the session answers (see the module docstring). With a service manager's
+    fd store (:func:`fd_store_available`) the session is adopted from / kept in the store across restarts
+    (unless ``keep_mounted()`` says False at exit); otherwise it is unmounted on exit."""
     if not config.lazy:
         log.info("lazy layers are off (lazy = false): every layer takes the normal path")
         yield None
         return
-    try:
-        from fs.lazy.host import HostOptions, open_lazy_host
-    except ImportError:
-        log.info("lazy layers are unavailable (no fs.lazy.host): every layer takes the normal path")
-        yield None
-        return
-    options = _host_options(HostOptions, config)
-    if fd_store_available() and "fd_store_name" in {f.name for f in dataclasses.fields(HostOptions)}:
-        options = dataclasses.replace(options, fd_store_name=FD_STORE_NAME)
     async with open_lazy_host(
-        config.root, store, options=options, restore=restore, keep_mounted=keep_mounted
+        config.root, store, options=host_options(config), restore=restore, keep_mounted=keep_mounted
     ) as host:
         yield host

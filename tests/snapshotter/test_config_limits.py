@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fs.lazy.host import HostOptions
 from fs.limits import DEFAULT_LIMITS
 from snapshotter.config import ServeConfig, load_config
 from snapshotter.errors import ConfigError
-from snapshotter.remote import _host_options
+from snapshotter.remote import host_options
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -24,7 +23,7 @@ def test_limits_table_is_read_and_reaches_the_host_options(tmp_path: Path) -> No
     config = load_config(_write(tmp_path, "[limits]\nmax-toc-entries = 10\nmax-concurrent-fetches = 3\n"))
     assert config.limits == DEFAULT_LIMITS.replace(max_toc_entries=10, max_concurrent_fetches=3)
     assert ServeConfig().limits == DEFAULT_LIMITS
-    options = _host_options(HostOptions, config)
+    options = host_options(config)
     assert options.limits is config.limits
 
 

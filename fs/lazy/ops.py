@@ -94,7 +94,7 @@ class LazyOperations(pyfuse3.Operations):
             if node is not None:
                 self._attrs.pop(node.inode, None)
                 self._dirlists.pop(node.inode, None)
-        self._failed = {k for k in self._failed if k[0] >> 32 != tree.slot}
+        self._failed = {k for k in self._failed if k[0] >> INDEX_BITS != tree.slot}
         if self.on_free is not None:
             self.on_free(tree)
 

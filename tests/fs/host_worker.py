@@ -83,9 +83,9 @@ async def main(args: argparse.Namespace) -> None:
         options = HostOptions()
         if args.config is not None:
             from snapshotter.config import load_config
-            from snapshotter.remote import _host_options
+            from snapshotter.remote import host_options
 
-            options = _host_options(HostOptions, load_config(args.config))
+            options = host_options(load_config(args.config))
         options = dataclasses.replace(
             options, prefetch=not args.no_prefetch, background_fetch=not args.no_background_fetch
         )

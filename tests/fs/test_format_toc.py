@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from fs.errors import FormatError
-from fs.format import Dialect, Toc, TocEntry, ns_to_rfc3339, parse_toc, rfc3339_to_ns, serialize_toc
+from fs.format import Dialect, Toc, TocEntry, gojson, ns_to_rfc3339, parse_toc, rfc3339_to_ns, serialize_toc
 from fs.format.gojson import go_string
 
 CS = Dialect.CSTORAGE
@@ -173,6 +174,29 @@ def test_times():
         "2023-11-14T22:13:60Z",
         "2023-11-14T22:13:20",
         "2023-02-30T00:00:00Z",
+        "２０23-11-14T22:13:20Z",  # full-width digits: Go reads 0-9 only
+        "2023-11-14T22:13:20.Z",
+        "2023-11-14T22:13:20.1234567890Z",
+        "2023-11-14T24:00:00Z",
     ):
         with pytest.raises(FormatError):
             rfc3339_to_ns(bad)
+
+
+def test_times_fast_path_agrees_with_the_general_parser():
+    """The regex-free path for Go's UTC form gives the general parser's answer, or steps aside."""
+    rng = random.Random(7)
+    seeds = ["2024-02-29T23:59:59.123456789Z", "1970-01-01T00:00:00Z", "0001-01-01T00:00:00Z"]
+    for _ in range(5000):
+        text = list(rng.choice(seeds))
+        text[rng.randrange(len(text))] = rng.choice("0123456789:-TZ.+ _²")
+        candidate = "".join(text)
+        fast = gojson._utc_to_ns(candidate)
+        try:
+            general: int | None = gojson._rfc3339_to_ns(candidate)
+        except FormatError:
+            general = None
+        if fast is not None:
+            assert fast == general, candidate
+        elif candidate.endswith("Z"):
+            assert general is None, candidate  # a UTC time the fast path refused must be invalid

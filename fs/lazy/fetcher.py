@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import trio
 
 from fs.errors import NotInStore, RegistryUnavailable, VerificationError, ZsnapError
+from fs.format.tree import Chunk
 from fs.lazy.decode import (
     STORED,
     ChunkLike,
@@ -54,6 +55,7 @@ from fs.lazy.decode import (
     zeros_digest,
     zeros_piece,
 )
+from fs.lazy.readahead import BlobReadahead
 from fs.lazy.scheduler import FetchScheduler, Priority, Ticket
 from fs.lazy.stats import MountStats
 from fs.limits import DEFAULT_LIMITS
@@ -168,13 +170,23 @@ class ChunkFetcher:
         self._zeros_hashing: dict[int, trio.Event] = {}  # zero-run sizes being hashed in a thread
         self._drained = trio.Event()  # set (and replaced) whenever the in-flight map becomes empty
         self._shrunk = trio.Event()  # set (and replaced) whenever flights leave the in-flight map
+        self.blob_ahead = BlobReadahead()
 
     # -- reads ------------------------------------------------------------------------------------------
 
     async def read(
-        self, source: BlobSource, chunks: Sequence[ChunkLike], file_size: int, off: int, size: int
+        self,
+        source: BlobSource,
+        chunks: Sequence[ChunkLike],
+        file_size: int,
+        off: int,
+        size: int,
+        blob_chunks: Sequence[Chunk] = (),
     ) -> bytes:
         """Return bytes ``[off, off+size)`` of a file (short at EOF) whose content is ``chunks``.
+
+        ``blob_chunks`` (the layer's chunks in blob order) enable blob-order read-ahead
+        (:mod:`fs.lazy.readahead`).
 
         Raises:
             VerificationError: a needed chunk did not match its digest.
@@ -199,14 +211,30 @@ class ChunkFetcher:
         self.stats.cache_hits += len(spans) - len(missing)
         if missing:
             self.stats.cache_misses += len(missing)
-            got = await self.ensure(
-                source, [spans[i][0] for i in missing], Priority.ON_DEMAND, also=self._readahead(chunks, idx)
-            )
+            needed = [spans[i][0] for i in missing]
+            last = needed[-1]
+            ahead = []
+            if blob_chunks and isinstance(last, Chunk):
+                ahead = self.blob_ahead.on_read(source.digest, blob_chunks, last, missed=True)
+            got = await self.ensure(source, needed, Priority.ON_DEMAND, also=self._readahead(chunks, idx))
+            self._fetch_ahead(source, ahead)  # once the read's own request is answered: it goes first
             for i in missing:
                 c, lo, hi = spans[i]
                 data = got.get(c.digest)
                 pieces[i] = data[lo:hi] if data is not None else stored_piece(self.store, c, lo, hi)
+        elif blob_chunks and spans and isinstance(spans[-1][0], Chunk):
+            self._fetch_ahead(
+                source, self.blob_ahead.on_read(source.digest, blob_chunks, spans[-1][0], missed=False)
+            )
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _fetch_ahead(self, source: BlobSource, chunks: Sequence[Chunk]) -> None:
+        """Start fetching ``chunks`` at prefetch priority (promoting background fetches of them); no wait."""
+        new: list[_Flight] = []
+        for c in chunks:
+            self._claim(c, Priority.PREFETCH, new)
+        if new:
+            self._start(source, new, Priority.PREFETCH)
 
     async def _learn_zero_runs(self, spans: list[tuple[ChunkLike, int, int]]) -> None:
         """Hash, in a worker thread, the zero runs of ``spans`` whose digest is not cached yet (one thread
@@ -244,16 +272,22 @@ class ChunkFetcher:
         return pieces, missing
 
     def _readahead(self, chunks: Sequence[ChunkLike], idx: int) -> list[ChunkLike]:
+        """The file's chunks from ``idx`` on, up to ``readahead`` bytes, that are not fetched or being
+        fetched; [] while less than half of that is missing: a reader walking through the file then
+        refills in requests of at least half the read-ahead, not in one small request per read(2)."""
         extra: list[ChunkLike] = []
         budget = self.readahead
+        missing = 0
         while idx < len(chunks) and budget > 0:
             c = chunks[idx]
             idx += 1
             if c.zeros:
                 continue
             budget -= c.size
-            extra.append(c)
-        return extra
+            if c.digest not in self._inflight and not self.store.has(c.digest):
+                extra.append(c)
+                missing += c.size
+        return extra if missing * 2 >= self.readahead or idx >= len(chunks) else []
 
     async def wait_idle(self) -> None:
         """Return once no fetch is in flight (every fetched chunk is stored or failed)."""
@@ -441,7 +475,8 @@ class ChunkFetcher:
 
     def _put(self, items: list[tuple[str, bytes]], holder: str | None) -> None:
         """Worker thread: store verified chunks in one transaction."""
-        self.store.put_many([(data, digest) for digest, data in items], holder=holder)
+        # decode_verify has just hashed each chunk to its digest
+        self.store.put_many([(data, digest) for digest, data in items], holder=holder, verified=True)
 
     # -- life cycle -------------------------------------------------------------------------------------
 

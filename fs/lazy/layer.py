@@ -131,7 +131,8 @@ class OpenedLayer:
             NotInStore: a whole layer's tar was evicted from the store.
         """
         if self.source is not None:
-            return await fetcher.read(self.source, content, file_size, off, size)
+            blob_chunks = self._plan[1] if self._plan is not None else ()
+            return await fetcher.read(self.source, content, file_size, off, size, blob_chunks)
         assert self.tar_digest is not None
         fetcher.stats.cache_hits += 1
         return bytes(store.pread(self.tar_digest, content + off, max(0, min(size, file_size - off))))

@@ -245,16 +245,23 @@ class BlobArea:
         return digests[0], total
 
     def put_many(
-        self, items: Iterable[tuple[bytes, str | None]], *, holder: str | None = None
+        self, items: Iterable[tuple[bytes, str | None]], *, holder: str | None = None, verified: bool = False
     ) -> tuple[list[str], int]:
-        """Store several blobs in one index transaction; returns (digests, blob bytes in the store)."""
+        """Store several blobs in one index transaction; returns (digests, blob bytes in the store).
+        ``verified``: see ``Store.put_many``."""
         holder_b = check_holder(holder) if holder is not None else None
         staged: list[_Staged] = []
         pending: list[tuple[Path, int]] = []  # written, not yet synced
         writing: set[str] = set()
         try:
             for data, claimed in items:
-                digest = "sha256:" + hashlib.sha256(data).hexdigest()
+                if verified:
+                    if claimed is None:
+                        raise ValueError("verified=True needs every item's digest")
+                    blob_key(claimed)
+                    digest = claimed
+                else:
+                    digest = "sha256:" + hashlib.sha256(data).hexdigest()
                 if claimed is not None and claimed != digest:
                     blob_key(claimed)  # a malformed claim is a ValueError, not a mismatch
                     raise VerificationError(f"bytes hash to {digest}, not to the claimed {claimed}")

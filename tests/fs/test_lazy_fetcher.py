@@ -12,6 +12,7 @@ from fs.errors import FormatError, RegistryUnavailable, VerificationError
 from fs.lazy.fetcher import open_fetcher
 from fs.lazy.image import resolve_image
 from fs.lazy.layer import OpenedLayer, open_layer
+from fs.lazy.readahead import BlobReadahead
 from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.stats import MountStats
 from fs.registry import ImageReference, OciLayout
@@ -213,3 +214,37 @@ async def test_store_writes_never_run_on_the_trio_thread(feat_layer) -> None:
     names = {n for n, _ in writes}
     assert {"put_many", "drop_holder", "ref"} <= names
     assert all(tid != trio_thread for _, tid in writes), writes
+
+
+async def test_reading_files_in_blob_order_is_read_ahead(feat_layer) -> None:
+    """A reader walking the layer's files in blob order (find | xargs sha256sum) needs few requests:
+    each window of read-ahead covers the files that follow; the same walk without the layer's chunk list
+    (no blob-order read-ahead) needs a request per file or so."""
+    client, store, layer = feat_layer
+    assert layer.index is not None
+    files = [n for _, n in layer.index if n.type == "reg" and n.chunks and not n.chunks[0].zeros]
+    files.sort(key=lambda n: n.chunks[0].compressed_offset)
+    layer.seal()  # as the host does once the tree is built: the layer keeps its chunks in blob order
+    assert len(files) >= 8
+
+    async def walk(fetcher, *, blob_order: bool) -> int:
+        client.calls.clear()
+        for node in files:
+            data = bytearray()
+            for off in range(0, node.size, 128 * 1024):  # the kernel's FUSE reads
+                if blob_order:
+                    data += await layer.read(fetcher, store, node.chunks, node.size, off, 128 * 1024)
+                else:
+                    data += await fetcher.read(layer.source, node.chunks, node.size, off, 128 * 1024)
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == node.digest, node.path
+        await fetcher.wait_idle()
+        return len(client.calls)
+
+    async with open_fetcher(store, FetchScheduler(), MountStats(), holder=HOLDER, fetch_timeout=5) as fetcher:
+        without = await walk(fetcher, blob_order=False)
+    store.drop_holder(HOLDER)
+    store.gc(max_size=0)
+    async with open_fetcher(store, FetchScheduler(), MountStats(), holder=HOLDER, fetch_timeout=5) as fetcher:
+        fetcher.blob_ahead = BlobReadahead(min_window=16 * 1024, max_window=1 << 20)
+        with_ahead = await walk(fetcher, blob_order=True)
+    assert with_ahead * 2 <= without, (with_ahead, without)

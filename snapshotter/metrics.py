@@ -5,6 +5,8 @@ Series (all prefixed ``zsnap_``)::
     grpc_requests_total{method,code}     Snapshots calls served, by method and gRPC status code
     mounted_images, mounted_layers       images and layers attached to the lazy host for snapshots
     fetched_bytes_total, fetch_requests_total   bytes and range requests fetched from registries
+    toc_fetched_bytes_total              the part of fetched_bytes that was footers and TOCs
+    read_bytes_total                     bytes served to readers of lazy layers
     fetch_seconds (histogram)            registry fetch latency
     cache_hits_total, cache_misses_total, cache_evictions_total   chunk cache (store) outcomes
     verification_failures_total          chunks whose bytes did not match their TOC digest
@@ -36,6 +38,8 @@ _HOST_COUNTERS = {
     "cache_misses": ("cache_misses", "Chunk reads that had to fetch."),
     "evictions": ("cache_evictions", "Chunks evicted from the store under its size cap."),
     "verify_failures": ("verification_failures", "Chunks whose bytes did not match their digest."),
+    "read_bytes": ("read_bytes", "Bytes served to readers of lazy layers (FUSE READ replies)."),
+    "toc_bytes": ("toc_fetched_bytes", "Bytes of footers and TOCs fetched (part of fetched_bytes)."),
 }
 
 

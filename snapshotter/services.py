@@ -197,14 +197,18 @@ class ZsnapServe:
     the registry it fetches from. Stopped with SIGTERM, which unmounts its layers.
     """
 
-    def __init__(self, root: Path, *, prefix: Sequence[str] = (), extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, root: Path, *, prefix: Sequence[str] = (), extra: Sequence[str] = (), metrics: bool = False
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.address = str(root / "zsnap.sock")
+        self.prefix = list(prefix)
         self._log = open(root / "serve.log", "ab")  # noqa: SIM115 - closed in stop()
-        # no metrics endpoint: several instances may run at once
         argv = [sys.executable, "-m", "snapshotter", "--root", str(root), "serve", "--socket", self.address]
-        argv += ["--metrics-address", ""]
+        # several instances may run at once: a free port of their own, or none
+        self.metrics_port = _free_port() if metrics else None
+        argv += ["--metrics-address", f"127.0.0.1:{self.metrics_port}" if metrics else ""]
         self._proc = subprocess.Popen(
             [*prefix, *argv, *extra], stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
@@ -217,6 +221,22 @@ class ZsnapServe:
 
     def log_tail(self, n: int = 2000) -> str:
         return (self.root / "serve.log").read_text(errors="replace")[-n:]
+
+    def metrics(self) -> dict[str, float]:
+        """The daemon's Prometheus series without labels (``{name: value}``), scraped from inside its
+        network namespace; {} without a metrics endpoint."""
+        if self.metrics_port is None:
+            return {}
+        scrape = "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1]).read().decode())"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        argv = [*self.prefix, sys.executable, "-c", scrape, url]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+        out = {}
+        for line in done.stdout.splitlines():
+            name, _, value = line.partition(" ")
+            if name and not name.startswith("#") and "{" not in name:
+                out[name] = float(value)
+        return out
 
     def stop(self) -> None:
         stop_pid(self._proc, timeout=60)

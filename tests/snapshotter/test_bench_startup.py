@@ -192,7 +192,7 @@ def _samples() -> list[Sample]:
     out = []
     for rep in range(3):
         out.append(Sample("img-a", "full", rep, 10.0 + rep, 0.1, 0.2, 10.3 + rep, 1000, 5.0, 6.0))
-        out.append(Sample("img-a", "lazy", rep, 0.5, 0.1, 1.0 + rep, 1.6 + rep, 10, 7.0, None))
+        out.append(Sample("img-a", "lazy", rep, 0.5, 0.1, 1.0 + rep, 1.6 + rep, 10 + rep, 7.0, None, 4, 2))
         out.append(Sample("img-b", "full", rep, 20.0, 0.1, 0.2, 20.3, 2000, None, None))
     return out
 
@@ -214,6 +214,10 @@ def test_report_json_shape_and_ratios(tmp_path: Path) -> None:
     assert line["ratios"]["img-a/lazy"]["total_vs_full"] == pytest.approx(2.6 / 11.3, abs=1e-3)
     assert line["medians"]["img-b/full"]["total_s"] == 20.3
     assert line["ratios"]["img-a/lazy"]["pull_plus_readall_vs_full"] == pytest.approx(7.5 / 16.0, abs=1e-3)
+    # bytes fetched before first output beyond the TOCs, per byte the workload read: (11 - 2) / 4
+    assert line["ratios"]["img-a/lazy"]["fetched_beyond_tocs_vs_read"] == pytest.approx(9 / 4, abs=1e-3)
+    assert "fetched_beyond_tocs_vs_read" not in line["ratios"].get("img-b/full", {})
+    assert a["modes"]["lazy"]["read_bytes"] == 4 and a["modes"]["full"]["read_bytes"] is None
 
 
 def test_chart_has_one_stacked_bar_per_image_and_mode(tmp_path: Path) -> None:

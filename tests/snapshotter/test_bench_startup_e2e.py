@@ -99,6 +99,8 @@ def test_lazy_modes_end_to_end(tmp_path: Path) -> None:
         assert modes[mode]["run_s"] > 0
         # lazily, only a fraction of the image crosses the network before first output
         assert modes[mode]["fetched_bytes"] < modes["full"]["fetched_bytes"] / 2
+        # the daemon's own counters: the workload read something, and the TOCs were part of the fetch
+        assert modes[mode]["read_bytes"] > 0 and 0 < modes[mode]["toc_bytes"] < modes[mode]["fetched_bytes"]
     for sample in doc["samples"]:
         assert sample["output"].startswith("started\n")
     assert not _ours()

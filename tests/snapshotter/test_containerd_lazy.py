@@ -139,6 +139,7 @@ def test_gigabyte_image_starts_lazily(lazy_stack: Stack, registry, test_images, 
     image = test_images.build_large(1100, 2, seed=7)
     ref = publish(registry, image, "serve/gigabyte", tmp_path)
     fetched_before = metric(stack, "zsnap_fetched_bytes_total")
+    read_before = metric(stack, "zsnap_read_bytes_total")
     started = time.monotonic()
     cri.pull_image(stack.ctrd.address, ref, timeout=300)
     pull_s = time.monotonic() - started
@@ -162,6 +163,7 @@ def test_gigabyte_image_starts_lazily(lazy_stack: Stack, registry, test_images, 
     (big_file,) = [e for e in image.spec.layers[2].entries if e.path == picked[-1][0].removeprefix("./")]
     big = big_file.data.size
     assert 0 < fetched < big + 64 * 1024 * 1024  # the files read (one big one), not the image
+    assert metric(stack, "zsnap_read_bytes_total") - read_before >= big  # sha256sum read all of it
     print(json.dumps({"test": "gigabyte_image_starts_lazily", "image_bytes": size, "pull_s": round(pull_s, 2),
                       "run_s": round(run_s, 2), "fetched_bytes": int(fetched)}))  # fmt: skip
     remove_and_wait(stack, ref, chains)

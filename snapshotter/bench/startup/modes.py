@@ -56,6 +56,8 @@ class Sample:
     fetched_bytes: int | None = None
     readall_s: float | None = None
     readall_hog_s: float | None = None
+    read_bytes: int | None = None  # lazy modes: what the start workload read from the lazy layers
+    toc_bytes: int | None = None  # lazy modes: footers and TOCs, part of fetched_bytes
     output: str = ""
 
 
@@ -102,7 +104,7 @@ class _Stack:
         try:
             proxies = {}
             if SNAPSHOTTER[mode] == "zsnap":
-                self.serve = ZsnapServe(self.dir / "zsnap", prefix=target.prefix)
+                self.serve = ZsnapServe(self.dir / "zsnap", prefix=target.prefix, metrics=True)
                 proxies["zsnap"] = self.serve.address
             elif SNAPSHOTTER[mode] == "stargz":
                 self.serve = StargzSnapshotter(
@@ -215,6 +217,10 @@ def sample(target: Target, image: str, mode: str, rep: int, *, readall: bool, cp
         after = _fetched(target)
         if before is not None and after is not None:
             result.fetched_bytes = after - before
+        if isinstance(stack.serve, ZsnapServe):
+            counters = stack.serve.metrics()
+            result.read_bytes = int(counters["zsnap_read_bytes_total"])
+            result.toc_bytes = int(counters["zsnap_toc_fetched_bytes_total"])
         if readall:
             t3 = time.monotonic()
             _start(ctrd, _create(ctrd, mode, ref, target.readall_cmd), target.timeout)

@@ -20,7 +20,8 @@ __all__ = ["FIELDS", "json_line", "render_table", "summarize", "write_json"]
 #: The JSON document :func:`summarize` builds (and ``--json`` writes).
 Summary: TypeAlias = "dict[str, Any]"
 
-FIELDS = ("pull_s", "create_s", "run_s", "total_s", "fetched_bytes", "readall_s", "readall_hog_s")
+FIELDS = ("pull_s", "create_s", "run_s", "total_s", "fetched_bytes", "read_bytes", "toc_bytes", "readall_s",
+          "readall_hog_s")  # fmt: skip
 
 
 def _median(values: list[float]) -> float | None:
@@ -44,7 +45,7 @@ def summarize(images: Sequence[tuple[str, int]], samples: Sequence[Sample]) -> S
             for field in FIELDS:
                 values = [getattr(s, field) for s in group if getattr(s, field) is not None]
                 entry[field] = _median(values)
-                if field == "fetched_bytes" and entry[field] is not None:
+                if field.endswith("_bytes") and entry[field] is not None:
                     entry[field] = int(entry[field])
                 if values:
                     entry["spread"][field] = [min(values), max(values)]
@@ -75,6 +76,13 @@ def ratios(summary: Summary) -> dict[str, dict[str, float]]:
                 lazy_all = entry["pull_s"] + entry["readall_s"]
                 ratio["pull_plus_readall_vs_full"] = round(lazy_all / (full["pull_s"] + full["readall_s"]), 4)
             out[f"{image['name']}/{mode}"] = ratio
+        for mode, entry in image["modes"].items():  # bytes fetched before first output per byte read
+            if entry.get("read_bytes") and entry.get("fetched_bytes") is not None:
+                beyond_tocs = entry["fetched_bytes"] - (entry.get("toc_bytes") or 0)
+                key = f"{image['name']}/{mode}"
+                out.setdefault(key, {})["fetched_beyond_tocs_vs_read"] = round(
+                    beyond_tocs / entry["read_bytes"], 4
+                )
     return out
 
 
@@ -101,7 +109,7 @@ def render_table(summary: Summary) -> Table:
     """The medians (min-max in brackets) per image and mode, seconds; ``x full`` is total against full."""
     from rich.table import Table
 
-    table = Table(title="zsnap bench startup (median, min-max; seconds)")
+    table = Table(title="zsnap bench startup (median, min-max; seconds; read: what the start workload read)")
     for col in ("image", "mode", "pull", "create", "run", "total", "x full", "fetched MB", "readall",
                 "readall+hog"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("image", "mode") else "right")
@@ -110,6 +118,8 @@ def render_table(summary: Summary) -> Table:
         for mode, e in image["modes"].items():
             sp = e["spread"]
             fetched = "-" if e["fetched_bytes"] is None else f"{e['fetched_bytes'] / 1e6:.1f}"
+            if e.get("read_bytes"):
+                fetched += f" (read {e['read_bytes'] / 1e6:.1f})"
             vs = rat.get(f"{image['name']}/{mode}", {}).get("total_vs_full")
             table.add_row(
                 f"{image['name']} ({image['size_bytes'] / 1e9:.2f} GB)", mode,

@@ -73,7 +73,7 @@ from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer
 from fs.lazy.ops import LazyOperations
 from fs.lazy.prefetch import run_prefetch
-from fs.lazy.scheduler import FetchScheduler
+from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.slots import LayerSlots
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
@@ -281,6 +281,7 @@ class LazyHost:
         if missing:  # detached while attaching
             raise ZsnapError(f"{ref}: holder {holder} was detached while its image was being attached")
         t_opened = time.monotonic()
+        self._scheduler.mark_active(Priority.PREFETCH)  # the container starts soon: background waits
         # fills start once every layer is open: a layer's background fetch would otherwise start while
         # another layer's prefetch has not and take the bandwidth (and the fetcher's idle moments) first
         for d in order:

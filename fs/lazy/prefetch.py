@@ -30,12 +30,18 @@ from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.stats import MountStats
 from fs.retry import RetryPolicy
 
-__all__ = ["PREFETCH_RETRY", "batches", "run_prefetch"]
+__all__ = ["PREFETCH_RETRY", "QUIET", "batches", "run_prefetch"]
 
 log = logging.getLogger(__name__)
 
 #: prefetch starts no new batch while more chunks than this are fetched but not yet stored (memory bound)
 MAX_BACKLOG = 256
+
+#: How long more urgent fetches must have been idle before a batch starts. Background fetch waits half a
+#: second, like stargz-snapshotter's silence period for background tasks: a container that is starting
+#: reads in bursts, and a background batch started between two of its reads takes the link from the
+#: next one; the prefetch, which the start is waiting for, goes as soon as on-demand reads pause.
+QUIET = {Priority.PREFETCH: 0.02, Priority.BACKGROUND: 0.5}
 
 #: Retries of one prefetch/background batch: nothing waits on it, so the back-off is patient (1 s doubling
 #: to 15 s), but bounded (5 attempts, 2 minutes): a registry that stays away costs each batch that much.
@@ -100,7 +106,7 @@ async def _fetch_batch(
     try:
         async for attempt in retry.tries(what=what, retry_on=RegistryError):
             with attempt:
-                await scheduler.wait_turn(priority, quiet=0.02)
+                await scheduler.wait_turn(priority, quiet=QUIET[priority])
                 await fetcher.wait_backlog(MAX_BACKLOG)
                 missing = [c for c in batch if not fetcher.is_cached(c)]  # again: reads may have fetched some
                 if missing:

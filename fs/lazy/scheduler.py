@@ -162,6 +162,11 @@ class FetchScheduler:
             return True
         return any(t.priority < priority for t in self._waiting)
 
+    def mark_active(self, priority: Priority) -> None:
+        """Count ``priority`` as active now, for the quiet periods of :meth:`wait_turn` (e.g. an image was
+        just attached: its container starts in a moment, so background fetch waits a while)."""
+        self._last_active[priority] = trio.current_time()
+
     async def wait_turn(self, priority: Priority, *, quiet: float = 0.0) -> None:
         """Return once no more-urgent fetch has been active for ``quiet`` seconds.
 

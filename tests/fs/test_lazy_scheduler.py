@@ -145,6 +145,18 @@ async def test_wait_turn_sleeps_only_what_is_left_of_the_quiet_period(autojump_c
     assert trio.current_time() == t1
 
 
+async def test_mark_active_starts_a_quiet_period(autojump_clock: object) -> None:
+    """An attach marks prefetch active: background fetch (which waits for prefetch to be quiet) holds off
+    for its quiet period from then on, though no fetch ran; on-demand reads are not held at all."""
+    sched = FetchScheduler()
+    sched.mark_active(Priority.PREFETCH)
+    marked = trio.current_time()
+    await sched.wait_turn(Priority.PREFETCH, quiet=0.5)  # prefetch waits for on-demand only
+    assert trio.current_time() == marked
+    await sched.wait_turn(Priority.BACKGROUND, quiet=0.5)
+    assert trio.current_time() - marked >= 0.5
+
+
 def test_ticket_single_use_and_limits_validated() -> None:
     with pytest.raises(ValueError):
         FetchScheduler({Priority.PREFETCH: 0})

@@ -38,7 +38,8 @@ from typing import Any
 import trio
 
 from fs.errors import ZsnapError
-from fs.lazy.host import HostOptions, open_lazy_host
+from fs.lazy.host import HostOptions
+from fs.lazy.hostsession import open_lazy_host
 
 from . import probe
 from .config import ServeConfig

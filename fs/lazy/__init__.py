@@ -8,6 +8,7 @@ Layout (one module per stage; imports go downwards only)::
                   xattrs dropped                                                                     pure
     slots.py      LayerSlots: persistent layer digest -> slot map (stable inode numbers)             I/O
     scheduler.py  FetchScheduler: on-demand > prefetch > background fetch slots                        pure
+    readahead.py  BlobReadahead: blob-order read-ahead windows for readers walking files in order      pure
     storeio.py    StoreIO: store writes (LMDB commits, blob files) in worker threads, one limiter     I/O
     decode.py     chunk bytes: zstd across frames / gzip members, inner offset, sha256 check           pure
     stats.py      MountStats: counters, latency percentiles, the --stats-file JSON                     pure
@@ -17,6 +18,8 @@ Layout (one module per stage; imports go downwards only)::
                   OpenedLayer.read: the layer's own read path (chunks or pread of its tar)          I/O
     image.py      REF -> manifest (host platform) -> config -> LayerDescriptors; oci: layouts         I/O
     prefetch.py   prefetch marked files, then background-fetch the rest                              I/O
+    fills.py      LayerFills: each layer's prefetch then background fetch; none in the background
+                  while any layer prefetches                                                         I/O
     ops.py        LazyOperations (pyfuse3): lookup/getattr/readdir/open/read/forget; errors -> EIO   I/O
     system.py     overlay/bind mount command, mountinfo, read_ahead_kb, mount records, mountpoint
                   checks                                                                              OS
@@ -25,11 +28,11 @@ Layout (one module per stage; imports go downwards only)::
                   /dev/fuse fd by replaying it, FUSE_NOTIFY_RESEND what a dead process left           OS
     restart.py    the fd-store bookkeeping: store fd + INIT memfd, pick them out of LISTEN_FDS,
                   start_fuse_session (adopt, else mount afresh and store)                             OS
-    hostsession.py  the host's mount side: mountpoint checks, start (pyfuse3 or fs.lazy.restart),
-                  close (unmount, or keep a stored session mounted)                                   OS
     host.py       LazyHost: ONE FUSE session, images attached/detached at run time, layers shared
-                  and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API);
-                  with fd_store_name the session is adopted/kept across restarts, restored first     I/O
+                  and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API) I/O
+    hostsession.py  open_lazy_host: mount the session (pyfuse3, or adopted through fs.lazy.restart when
+                  fd_store_name is set, restored first), serve a LazyHost on it, close it (unmount,
+                  or keep a stored session mounted)                                                   OS
     mount.py      run_mount: ``zsnap mount`` = a host + one image + overlayfs at MOUNTPOINT           I/O
 
 Contracts worth knowing:

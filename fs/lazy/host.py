@@ -2,7 +2,7 @@
 
 The API the snapshotter daemon (and ``zsnap mount``) builds on::
 
-    async with open_lazy_host(root, store, options=HostOptions(...)) as host:
+    async with open_lazy_host(root, store, options=HostOptions(...)) as host:   # fs.lazy.hostsession
         layers = await host.attach_image(ref, holder="snapshot:abc", manifest_digest=None, plain_http=None)
             # -> [AttachedLayer(digest, diff_id, path, lazy)], bottom-first, each layer once
         host.layer_path(digest)          # <fuse_dir>/<digest hex>
@@ -10,8 +10,8 @@ The API the snapshotter daemon (and ``zsnap mount``) builds on::
         host.stats                       # MountStats counters shared by every layer
         host.session_ended               # trio.Event: the FUSE session went away (unmounted under us)
 
-:func:`open_lazy_host` mounts ONE pyfuse3 session at ``options.fuse_dir`` (default ``<root>/mnt``) and runs
-it in its own nursery, with one :class:`~fs.lazy.fetcher.ChunkFetcher`, one
+:func:`~fs.lazy.hostsession.open_lazy_host` mounts ONE pyfuse3 session at ``options.fuse_dir`` (default
+``<root>/mnt``) and runs it in its own nursery, with one :class:`~fs.lazy.fetcher.ChunkFetcher`, one
 :class:`~fs.lazy.scheduler.FetchScheduler` (on-demand reads of any image before any prefetch or
 background work) and one registry client per (registry, plain-http) pair. Leaving the block stops
 prefetching, ends the session and unmounts it (nothing stacked on its layer directories may still be
@@ -50,13 +50,10 @@ own flags (``zsnap mount`` makes them ``nosuid,nodev`` unless asked otherwise).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
-import shutil
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,14 +62,13 @@ import pyfuse3
 import trio
 
 from fs.errors import NotInStore, ZsnapError
-from fs.lazy import sdnotify, session, system
+from fs.lazy import session
 from fs.lazy.fetcher import ChunkFetcher
-from fs.lazy.hostsession import close_session, prepare_mountpoint, resolve_mountpoint, start_session
+from fs.lazy.fills import LayerFills
 from fs.lazy.image import resolve_image
 from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer
 from fs.lazy.ops import LazyOperations
-from fs.lazy.prefetch import run_prefetch
 from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.slots import LayerSlots
 from fs.lazy.stats import MountStats
@@ -82,7 +78,7 @@ from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry import ImageReference, OciLayout, open_registry_client
 from fs.registry.endpoint import LayoutReader
 
-__all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost", "open_lazy_host"]
+__all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost"]
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +189,8 @@ class LazyHost:
         self._unlinked: dict[str, LayerTree] = {}  # left the tree, the kernel still holds inodes
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._client_lock = trio.Lock()
-        self._filling: dict[str, set[str]] = {"prefetch": set(), "background": set()}
-        # set while no layer is prefetching: background fetches start only then (a background request in
-        # flight would delay the prefetch, and run_prefetch's "stored" wait, of every other layer)
-        self._prefetch_quiet = trio.Event()
-        self._prefetch_quiet.set()
+        self._fills = LayerFills(nursery, fetcher, scheduler, stats, prefetch=options.prefetch,
+                                 background=options.background_fetch)  # fmt: skip
         self._serving = False  # the FUSE session runs (the kernel may be told about changes)
         self.fuse: session.FuseSession | None = None  # set when the session came from fs.lazy.restart
 
@@ -430,6 +423,7 @@ class LazyHost:
         del self._layers[la.digest]
         if la.fill is not None:
             la.fill.cancel()
+        self._fetcher.blob_ahead.forget(la.digest)
         tree = la.tree
         assert tree is not None
         self._table.unlink(tree.name)
@@ -464,55 +458,9 @@ class LazyHost:
             del self._unlinked[opened.desc.digest]
 
     def _start_fill(self, la: _Layer) -> None:
-        opened = la.opened
-        assert opened is not None
-        la.fill_started = True
-        want = [
-            p
-            for p, on in (("prefetch", self.options.prefetch), ("background", self.options.background_fetch))
-            if on
-        ]
-        if not opened.lazy or not want:
-            la.prefetched.set()
-            self._fill_done(la.digest, want)
-            return
-        if "prefetch" not in want:
-            la.prefetched.set()
-        if "prefetch" in want and self._prefetch_quiet.is_set():
-            self._prefetch_quiet = trio.Event()
-        for phase in want:
-            self._filling[phase].add(la.digest)
-            setattr(self.stats, f"{phase}_done", False)
-        la.fill = trio.CancelScope()
-        self._nursery.start_soon(self._fill, la, la.fill, want)
-
-    async def _fill(self, la: _Layer, scope: trio.CancelScope, phases: list[str]) -> None:
         assert la.opened is not None
-        scratch_stats = MountStats()  # run_prefetch's own flags; the host keeps the shared ones
-        try:
-            with scope:
-                for phase in phases:
-                    if phase == "background":
-                        while self._filling["prefetch"]:
-                            await self._prefetch_quiet.wait()
-                    await run_prefetch(
-                        [la.opened], self._fetcher, self._scheduler, scratch_stats,
-                        prefetch=phase == "prefetch", background=phase == "background",
-                    )  # fmt: skip
-                    if phase == "prefetch":
-                        la.prefetched.set()
-                    self._fill_done(la.digest, [phase])
-        finally:
-            la.prefetched.set()
-            self._fill_done(la.digest, phases)
-
-    def _fill_done(self, digest: str, phases: list[str]) -> None:
-        for phase in phases:
-            self._filling[phase].discard(digest)
-            if not self._filling[phase]:
-                setattr(self.stats, f"{phase}_done", True)
-                if phase == "prefetch":
-                    self._prefetch_quiet.set()
+        la.fill_started = True
+        la.fill = self._fills.start(la.digest, la.opened, la.prefetched)
 
 
 def _build(slot: int, name: str, opened: OpenedLayer) -> LayerTree:
@@ -539,104 +487,3 @@ def _topmost_once(layers: tuple[LayerDescriptor, ...]) -> list[LayerDescriptor]:
             seen.add(d.digest)
             top_down.append(d)
     return list(reversed(top_down))
-
-
-async def _run_session(host: LazyHost) -> None:
-    try:
-        await pyfuse3.main(min_tasks=4, max_tasks=64)
-    finally:
-        host.session_ended.set()
-
-
-#: Seconds requests in flight at exit may take to be answered before they are cancelled (a kept
-#: session's next process gets the cancelled ones resent).
-STOP_GRACE = 5.0
-
-
-@contextlib.asynccontextmanager
-async def open_lazy_host(
-    root: Path,
-    store: Any,
-    *,
-    options: HostOptions | None = None,
-    restore: Callable[[LazyHost], Awaitable[None]] | None = None,
-    keep_mounted: Callable[[], bool] = lambda: True,
-) -> AsyncIterator[LazyHost]:
-    """Mount the host's FUSE session and serve it until the block exits (see the module docstring).
-
-    ``store`` is an open :class:`~fs.store.Store` (the caller closes it after the block).
-
-    ``restore`` runs before the session answers its first request: a restarted daemon attaches there
-    what the previous process served, so that an adopted connection (``options.fd_store_name``) finds
-    every inode number the kernel still holds. At exit, requests in flight are answered first (up to
-    :data:`STOP_GRACE` seconds); a session kept in the fd store stays mounted for the next process
-    unless ``keep_mounted()`` says False, any other is unmounted.
-
-    Raises:
-        ZsnapError: the FUSE session could not be mounted (e.g. something is mounted there already).
-        ValueError: a bad option.
-    """
-    options = options or HostOptions()
-    if options.fetch_timeout <= 0:
-        raise ValueError("fetch_timeout must be a positive number of seconds")
-    root = Path(root)
-    # resolved once, before mounting: afterwards this process must not resolve paths through its mount
-    fuse_dir = resolve_mountpoint(Path(options.fuse_dir or root / "mnt"))
-    options = dataclasses.replace(options, fuse_dir=fuse_dir)
-    passed = sdnotify.listen_fds() if options.fd_store_name is not None else []
-    adopting = any(name == options.fd_store_name for name, _ in passed)
-    await prepare_mountpoint(fuse_dir, adopting)
-    stats = MountStats()
-    scheduler = FetchScheduler(max_in_flight=options.limits.max_concurrent_fetches)
-    sio = StoreIO(store)
-    started = False
-    host: LazyHost | None = None
-    try:
-        async with contextlib.AsyncExitStack() as exits, trio.open_nursery() as nursery:
-            fetcher = ChunkFetcher(
-                store, scheduler, stats, nursery, holder=options.bound_holder,
-                fetch_timeout=options.fetch_timeout, store_limiter=sio.limiter,
-                max_materialize=options.limits.max_read_materialize,
-            )  # fmt: skip
-            host = LazyHost(root, store, options, nursery, fetcher, scheduler, sio, stats, exits)
-            try:
-                if restore is not None:
-                    await restore(host)  # nothing answers FUSE yet: the kernel's requests wait
-                host.fuse = start_session(host.ops, fuse_dir, FUSE_OPTIONS, options.fd_store_name, passed)
-            finally:
-                ours = {options.fd_store_name, f"{options.fd_store_name}.init"}  # taken by restart
-                for name, fd in passed:  # nothing else of ours is stored: fds of an older version
-                    if name not in ours:
-                        with contextlib.suppress(OSError):
-                            os.close(fd)
-            started = True
-            host._serving = True
-            try:
-                nursery.start_soon(_run_session, host)
-                # a worker thread waits for the first reply (INIT done); then read-ahead may be raised
-                with trio.move_on_after(30) as waited:
-                    await trio.to_thread.run_sync(os.stat, fuse_dir, abandon_on_cancel=True)
-                if waited.cancelled_caught:
-                    raise ZsnapError(f"the FUSE session at {fuse_dir} did not answer within 30 s")
-                dev = system.mount_source_dev(fuse_dir, resolve=False)
-                if dev and options.read_ahead_kb:
-                    await trio.to_thread.run_sync(system.set_read_ahead, dev, options.read_ahead_kb)
-                yield host
-            finally:
-                pyfuse3.terminate()  # no new requests; those in flight finish before main returns
-                with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE):
-                    await host.session_ended.wait()
-                nursery.cancel_scope.cancel()  # prefetch, fetches and what is still in flight
-    finally:
-        with trio.CancelScope(shield=True):
-            if started and host is not None:
-                keep = host.fuse is not None and options.fd_store_name is not None and keep_mounted()
-                close_session(host.fuse, fuse_dir, options.fd_store_name, keep)
-            if not system.is_mounted(fuse_dir, resolve=False):
-                with contextlib.suppress(OSError):
-                    fuse_dir.rmdir()
-            elif not (started and host is not None and host.fuse is not None):
-                log.info("%s is still mounted", fuse_dir)
-            if options.scratch_dir is None:  # the host's own scratch (a caller's is the caller's)
-                scratch = root / "scratch" / f"host-{os.getpid()}"
-                await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))

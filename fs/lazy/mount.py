@@ -38,7 +38,8 @@ import trio
 
 from fs.errors import ZsnapError
 from fs.lazy import system
-from fs.lazy.host import AttachedLayer, HostOptions, LazyHost, open_lazy_host
+from fs.lazy.host import AttachedLayer, HostOptions, LazyHost
+from fs.lazy.hostsession import open_lazy_host
 from fs.lazy.stats import MountStats
 from fs.registry import ImageReference
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import trio
 
 from fs.errors import ZsnapError
-from fs.lazy.host import HostOptions, LazyHost, open_lazy_host
+from fs.lazy.host import HostOptions, LazyHost
+from fs.lazy.hostsession import open_lazy_host
 from fs.store import Store
 
 

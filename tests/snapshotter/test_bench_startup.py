@@ -192,7 +192,7 @@ def _samples() -> list[Sample]:
     out = []
     for rep in range(3):
         out.append(Sample("img-a", "full", rep, 10.0 + rep, 0.1, 0.2, 10.3 + rep, 1000, 5.0, 6.0))
-        out.append(Sample("img-a", "lazy", rep, 0.5, 0.1, 1.0 + rep, 1.6 + rep, 10 + rep, 7.0, None, 4, 2))
+        out.append(Sample("img-a", "lazy", rep, 0.5, 0.1, 1.0 + rep, 1.6 + rep, 10 + rep, 7.0, 8.0, 4, 2))
         out.append(Sample("img-b", "full", rep, 20.0, 0.1, 0.2, 20.3, 2000, None, None))
     return out
 
@@ -207,13 +207,16 @@ def test_report_json_shape_and_ratios(tmp_path: Path) -> None:
     for field in report.FIELDS:
         assert field in a["modes"]["full"]
     assert a["modes"]["full"]["pull_s"] == 11.0 and a["modes"]["full"]["spread"]["pull_s"] == [10.0, 12.0]
-    assert a["modes"]["lazy"]["readall_hog_s"] is None
+    assert a["modes"]["lazy"]["readall_hog_s"] == 8.0
+    assert doc["images"][1]["modes"]["full"]["readall_hog_s"] is None
     assert len(doc["samples"]) == 9
     line = json.loads(report.json_line(summary, network="shaped"))
     assert line["bench"] == "startup"
     assert line["ratios"]["img-a/lazy"]["total_vs_full"] == pytest.approx(2.6 / 11.3, abs=1e-3)
     assert line["medians"]["img-b/full"]["total_s"] == 20.3
     assert line["ratios"]["img-a/lazy"]["pull_plus_readall_vs_full"] == pytest.approx(7.5 / 16.0, abs=1e-3)
+    lazy = line["ratios"]["img-a/lazy"]
+    assert lazy["pull_plus_readall_hog_vs_full"] == pytest.approx(8.5 / 17.0, abs=1e-3)
     # bytes fetched before first output beyond the TOCs, per byte the workload read: (11 - 2) / 4
     assert line["ratios"]["img-a/lazy"]["fetched_beyond_tocs_vs_read"] == pytest.approx(9 / 4, abs=1e-3)
     assert "fetched_beyond_tocs_vs_read" not in line["ratios"].get("img-b/full", {})

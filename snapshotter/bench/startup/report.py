@@ -72,9 +72,11 @@ def ratios(summary: Summary) -> dict[str, dict[str, float]]:
                 if entry.get(field) is not None and full.get(field):
                     ratio[f"{field.removesuffix('_s')}_vs_full"] = round(entry[field] / full[field], 4)
             # full's readall reads a local copy; lazy's also downloads: compare the time to have read it all
-            if entry.get("readall_s") is not None and full.get("readall_s") is not None:
-                lazy_all = entry["pull_s"] + entry["readall_s"]
-                ratio["pull_plus_readall_vs_full"] = round(lazy_all / (full["pull_s"] + full["readall_s"]), 4)
+            for readall in ("readall_s", "readall_hog_s"):
+                if entry.get(readall) is not None and full.get(readall) is not None:
+                    lazy_all = entry["pull_s"] + entry[readall]
+                    key = f"pull_plus_{readall.removesuffix('_s')}_vs_full"
+                    ratio[key] = round(lazy_all / (full["pull_s"] + full[readall]), 4)
             out[f"{image['name']}/{mode}"] = ratio
         for mode, entry in image["modes"].items():  # bytes fetched before first output per byte read
             if entry.get("read_bytes") and entry.get("fetched_bytes") is not None:

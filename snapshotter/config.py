@@ -17,7 +17,7 @@ Every key, its type and default (``systemd/config.toml`` is the annotated sample
     [registry]
     plain_http = ["127.0.0.1:5000"]      registries reached over plain HTTP (loopback ones always are)
     docker_config = "/root/.docker/config.json"   credentials file (docker login format)
-    [registry.mirrors]
+    [registry.mirrors]                   accepted; not used by zsnap's own fetches yet
     "docker.io" = ["https://mirror.example.com"]
     [registry.auth."registry.example.com"]
     username = "..."

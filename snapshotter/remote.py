@@ -344,10 +344,14 @@ class RemoteLayers:
 
 
 def host_options(config: ServeConfig) -> HostOptions:
-    """``HostOptions`` from the daemon config. Plain-HTTP registries are passed per attach
-    (:meth:`RemoteLayers._attach`); the host's registry clients do not take the config's mirrors and
-    credentials yet (only the manifest probe does)."""
+    """``HostOptions`` from the daemon config: credentials (``registry.auth``, ``registry.docker_config``)
+    reach the host's registry clients as they reach the manifest probe; plain-HTTP registries are passed
+    per attach (:meth:`RemoteLayers._attach`). ``registry.mirrors`` are not used by zsnap's own fetches
+    yet: containerd's pull goes through its own mirror configuration, the lazy reads to the image's
+    registry."""
     return HostOptions(
+        auth=config.registry.auth,
+        docker_config=config.registry.docker_config,
         prefetch=config.prefetch,
         background_fetch=config.background_fetch,
         fetch_timeout=config.fetch_timeout,

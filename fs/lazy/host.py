@@ -54,6 +54,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
 from fs.lazy.treebuild import build_layer_tree
 from fs.limits import DEFAULT_LIMITS, Limits
-from fs.registry import ImageReference, OciLayout, open_registry_client
+from fs.registry import Credentials, ImageReference, OciLayout, open_registry_client
 from fs.registry.endpoint import LayoutReader
 
 __all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost"]
@@ -114,6 +115,8 @@ class HostOptions:
             start. None (``zsnap mount``): mount with pyfuse3 alone and unmount at exit.
         limits: what an image may make the host spend (TOC size/entries, names, chunk sizes, fetches in
             flight); a layer past them is refused at attach.
+        auth: registry host -> (username, password) for its clients.
+        docker_config: a ``docker login`` config.json to take credentials from (for hosts not in ``auth``).
     """
 
     prefetch: bool = True
@@ -127,6 +130,8 @@ class HostOptions:
     fd_store_name: str | None = None
     limits: Limits = DEFAULT_LIMITS
     prefetch_wait: float = 2.0
+    auth: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    docker_config: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -333,9 +338,14 @@ class LazyHost:
                 if key[0] == "oci":
                     client = LayoutReader(OciLayout(ref.path))  # type: ignore[arg-type]
                 else:
+                    login = self.options.auth.get(ref.registry)
                     client = await self._exits.enter_async_context(
                         open_registry_client(
-                            ref.registry, plain_http=key[2], timeout=self.options.fetch_timeout
+                            ref.registry,
+                            plain_http=key[2],
+                            timeout=self.options.fetch_timeout,
+                            credentials=Credentials(*login) if login else None,
+                            docker_config=self.options.docker_config,
                         )
                     )
                 self._clients[key] = client

@@ -231,6 +231,26 @@ def test_attach_failure_leaves_nothing_behind(
     assert (Path(w.attached["layers"][0][0]) / "etc/passwd").read_bytes().startswith(b"root:")
 
 
+def test_registry_credentials_in_the_config_reach_the_host(
+    auth_registry, vectors_dir: Path, host_worker, tmp_path: Path
+) -> None:
+    """A registry that wants a login: the daemon config's ``[registry.auth]`` reaches the host's own
+    registry clients (the layers attach lazily and read right); a host without it is refused."""
+    auth_registry.push_oci_layout(vectors_dir / SKOPEO, "host/private:v1")
+    ref = f"docker://{auth_registry.host}/host/private:v1"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[registry.auth."{auth_registry.host}"]\n'
+        f'username = "{auth_registry.username}"\npassword = "{auth_registry.password}"\n'
+    )
+    w = host_worker(ref, args=("--no-prefetch", "--no-background-fetch", "--config", str(config)))
+    assert w.attached["lazy"] == [[True, True, True]]
+    assert (Path(w.attached["layers"][0][0]) / "etc/passwd").read_bytes().startswith(b"root:")
+    anonymous = host_worker()
+    answer = anonymous.ask(f"attach {ref} nologin")
+    assert "error" in answer and "401" in answer["error"], answer
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -153,8 +153,8 @@ class Store:
         """Like :meth:`put` for several ``(data, digest or None)`` items, in one index transaction.
 
         All or nothing: if any item fails verification, none is stored. ``verified=True`` says the caller
-        has just hashed every item to its digest (the fetcher's chunks): they are not hashed again, which
-        was a tenth of the CPU a lazy read of a whole image costs. Every digest must then be given.
+        has just hashed every item to its digest (the fetcher's chunks): they are not hashed again (the
+        second of two sha256 passes over every byte a lazy read fetches). Every digest must be given.
         """
         self._check()
         digests, total = self._blobs.put_many(items, holder=holder, verified=verified)

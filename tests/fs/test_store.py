@@ -92,6 +92,19 @@ def test_put_rejects_bytes_that_do_not_match_their_digest(store: Store, root: Pa
         store.put(data, digest="md5:abc")
 
 
+def test_put_many_of_verified_bytes_takes_their_digests(store: Store, root: Path) -> None:
+    """The fetcher's chunks were hashed against their digests a moment before: stored under them without a
+    second hash; a missing or malformed digest is still refused, and nothing is written then."""
+    items = [(b"chunk one", sha(b"chunk one")), (b"chunk two", sha(b"chunk two"))]
+    assert store.put_many(items, holder="mount:v", verified=True) == [sha(b"chunk one"), sha(b"chunk two")]
+    assert bytes(store.pread(sha(b"chunk two"), 0, 100)) == b"chunk two"
+    assert store.refs(sha(b"chunk one")) == {"mount:v"}
+    for bad in ([(b"three", None)], [(b"three", "md5:abc")]):
+        with pytest.raises(ValueError):
+            store.put_many(bad, verified=True)
+    assert not store.has(sha(b"three")) and os.listdir(root / "wip") == []
+
+
 def test_put_file_copies_or_moves_and_verifies(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "blob"
     data = os.urandom(3 << 20)

@@ -90,6 +90,11 @@ FUSE_OPTIONS = frozenset(
 )
 #: layers opened at the same time by one attach
 OPEN_CONCURRENCY = 4
+#: Seconds after an attach during which background fetch holds off (then it also waits for the quiet
+#: period of fs.lazy.prefetch.QUIET): containerd finishes the pull, creates and starts the container in
+#: that time, and its first reads should not queue behind background batches. (SOCI waits 30 s after a
+#: new layer.)
+ATTACH_HOLD = 1.5
 
 
 @dataclass(frozen=True)
@@ -279,7 +284,8 @@ class LazyHost:
         if missing:  # detached while attaching
             raise ZsnapError(f"{ref}: holder {holder} was detached while its image was being attached")
         t_opened = time.monotonic()
-        self._scheduler.mark_active(Priority.PREFETCH)  # the container starts soon: background waits
+        # the image's container starts in a moment: no background fetch may take the link before then
+        self._scheduler.mark_active(Priority.PREFETCH, for_seconds=ATTACH_HOLD)
         # fills start once every layer is open: a layer's background fetch would otherwise start while
         # another layer's prefetch has not and take the bandwidth (and the fetcher's idle moments) first
         for d in order:

@@ -162,10 +162,12 @@ class FetchScheduler:
             return True
         return any(t.priority < priority for t in self._waiting)
 
-    def mark_active(self, priority: Priority) -> None:
-        """Count ``priority`` as active now, for the quiet periods of :meth:`wait_turn` (e.g. an image was
-        just attached: its container starts in a moment, so background fetch waits a while)."""
-        self._last_active[priority] = trio.current_time()
+    def mark_active(self, priority: Priority, *, for_seconds: float = 0.0) -> None:
+        """Count ``priority`` as active from now for ``for_seconds``, for the quiet periods of
+        :meth:`wait_turn` (e.g. an image was just attached: its container starts in a moment, so
+        background fetch holds off a while)."""
+        until = trio.current_time() + max(0.0, for_seconds)
+        self._last_active[priority] = max(self._last_active[priority], until)
 
     async def wait_turn(self, priority: Priority, *, quiet: float = 0.0) -> None:
         """Return once no more-urgent fetch has been active for ``quiet`` seconds.

@@ -155,6 +155,11 @@ async def test_mark_active_starts_a_quiet_period(autojump_clock: object) -> None
     assert trio.current_time() == marked
     await sched.wait_turn(Priority.BACKGROUND, quiet=0.5)
     assert trio.current_time() - marked >= 0.5
+    held = trio.current_time()
+    sched.mark_active(Priority.PREFETCH, for_seconds=2.0)  # an attach: held off for 2 s, then quiet
+    sched.mark_active(Priority.PREFETCH)  # a shorter mark does not cut the hold short
+    await sched.wait_turn(Priority.BACKGROUND, quiet=0.5)
+    assert trio.current_time() - held >= 2.5
 
 
 def test_ticket_single_use_and_limits_validated() -> None:

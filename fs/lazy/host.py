@@ -224,6 +224,11 @@ class LazyHost:
         """Whether the FUSE session answers requests (False while :func:`open_lazy_host` restores)."""
         return self._serving
 
+    def session_started(self) -> None:
+        """Called by :func:`~fs.lazy.hostsession.open_lazy_host` once the session answers: from now on
+        the kernel is told about layers that leave the tree."""
+        self._serving = True
+
     async def mark_lost(self, digests: list[str]) -> None:
         """Layers a previous process served that cannot be attached again (e.g. the registry is gone).
 

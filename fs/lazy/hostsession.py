@@ -165,7 +165,7 @@ async def open_lazy_host(
                         with contextlib.suppress(OSError):
                             os.close(fd)
             started = True
-            host._serving = True
+            host.session_started()
             try:
                 nursery.start_soon(_run_session, host)
                 # a worker thread waits for the first reply (INIT done); then read-ahead may be raised

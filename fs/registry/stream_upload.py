@@ -19,7 +19,6 @@ upload session instead (the source repository lost the blob) gets the session ca
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -30,7 +29,7 @@ import trio
 from fs.errors import RegistryError
 
 from .auth import repository_scope
-from .upload import expect_status, patch_headers, upload_location
+from .upload import commit_upload, expect_status, patch_chunk, upload_location
 
 if TYPE_CHECKING:
     from .client import RegistryClient
@@ -115,8 +114,6 @@ async def push_growing_blob(
     """
     what = f"streamed upload to {repo}"
     scopes = (repository_scope(repo, push=True),)
-    session = client.session
-    build = session.client.build_request
     await blob.wait_for(0)  # the writer started (it may also give up before: then no session at all)
     location = upload_location(await _start(client, repo, {}, scopes, what), what)
     reader: BinaryIO | None = None
@@ -129,35 +126,15 @@ async def push_growing_blob(
                 if reader is None:
                     reader = await trio.to_thread.run_sync(blob.open)
                 length = written - offset if finished else chunk_size
-                response = await session.fetch(
-                    # one attempt (retry=False): the body generator is made once, here
-                    functools.partial(
-                        build,
-                        "PATCH",
-                        location,
-                        headers=patch_headers(offset, length),
-                        content=_pieces(reader, length),
-                    ),
-                    expect_status((202, 204), f"{what}: PATCH at byte {offset}"),
-                    what=what,
-                    scopes=scopes,
-                    retry=False,
-                )
-                location = upload_location(response, what)
+                body = _pieces(reader, length)
+                location = await patch_chunk(client, location, offset, body, length, what, scopes)
                 offset += length
                 continue
             if finished:
                 break
         digest = blob.digest
         assert digest is not None
-        url = location.copy_merge_params({"digest": digest})
-        await session.fetch(
-            lambda: build("PUT", url, headers={"Content-Length": "0"}),
-            expect_status((201, 204), f"{what}: final PUT of {digest} ({offset} bytes)"),
-            what=what,
-            scopes=scopes,
-            retry=False,
-        )
+        await commit_upload(client, location, digest, what, scopes, f"final PUT of {digest} ({offset} bytes)")
     except BaseException:
         await _cancel(client, location, scopes, what)
         raise

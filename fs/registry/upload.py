@@ -63,6 +63,44 @@ def patch_headers(offset: int, length: int) -> dict[str, str]:
     }
 
 
+async def patch_chunk(
+    client: RegistryClient,
+    location: httpx.URL,
+    offset: int,
+    body: AsyncIterator[bytes],
+    length: int,
+    what: str,
+    scopes: tuple[str, ...],
+) -> httpx.URL:
+    """PATCH the ``length`` bytes of ``body`` at ``offset`` into the upload session at ``location``; the
+    session's next location. One attempt: the body iterator is made once, by the caller."""
+    build = client.session.client.build_request
+    response = await client.session.fetch(
+        functools.partial(build, "PATCH", location, headers=patch_headers(offset, length), content=body),
+        expect_status((202, 204), f"{what}: PATCH at byte {offset}"),
+        what=what,
+        scopes=scopes,
+        retry=False,
+    )
+    return upload_location(response, what)
+
+
+async def commit_upload(
+    client: RegistryClient, location: httpx.URL, digest: str, what: str, scopes: tuple[str, ...], step: str
+) -> None:
+    """The final PUT that commits the upload session at ``location`` as blob ``digest``; ``step`` names
+    it in an error."""
+    build = client.session.client.build_request
+    url = location.copy_merge_params({"digest": digest})
+    await client.session.fetch(
+        lambda: build("PUT", url, headers={"Content-Length": "0"}),
+        expect_status((201, 204), f"{what}: {step}"),
+        what=what,
+        scopes=scopes,
+        retry=False,
+    )
+
+
 async def _pieces(file: BinaryIO, length: int, hasher: Hasher) -> AsyncIterator[bytes]:
     def read(n: int) -> bytes:
         data = file.read(n)
@@ -147,8 +185,6 @@ async def _upload(
     what: str,
     scopes: tuple[str, ...],
 ) -> None:
-    session = client.session
-    build = client.session.client.build_request
     hasher = Hasher()
 
     file = await trio.to_thread.run_sync(open_file)
@@ -156,21 +192,8 @@ async def _upload(
         offset = 0
         while offset < size:
             length = min(chunk_size, size - offset)
-            response = await session.fetch(
-                # one attempt (retry=False): the body generator is made once, here
-                functools.partial(
-                    build,
-                    "PATCH",
-                    location,
-                    headers=patch_headers(offset, length),
-                    content=_pieces(file, length, hasher),
-                ),
-                expect_status((202, 204), f"{what}: PATCH at byte {offset}"),
-                what=what,
-                scopes=scopes,
-                retry=False,
-            )
-            location = upload_location(response, what)
+            body = _pieces(file, length, hasher)
+            location = await patch_chunk(client, location, offset, body, length, what, scopes)
             offset += length
         extra = await trio.to_thread.run_sync(file.read, 1)
     finally:
@@ -179,11 +202,4 @@ async def _upload(
         raise VerificationError(
             f"{what}: the file is not {size} bytes hashing to {digest}; nothing was committed"
         )
-    url = location.copy_merge_params({"digest": digest})
-    await session.fetch(
-        lambda: build("PUT", url, headers={"Content-Length": "0"}),
-        expect_status((201, 204), f"{what}: final PUT"),
-        what=what,
-        scopes=scopes,
-        retry=False,
-    )
+    await commit_upload(client, location, digest, what, scopes, "final PUT")

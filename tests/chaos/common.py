@@ -71,3 +71,16 @@ def assert_store_consistent(root: Path) -> dict:
             assert "sha256:" + sha256_file(path) == "sha256:" + path.name, path
     stats["reclaimed_at_open"] = reclaimed
     return stats
+
+
+def assert_check_full_passes(root: Path, ref: str, *, timeout: float) -> None:
+    """``zsnap check --full REF`` (every chunk fetched and verified against the TOC) says OK."""
+    check = subprocess.run(
+        [*zsnap_command(root), "check", "--full", ref],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert check.returncode == 0 and "OK" in check.stdout, check.stdout + check.stderr

@@ -20,6 +20,7 @@ import pytest
 
 from tests.chaos.common import (
     VECTOR,
+    assert_check_full_passes,
     assert_store_consistent,
     chaos_rng,
     chaos_rounds,
@@ -154,15 +155,7 @@ def test_kill_9_of_a_conversion(registry, test_images, tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         assert json.loads(out.splitlines()[-1])
-        check = subprocess.run(
-            [*zsnap_command(root), "check", "--full", f"docker://{dst}"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=REPO_ROOT,
-            check=False,
-        )
-        assert check.returncode == 0 and "OK" in check.stdout, check.stdout + check.stderr
+        assert_check_full_passes(root, f"docker://{dst}", timeout=300)
         assert_store_consistent(root)
         assert not _convert_leftovers(root), _convert_leftovers(root)
     print(f"clean conversion {clean:.2f}s; kill points {kills}; {killed} killed; {reclaimed} reclaimed")

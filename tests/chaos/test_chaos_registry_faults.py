@@ -21,6 +21,7 @@ import pytest
 
 from tests.chaos.common import (
     VECTOR,
+    assert_check_full_passes,
     assert_store_consistent,
     chaos_rng,
     chaos_rounds,
@@ -182,15 +183,7 @@ def test_conversion_through_a_faulty_registry_succeeds_or_fails_cleanly(
         proxy.rate = proxy.upload_rate = 0.0
         if done.returncode == 0:
             outcomes["ok"] += 1
-            check = subprocess.run(
-                [*zsnap_command(root), "check", "--full", f"docker://{registry.host}/chaos/convdst:{tag}"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                cwd=REPO_ROOT,
-                check=False,
-            )
-            assert check.returncode == 0 and "OK" in check.stdout, check.stdout + check.stderr
+            assert_check_full_passes(root, f"docker://{registry.host}/chaos/convdst:{tag}", timeout=120)
         else:
             outcomes["failed"] += 1
             lines = done.stderr.strip().splitlines()

@@ -283,6 +283,18 @@ class Reader:
                 pipe.close()
         return code
 
+    def stop(self) -> None:
+        """Kill the container's ``ctr run`` if it still runs (a failed test must not leave it reading)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.wait(timeout=30)
+
+    def assert_read_all_right(self, code: int, stack: ServedStack) -> None:
+        """The container exited 0, none of its reads failed, and the big file hashed right."""
+        failures = [line for _, line in self.lines if line.startswith("dd failed")]
+        assert code == 0 and not failures, (code, failures, self.lines[-5:], stack.log()[-3000:])
+        assert big_sha256() in self.stdout  # every byte the container got was the right one
+
     def longest_gap(self, since: float) -> float:
         times = [since] + [t for t, line in self.lines if line.startswith("read ") and t > since]
         return max(b - a for a, b in itertools.pairwise(times)) if len(times) > 1 else 0.0
@@ -307,12 +319,8 @@ def test_restart_while_a_container_reads(
         restart_seconds = served.restart(sig)
         code = reader.wait(timeout=300)
     finally:
-        if reader.proc.poll() is None:
-            reader.proc.kill()
-            reader.wait(timeout=30)
-    failures = [line for _, line in reader.lines if line.startswith("dd failed")]
-    assert code == 0 and not failures, (code, failures, reader.lines[-5:], served.log()[-3000:])
-    assert big_sha256() in reader.stdout
+        reader.stop()
+    reader.assert_read_all_right(code, served)
     assert served.log().count("adopted the FUSE session") == 1
     assert steps_at_restart < STEPS and reader.steps() == STEPS
     stall = reader.longest_gap(signalled)
@@ -350,9 +358,7 @@ def test_a_layer_that_cannot_be_restored_fails_reads_without_hanging(
             served.restart(signal.SIGTERM)
             code = reader.wait(timeout=240)
         finally:
-            if reader.proc.poll() is None:
-                reader.proc.kill()
-                reader.wait(timeout=30)
+            reader.stop()
         lines = [line for line in served.log().splitlines() if "after the restart" in line]
         assert len(lines) == 1 and ref.split("/", 1)[1].split(":")[0] in lines[0], lines
         assert "restored 0 of 1 lazily served image(s)" in served.log()

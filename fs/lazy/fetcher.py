@@ -333,9 +333,8 @@ class ChunkFetcher:
             if fl is not None:
                 waits.append(fl)
         for c in also:
-            if c.zeros or c.digest in self._inflight or self.store.has(c.digest):
-                continue
-            self._claim(c, priority, new)
+            if c.digest not in self._inflight:  # read-ahead does not promote fetches already queued
+                self._claim(c, priority, new)  # which skips zeros and what the store has
         if new:
             self._start(source, new, priority)
         if not waits:

@@ -241,6 +241,9 @@ def test_registry_outage_gives_bounded_eio_then_recovers(
         elapsed = time.monotonic() - t0
         assert info.value.errno == errno.EIO
         assert elapsed < 4 + 2, elapsed
+        # the reader gives up after fetch-timeout; the fetch itself may still be retrying: the registry
+        # comes back only once it has failed (else a retry may succeed and the outage go uncounted)
+        m.wait_stats(lambda s: s["fetch_errors"] >= 1, timeout=30)
     finally:
         server.start()
     data = (mp / "feat/text-2M").read_bytes()

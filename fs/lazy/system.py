@@ -110,6 +110,20 @@ def mount_source_dev(
     return found
 
 
+def mounts_under(directory: str | Path, *, mountinfo: str | None = None) -> list[str]:
+    """Mountpoints at or below ``directory`` (resolved), deepest first: the order to unmount them in."""
+    top = os.path.realpath(directory).rstrip("/")
+    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    found = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            point = _unescape_mountinfo(fields[4])
+            if point == top or point.startswith(top + "/"):
+                found.add(point)
+    return sorted(found, key=lambda p: (-p.count("/"), p))
+
+
 def is_mounted(mountpoint: str | Path, *, resolve: bool = True) -> bool:
     """True if something is mounted exactly at ``mountpoint`` (reads the mount table; ``resolve`` as for
     :func:`mount_source_dev`)."""

@@ -130,6 +130,21 @@ def test_mount_source_dev_from_mountinfo() -> None:
     assert system.mount_source_dev("/nope", mountinfo=info) is None
 
 
+def test_mounts_under_lists_deepest_first_and_only_below(tmp_path) -> None:
+    top = str(tmp_path / "root")
+    info = (
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        f"50 22 0:60 / {top}/proc rw - proc proc rw\n"
+        f"51 50 0:61 / {top}/proc/sys/fs/binfmt_misc rw - binfmt_misc b rw\n"
+        f"52 22 0:62 / {top}-other rw - tmpfs t rw\n"  # a sibling whose name only starts the same
+        f"53 22 0:63 / {top}/dev\\040pts rw - devpts d rw\n"
+    )
+    assert system.mounts_under(top, mountinfo=info) == [
+        f"{top}/proc/sys/fs/binfmt_misc", f"{top}/dev pts", f"{top}/proc",
+    ]  # fmt: skip
+    assert system.mounts_under(tmp_path / "elsewhere", mountinfo=info) == []
+
+
 def test_mount_records_roundtrip(tmp_path) -> None:
     import os
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fs.errors import ZsnapError
+from fs.lazy.system import mounts_under
 
 __all__ = ["SUITE", "debian_rootfs_tar", "mirror"]
 
@@ -46,7 +47,7 @@ def debian_rootfs_tar(cache: Path, *, say: Callable[[str], object] = print) -> P
         raise ZsnapError("debootstrap is not installed (apt-get install debootstrap)")
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / "debootstrap.tmp"
-    shutil.rmtree(target, ignore_errors=True)
+    _remove_root(target)
     source = mirror()
     say(f"debootstrap {SUITE} (minbase + {', '.join(PACKAGES)}) from {source}: once, then cached in {out}")
     cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(target), source]
@@ -62,5 +63,15 @@ def debian_rootfs_tar(cache: Path, *, say: Callable[[str], object] = print) -> P
     tar += [f"--exclude={e}" for e in excludes]
     subprocess.run([*tar, "."], check=True, capture_output=True)
     tmp.rename(out)
-    shutil.rmtree(target, ignore_errors=True)
+    _remove_root(target)
     return out
+
+
+def _remove_root(target: Path) -> None:
+    """Delete a debootstrap target, first unmounting what an interrupted debootstrap left mounted in it
+    (its /proc and /sys): deleting through a mount would at best fail and at worst reach the host's files."""
+    for point in mounts_under(target):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    if mounts_under(target):
+        raise ZsnapError(f"cannot unmount what is mounted under {target}: remove it by hand")
+    shutil.rmtree(target, ignore_errors=True)

@@ -40,6 +40,7 @@ from typing import Any
 import grpc
 import trio
 
+from fs.registry.http import warm_up as warm_up_clients
 from fs.store import Store
 from snapshotter.proto import snapshots_pb2_grpc
 
@@ -126,7 +127,12 @@ async def serve_snapshotter(config: ServeConfig, *, task_status: Any = trio.TASK
         StoreError: the store at ``config.root`` cannot be opened.
     """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        store = await trio.to_thread.run_sync(lambda: Store.open(config.root, max_size=config.cache_max_size))
+        async with trio.open_nursery() as warm:
+            # built off the event loop now, not inside the first pull (and on the thread serving FUSE)
+            warm.start_soon(trio.to_thread.run_sync, warm_up_clients)
+            store = await trio.to_thread.run_sync(
+                lambda: Store.open(config.root, max_size=config.cache_max_size)
+            )
         try:
             meta = MetaStore(store.index)
             remote = RemoteLayers(

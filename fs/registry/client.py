@@ -30,7 +30,7 @@ from .auth import RegistryAuth, TokenCache
 from .auth import repository_scope as _scope
 from .blob_reads import BlobReads, RangeSupport, range_support
 from .credentials import Credentials, credentials_from_docker_config, load_docker_config
-from .http import IDENTITY, is_loopback, read_limited, unexpected_status
+from .http import IDENTITY, is_loopback, read_limited, shared_ssl_context, unexpected_status
 from .session import MAX_REDIRECTS, RegistrySession, RetryPolicy, SessionStatistics
 from .upload import push_blob as _push_blob
 
@@ -292,5 +292,6 @@ async def open_registry_client(
         max_redirects=MAX_REDIRECTS,
         transport=transport,
         headers={"User-Agent": "zsnap/0.1"},
+        verify=shared_ssl_context(),
     ) as http:
         yield RegistryClient(registry, base_url, RegistrySession(registry, http, auth, policy))

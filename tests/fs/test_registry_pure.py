@@ -442,3 +442,15 @@ def test_oci_layout_writes_atomically_and_verifies(tmp_path: Path) -> None:
         layout.set_tag("bad", {"digest": digest})
     with pytest.raises(FormatError):
         layout.blob_path("sha256:XYZ")
+
+
+def test_one_verifying_tls_context_is_shared_by_every_client() -> None:
+    import ssl
+
+    from fs.registry.http import shared_ssl_context, warm_up
+
+    warm_up()
+    ctx = shared_ssl_context()
+    assert ctx is shared_ssl_context()
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname  # sharing must not weaken TLS
+    assert ctx.cert_store_stats()["x509_ca"] > 0  # a CA bundle is loaded

@@ -70,6 +70,9 @@ def test_interrupt_stops_everything() -> None:
         [sys.executable, "-m", "snapshotter", "bench", "startup", "--sizes", "0.05", "--repeat", "20",
          "--modes", "full"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # a suite started in the background of a non-interactive shell inherits an ignored SIGINT, which
+        # Python then leaves ignored: the bench must see Ctrl-C as a terminal would send it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stderr is not None
     try:

@@ -41,7 +41,6 @@ from fs.errors import ZsnapError
 from fs.lazy.host import HostOptions
 from fs.lazy.hostsession import open_lazy_host
 
-from . import probe
 from .config import ServeConfig
 
 #: How many images without a lazily readable layer are remembered (so their Prepares skip the host).
@@ -137,7 +136,7 @@ class RemoteLayers:
         host: the running lazy host (``fs.lazy.host``), or None when lazy serving is off.
         token: the trio token of the run the host lives in.
         timeout: seconds an attach may take before the Prepare falls back to the normal path.
-        registry: plain-HTTP hosts and credentials (``RegistryConfig``) for the manifest probe; None: none.
+        registry: the plain-HTTP hosts (``RegistryConfig.plain_http``) passed per attach; None: none.
     """
 
     def __init__(self, host: Any, token: trio.lowlevel.TrioToken | None, *, timeout: float = 60.0,
@@ -146,8 +145,6 @@ class RemoteLayers:
         self._token = token
         self._timeout = timeout
         self._plain_http = frozenset(registry.plain_http) if registry is not None else frozenset()
-        self._docker_config = registry.docker_config if registry is not None else None
-        self._auth = dict(registry.auth) if registry is not None else {}
         self._lock = threading.Lock()
         self._image_locks: dict[str, threading.Lock] = {}
         self._attached: dict[str, dict[str, Any]] = {}  # holder -> {layer digest: AttachedLayer}
@@ -227,11 +224,11 @@ class RemoteLayers:
 
         return trio.from_thread.run(bounded, trio_token=self._token)
 
-    def _attach(self, image: str, manifest: str | None, holder: str, *, probe_first: bool) -> dict[str, Any]:
+    def _attach(self, image: str, manifest: str | None, holder: str, *, lazy_only: bool) -> dict[str, Any]:
         """The image's attached layers by digest; ``{}`` if it has no lazily readable layer (not attached).
 
-        ``probe_first``: read the manifest before attaching, so that an image without a lazily readable
-        layer is never attached (the host would download its layers whole: see ``snapshotter.probe``).
+        ``lazy_only``: an image without a lazily readable layer is not attached at all, as the host decides
+        from the manifest it resolves (it would otherwise download every layer whole).
         """
         with self._lock:
             image_lock = self._image_locks.setdefault(holder, threading.Lock())
@@ -241,17 +238,13 @@ class RemoteLayers:
                 return layers
             registry = image.removeprefix("docker://").split("/", 1)[0]
             plain = True if registry in self._plain_http else None
-            if probe_first:
-                lazy = self._call(
-                    probe.lazy_layers, image, manifest, plain_http=plain, docker_config=self._docker_config,
-                    auth=self._auth,
-                )  # fmt: skip
-                if not lazy:
-                    self._remember_not_lazy(holder)
-                    return {}
             attached = self._call(
-                self._host.attach_image, image, holder=holder, manifest_digest=manifest, plain_http=plain
-            )
+                self._host.attach_image, image, holder=holder, manifest_digest=manifest, plain_http=plain,
+                lazy_only=lazy_only,
+            )  # fmt: skip
+            if not attached:  # lazy_only: nothing was attached
+                self._remember_not_lazy(holder)
+                return {}
             layers = {layer.digest: layer for layer in attached}
             if not any(layer.lazy for layer in attached):  # do not keep the image attached for nothing
                 self._remember_not_lazy(holder)
@@ -280,7 +273,7 @@ class RemoteLayers:
         if failed is not None and time.monotonic() - failed[0] < FAILURE_MEMORY:
             return Fallback(f"{failed[1]} ({time.monotonic() - failed[0]:.0f} s ago)")
         try:
-            layers = self._attach(request.image, request.manifest, holder, probe_first=True)
+            layers = self._attach(request.image, request.manifest, holder, lazy_only=True)
         except (ZsnapError, OSError, ValueError) as exc:
             return self._failure(holder, f"cannot attach {request.image}: {exc}")
         except trio.TooSlowError:
@@ -320,7 +313,7 @@ class RemoteLayers:
         holder = lazy["holder"]
         if holder not in self._attached:
             try:
-                self._attach(lazy["image"], lazy.get("manifest") or None, holder, probe_first=False)
+                self._attach(lazy["image"], lazy.get("manifest") or None, holder, lazy_only=False)
             except trio.TooSlowError:
                 raise ZsnapError("timed out re-attaching the image", image=lazy["image"]) from None
         return Path(self._host.layer_path(lazy["digest"]))
@@ -345,10 +338,9 @@ class RemoteLayers:
 
 def host_options(config: ServeConfig) -> HostOptions:
     """``HostOptions`` from the daemon config: credentials (``registry.auth``, ``registry.docker_config``)
-    reach the host's registry clients as they reach the manifest probe; plain-HTTP registries are passed
-    per attach (:meth:`RemoteLayers._attach`). ``registry.mirrors`` are not used by zsnap's own fetches
-    yet: containerd's pull goes through its own mirror configuration, the lazy reads to the image's
-    registry."""
+    reach the host's registry clients; plain-HTTP registries are passed per attach
+    (:meth:`RemoteLayers._attach`). ``registry.mirrors`` are not used by zsnap's own fetches yet:
+    containerd's pull goes through its own mirror configuration, the lazy reads to the image's registry."""
     return HostOptions(
         auth=config.registry.auth,
         docker_config=config.registry.docker_config,

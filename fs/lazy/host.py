@@ -68,7 +68,7 @@ from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.fills import LayerFills
 from fs.lazy.image import resolve_image
 from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
-from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer
+from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer, reads_lazily
 from fs.lazy.ops import LazyOperations
 from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.slots import LayerSlots
@@ -247,8 +247,13 @@ class LazyHost:
         holder: str,
         manifest_digest: str | None = None,
         plain_http: bool | None = None,
+        lazy_only: bool = False,
     ) -> list[AttachedLayer]:
         """Attach every layer of ``ref`` for ``holder`` (see the module docstring).
+
+        ``lazy_only``: attach nothing and return ``[]`` when no layer of the image can be read lazily
+        (:func:`~fs.lazy.layer.reads_lazily`): the snapshotter unpacks such an image the normal way rather
+        than have the host download every layer whole.
 
         Returns:
             The image's distinct layers, bottom-first (a layer listed twice keeps its topmost place).
@@ -267,6 +272,8 @@ class LazyHost:
         t_resolved = time.monotonic()
         if not image.layers:
             raise ZsnapError(f"{ref} has no layers")
+        if lazy_only and not any(reads_lazily(d) for d in image.layers):
+            return []
         order = _topmost_once(image.layers)
         mine = self._holders.setdefault(holder, set())
         added = [d.digest for d in order if d.digest not in mine]

@@ -50,12 +50,9 @@ from fs.lazy.tarindex import index_tar
 from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry.manifests import Descriptor
 
-__all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer"]
+__all__ = ["LayerDescriptor", "OpenedLayer", "index_items", "open_layer", "reads_lazily"]
 
 log = logging.getLogger(__name__)
-
-#: Layer annotation naming files to prefetch (JSON array of paths), for dialects without eStargz landmarks
-#: (``zsnap convert --prefetch-list`` for c/storage layers). Honored for every dialect.
 
 #: Blob tail fetched when the footer must locate the TOC: the footer plus, often, a small TOC with it.
 TAIL_SIZE = max(FOOTER_FETCH_SIZE, 16 * 1024)
@@ -208,6 +205,17 @@ def iter_index_items(index: LayerIndex) -> Iterator[Item]:
                 content=node.chunks if node.type == "reg" else None,
             )
         )
+
+
+def reads_lazily(desc: LayerDescriptor) -> bool:
+    """True if :func:`open_layer` would serve ``desc`` lazily: its annotations or media type say where its
+    TOC is (a TOC that then fails to verify still fails the open). Malformed annotations count as not
+    lazy: the layer can still be unpacked whole."""
+    try:
+        location = toc_location_from_annotations(desc.annotations, desc.media_type, blob_size=desc.size)
+    except FormatError:
+        return False
+    return location is not None
 
 
 async def open_layer(

@@ -9,6 +9,7 @@ serves until SIGTERM/SIGINT. ``--config`` reads the daemon's config file and bui
 way the daemon does (``[limits]`` included). Commands on stdin, one per line, each answered by one JSON line:
 
     attach REF HOLDER [MANIFEST-DIGEST]  -> {"layers": [path, ...]}       (or {"error": "..."})
+    attach-lazy REF HOLDER               -> the same, attaching nothing unless a layer reads lazily
     detach HOLDER       -> {"ok": true}
     state               -> {"trees": N, "linked": [...], "nodes": N, "stats": {...}, "holders": {...}}
 
@@ -54,9 +55,11 @@ async def _commands(host: LazyHost, done: trio.CancelScope) -> None:
         if not words:
             continue
         try:
-            if words[0] == "attach":
+            if words[0] in ("attach", "attach-lazy"):
                 digest = words[3] if len(words) > 3 else None
-                layers = await host.attach_image(words[1], holder=words[2], manifest_digest=digest)
+                layers = await host.attach_image(
+                    words[1], holder=words[2], manifest_digest=digest, lazy_only=words[0] == "attach-lazy"
+                )
                 _say({"layers": [str(la.path) for la in layers]})
             elif words[0] == "detach":
                 await host.detach(words[1])

@@ -258,7 +258,7 @@ def test_layers_the_host_cannot_serve_take_the_normal_path(
     chains, _ = image_chain(stack, ref, cri.CRI_NAMESPACE)
     normal = [line for line in stack.daemon.log().splitlines() if "takes the normal path" in line]
     assert len([line for line in normal if "serve/handshake:gzip" in line]) == len(chains)  # one line each
-    # the manifest probe saw no lazily readable layer: the image was never attached (nothing to detach)
+    # the host saw no lazily readable layer in the manifest: nothing was attached (nothing to detach)
     assert (len(detached.read_text().split()) if detached.exists() else 0) == detached_before
     assert "zsnap_mounted_images 0.0" in scrape(stack)
     assert not set(chains) & {i.name for i in stack.snapshots()}  # unpacked under containerd's own keys

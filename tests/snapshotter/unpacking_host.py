@@ -77,8 +77,10 @@ class UnpackingHost:
         self.stats = None
         self._paths: dict[str, Path] = {}
 
-    async def attach_image(self, ref: str, *, holder: str, manifest_digest: str | None = None,
-                           plain_http: bool | None = None) -> list[AttachedLayer]:  # fmt: skip
+    async def attach_image(
+        self, ref: str, *, holder: str, manifest_digest: str | None = None, plain_http: bool | None = None,
+        lazy_only: bool = False,
+    ) -> list[AttachedLayer]:  # fmt: skip
         image = ImageReference.parse(ref)
         async with open_registry_client(image.registry, plain_http=plain_http) as client:
             manifest = await client.get_manifest(image.repository, manifest_digest or image.reference)
@@ -87,6 +89,8 @@ class UnpackingHost:
                 amd64 = next(m for m in doc.manifests if (m.platform or {}).get("architecture") == "amd64")
                 manifest = await client.get_manifest(image.repository, amd64.digest)
                 doc = parse_manifest_or_index(manifest.data, manifest.media_type)
+            if lazy_only and not any("zstd" in desc.media_type for desc in doc.layers):
+                return []  # as the real host: nothing attached
             config = await client.get_blob(image.repository, doc.config.digest)
             layers = []
             for desc, diff_id in zip(doc.layers, config_diff_ids(config), strict=True):
@@ -120,24 +124,12 @@ async def open_unpacking_host(
     yield host
 
 
-async def zstd_layers(image: str, manifest_digest: str | None, *, plain_http: bool | None = None,
-                      **_: Any) -> set[str]:  # fmt: skip
-    """The stand-in's probe: what it serves "lazily" (zstd layers), decided from the manifest."""
-    ref = ImageReference.parse(image)
-    async with open_registry_client(ref.registry, plain_http=plain_http) as client:
-        manifest = await client.get_manifest(ref.repository, manifest_digest or ref.reference)
-        doc = parse_manifest_or_index(manifest.data, manifest.media_type)
-    assert not isinstance(doc, ImageIndex), "the stand-in probe reads single-platform manifests only"
-    return {d.digest for d in doc.layers if "zstd" in d.media_type}
-
-
 def main(argv: list[str]) -> int:
     import snapshotter.daemon
     import snapshotter.remote
     from snapshotter.cli import main as zsnap_main
 
     snapshotter.remote.open_host = open_unpacking_host  # type: ignore[assignment]
-    snapshotter.remote.probe.lazy_layers = zstd_layers  # type: ignore[assignment]
     snapshotter.daemon.open_host = open_unpacking_host  # type: ignore[assignment]
     return zsnap_main(argv)
 

@@ -30,6 +30,7 @@ Layout (one module per stage; imports go downwards only)::
                   start_fuse_session (adopt, else mount afresh and store)                             OS
     host.py       LazyHost: ONE FUSE session, images attached/detached at run time, layers shared
                   and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API) I/O
+    clients.py    HostClients: the host's registry clients, one per (registry, plain-HTTP) pair     I/O
     hostsession.py  open_lazy_host: mount the session (pyfuse3, or adopted through fs.lazy.restart when
                   fd_store_name is set, restored first), serve a LazyHost on it, close it (unmount,
                   or keep a stored session mounted)                                                   OS

@@ -64,6 +64,7 @@ import trio
 
 from fs.errors import NotInStore, ZsnapError
 from fs.lazy import session
+from fs.lazy.clients import HostClients
 from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.fills import LayerFills
 from fs.lazy.image import resolve_image
@@ -76,8 +77,7 @@ from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
 from fs.lazy.treebuild import build_layer_tree
 from fs.limits import DEFAULT_LIMITS, Limits
-from fs.registry import Credentials, ImageReference, OciLayout, open_registry_client
-from fs.registry.endpoint import LayoutReader
+from fs.registry import ImageReference
 
 __all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost"]
 
@@ -189,7 +189,6 @@ class LazyHost:
         self._nursery = nursery
         self._fetcher = fetcher
         self._scheduler = scheduler
-        self._exits = exits
         self._table = InodeTable(now_ns=time.time_ns())
         self._table.root.mode = stat.S_IFDIR | 0o700  # nobody but root walks into the layers directly
         self.ops = LazyOperations(self._table, fetcher, store, stats, on_free=self._freed)
@@ -197,8 +196,10 @@ class LazyHost:
         self._layers: dict[str, _Layer] = {}
         self._holders: dict[str, set[str]] = {}
         self._unlinked: dict[str, LayerTree] = {}  # left the tree, the kernel still holds inodes
-        self._clients: dict[tuple[Any, ...], Any] = {}
-        self._client_lock = trio.Lock()
+        self._clients = HostClients(
+            exits, plain_http=options.plain_http, fetch_timeout=options.fetch_timeout, auth=options.auth,
+            docker_config=options.docker_config,
+        )  # fmt: skip
         self._fills = LayerFills(nursery, fetcher, scheduler, stats, prefetch=options.prefetch,
                                  background=options.background_fetch)  # fmt: skip
         self._serving = False  # the FUSE session runs (the kernel may be told about changes)
@@ -267,7 +268,7 @@ class LazyHost:
         if isinstance(ref, str):
             ref = ImageReference.parse(ref)
         t0 = time.monotonic()
-        client = await self._client(ref, plain_http)
+        client = await self._clients.get(ref, plain_http)
         image = await resolve_image(client, ref, manifest_digest=manifest_digest)
         t_resolved = time.monotonic()
         if not image.layers:
@@ -342,32 +343,6 @@ class LazyHost:
 
     def _layer_holder(self, digest: str) -> str:
         return self.options.bound_holder or f"layer:{digest}"
-
-    async def _client(self, ref: ImageReference, plain_http: bool | None) -> Any:
-        if ref.transport == "oci":
-            assert ref.path is not None
-            key: tuple[Any, ...] = ("oci", str(ref.path))
-        else:
-            plain = self.options.plain_http if plain_http is None else plain_http
-            key = ("docker", ref.registry, plain)
-        async with self._client_lock:
-            client = self._clients.get(key)
-            if client is None:
-                if key[0] == "oci":
-                    client = LayoutReader(OciLayout(ref.path))  # type: ignore[arg-type]
-                else:
-                    login = self.options.auth.get(ref.registry)
-                    client = await self._exits.enter_async_context(
-                        open_registry_client(
-                            ref.registry,
-                            plain_http=key[2],
-                            timeout=self.options.fetch_timeout,
-                            credentials=Credentials(*login) if login else None,
-                            docker_config=self.options.docker_config,
-                        )
-                    )
-                self._clients[key] = client
-        return client
 
     async def _ensure_open(
         self, desc: LayerDescriptor, client: Any, repository: str, limiter: trio.CapacityLimiter

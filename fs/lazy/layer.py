@@ -228,12 +228,15 @@ async def open_layer(
     holder: str,
     scratch: Path,
     limits: Limits = DEFAULT_LIMITS,
+    cpu_limiter: trio.CapacityLimiter | None = None,
 ) -> OpenedLayer:
     """Open ``desc`` for serving (see the module docstring).
 
     Args:
         scratch: a directory for download/decompression temp files (same file system as the store).
         limits: bounds on the layer's TOC or tar (entries, names, sizes); past them the layer is refused.
+        cpu_limiter: the worker threads that decode and index the TOC (or the tar) take a token of it
+            (None: trio's default), so that many layers can fetch at once while few parse at once.
 
     Raises:
         FormatError: malformed annotations/footer/TOC, or names escaping the layer.
@@ -252,8 +255,9 @@ async def open_layer(
                 holder=holder,
                 scratch=scratch,
                 limits=limits,
+                cpu_limiter=cpu_limiter,
             )
-        return await _open_lazy(client, repository, desc, loc, stats, holder, limits)
+        return await _open_lazy(client, repository, desc, loc, stats, holder, limits, cpu_limiter)
 
 
 async def _fetch(
@@ -274,6 +278,7 @@ async def _open_lazy(
     stats: MountStats,
     holder: str,
     limits: Limits,
+    cpu_limiter: trio.CapacityLimiter | None,
 ) -> OpenedLayer:
     size = desc.size
     tail_start = size
@@ -307,7 +312,7 @@ async def _open_lazy(
         toc = decode_and_verify_toc(compressed, loc, limits=limits)
         return build_index(toc, loc.dialect, size, toc_offset=toc_range[0], limits=limits)
 
-    index = await trio.to_thread.run_sync(parse)
+    index = await trio.to_thread.run_sync(parse, limiter=cpu_limiter)
     source = BlobSource(
         client=client,
         repository=repository,
@@ -343,6 +348,7 @@ async def _open_whole(
     holder: str,
     scratch: Path,
     limits: Limits,
+    cpu_limiter: trio.CapacityLimiter | None,
 ) -> OpenedLayer:
     decompress = _decompressor(desc.media_type)
     sio = store if isinstance(store, StoreIO) else StoreIO(store)
@@ -388,7 +394,7 @@ async def _open_whole(
         tar_digest = await trio.to_thread.run_sync(
             _decompress_into_store, store, desc, decompress, scratch, holder
         )
-    items = await trio.to_thread.run_sync(_index_store_tar, store, tar_digest, limits)
+    items = await trio.to_thread.run_sync(_index_store_tar, store, tar_digest, limits, limiter=cpu_limiter)
     return OpenedLayer(desc=desc, items=items, tar_digest=tar_digest)
 
 

@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CacheRecord", "ConversionCache", "cache_key"]
+__all__ = ["WRITER_VERSION", "CacheRecord", "ConversionCache", "cache_key"]
 
-# Bump when the writer's output for the same input and options changes.
-WRITER_VERSION = 1
+#: Bump when the writer's output for the same input and options changes (2: ~512 KiB chunks for files of
+#: 16 MiB and more).
+WRITER_VERSION = 2
 
 
 def cache_key(source_digest: str, options: dict[str, Any]) -> str:

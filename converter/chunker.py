@@ -6,6 +6,12 @@ in c/storage, every run of at least :data:`HOLE_THRESHOLD` (1024) zero bytes bec
 marked ``zeros``; runs are found with ``bytes.find`` (a C memmem) and block compares, never a per-byte
 Python loop.
 
+Payloads of at least :data:`LARGE_FILE` bytes (model weights, databases, archives) are cut into ~512 KiB
+chunks instead: every chunk is a TOC entry with its own digest, and at ~64 KiB a 10 GB image of such
+files carried a 9 MB TOC that every lazy mount must fetch and parse before its first read. eStargz cuts at
+4 MiB, nydus at 1 MiB; small and mid-sized files (binaries, libraries, whose pages are read here and there)
+keep the fine chunks.
+
 Big payloads are processed in windows of ``window`` bytes: the last chunk of a window, which FastCDC may
 have cut only because the buffer ended, is carried into the next window and re-chunked with the new data,
 so memory stays ``O(window)`` whatever the file size. A zero run reaching the end of a window is carried
@@ -23,6 +29,8 @@ import pyfastcdc
 __all__ = [
     "AVG_SIZE",
     "HOLE_THRESHOLD",
+    "LARGE_AVG_SIZE",
+    "LARGE_FILE",
     "SINGLE_CHUNK_MAX",
     "Chunker",
 ]
@@ -33,6 +41,11 @@ HOLE_THRESHOLD = 1024
 AVG_SIZE = 49152
 MIN_SIZE = 12288
 MAX_SIZE = 256 * 1024
+#: Payloads of at least this size get the large-file parameters (mean chunk ~512 KiB).
+LARGE_FILE = 16 << 20
+LARGE_AVG_SIZE = 448 * 1024
+LARGE_MIN_SIZE = 64 * 1024
+LARGE_MAX_SIZE = 2 << 20
 #: Payloads up to this size are not content-chunked (only zero runs split them): one chunk on average.
 SINGLE_CHUNK_MAX = 64 * 1024
 #: A zero run touching the end of a window is carried over only while shorter than this.
@@ -68,9 +81,12 @@ class Chunker:
     """
 
     def __init__(self, *, window: int = DEFAULT_WINDOW) -> None:
-        if window < max(ZERO_CARRY_LIMIT, 2 * MAX_SIZE):
-            raise ValueError(f"chunker window {window} is smaller than {max(ZERO_CARRY_LIMIT, 2 * MAX_SIZE)}")
+        if window < max(ZERO_CARRY_LIMIT, 2 * LARGE_MAX_SIZE):
+            raise ValueError(
+                f"chunker window {window} is smaller than {max(ZERO_CARRY_LIMIT, 2 * LARGE_MAX_SIZE)}"
+            )
         self._cdc = pyfastcdc.FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
+        self._large_cdc = pyfastcdc.FastCDC(LARGE_AVG_SIZE, min_size=LARGE_MIN_SIZE, max_size=LARGE_MAX_SIZE)
         self.window = window
 
     # ------------------------------------------------------------------------------------ one buffer
@@ -102,16 +118,18 @@ class Chunker:
         return self._cut(buf, self.regions(buf), MIN_SIZE if n > SINGLE_CHUNK_MAX else SINGLE_CHUNK_MAX)
 
     def _cut(
-        self, buf: bytes, regions: list[tuple[int, int, bool]], whole: int = MIN_SIZE
+        self, buf: bytes, regions: list[tuple[int, int, bool]], whole: int = MIN_SIZE, *, large: bool = False
     ) -> list[tuple[int, int, bool]]:
-        """Cut the data regions with FastCDC (regions of at most ``whole`` bytes stay whole)."""
+        """Cut the data regions with FastCDC (regions of at most ``whole`` bytes stay whole); ``large``:
+        with the large-file parameters."""
         out: list[tuple[int, int, bool]] = []
         mv = memoryview(buf)
+        cdc = self._large_cdc if large else self._cdc
         for start, end, zeros in regions:
             if zeros or end - start <= whole:
                 out.append((start, end, zeros))
                 continue
-            for c in self._cdc.cut_buf(mv[start:end]):
+            for c in cdc.cut_buf(mv[start:end]):
                 s = start + c.offset
                 out.append((s, s + c.length, False))
         return out
@@ -132,6 +150,7 @@ class Chunker:
             return
         carry = b""
         left = size
+        large = size >= LARGE_FILE
         while left:
             n = min(self.window, left)
             data = read(n)
@@ -139,7 +158,7 @@ class Chunker:
             buf = carry + data if carry else data
             final = left == 0
             mv = memoryview(buf)
-            pieces = self._cut(buf, self.regions(buf))
+            pieces = self._cut(buf, self.regions(buf), large=large)
             if not final:
                 start, end, zeros = pieces[-1]
                 if not zeros or end - start < ZERO_CARRY_LIMIT:

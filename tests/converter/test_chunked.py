@@ -256,6 +256,25 @@ def test_many_small_files_and_big_ones() -> None:
     assert 60 < len(chunks) < 300  # ~64 KiB content-defined chunks
 
 
+def test_large_files_get_large_chunks_and_the_rest_keep_small_ones() -> None:
+    """A file of LARGE_FILE bytes or more is cut at ~512 KiB (fewer TOC entries for weights-like files);
+    a file just below it keeps ~64 KiB chunks; both decode to their bytes (check_blob)."""
+    from converter.chunker import LARGE_FILE, LARGE_MAX_SIZE, MAX_SIZE
+
+    rng = random.Random(5)
+    below = rng.randbytes(LARGE_FILE - 1)
+    large = rng.randbytes(LARGE_FILE + (8 << 20))
+    image = build_tar([Member("w/below.bin", data=below), Member("w/large.bin", data=large)])
+    blob, layer = convert(image.data, level=1, threads=2)
+    check_blob(image, blob, layer)
+    files = files_of(layer.toc)
+    small_sizes = [e.chunk_size for e in files["w/below.bin"]]
+    large_sizes = [e.chunk_size for e in files["w/large.bin"]]
+    assert sum(large_sizes) == len(large) and sum(small_sizes) == len(below)
+    assert max(small_sizes) <= MAX_SIZE and 40 << 10 < len(below) / len(small_sizes) < 128 << 10
+    assert max(large_sizes) <= LARGE_MAX_SIZE and 256 << 10 < len(large) / len(large_sizes) < 1 << 20
+
+
 def test_levels_and_threads() -> None:
     image = build_tar(standard_members(big=500_000))
     blobs = {}

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from converter.cache import WRITER_VERSION
 from fs.errors import ZsnapError
 from snapshotter.cri import pull_image
 from snapshotter.services import LocalContainerd, StargzSnapshotter, ZsnapServe, stop_pid
@@ -38,7 +39,14 @@ __all__ = ["MODES", "TAGS", "Sample", "Target", "drop_page_cache", "mode_unavail
 
 MODES = ("full", "lazy", "lazy-prefetch", "stargz")
 #: registry tag of each mode's copy of an image
-TAGS = {"full": "gzip", "lazy": "zstd-chunked", "lazy-prefetch": "zstd-chunked-prefetch", "stargz": "estargz"}
+#: the conversions carry the converter's writer version: a cached registry keeps the outputs of an older
+#: converter under other tags instead of being measured as this one's
+TAGS = {
+    "full": "gzip",
+    "lazy": f"zstd-chunked-w{WRITER_VERSION}",
+    "lazy-prefetch": f"zstd-chunked-prefetch-w{WRITER_VERSION}",
+    "stargz": "estargz",
+}
 SNAPSHOTTER = {"full": "overlayfs", "lazy": "zsnap", "lazy-prefetch": "zsnap", "stargz": "stargz"}
 
 

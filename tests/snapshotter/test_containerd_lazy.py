@@ -169,13 +169,26 @@ def test_gigabyte_image_starts_lazily(lazy_stack: Stack, registry, test_images, 
     remove_and_wait(stack, ref, chains)
 
 
-def test_pull_returns_once_the_prefetch_list_is_stored(
+def _pull_and_read(stack: Stack, ref: str, path: str) -> tuple[float, float, str]:
+    """CRI-pull ``ref``, then ``sha256sum /path`` in a container: (bytes fetched by the pull, bytes
+    fetched by the run, the digest printed); the image is removed afterwards."""
+    before = metric(stack, "zsnap_fetched_bytes_total")
+    cri.pull_image(stack.ctrd.address, ref, timeout=300)
+    by_pull = metric(stack, "zsnap_fetched_bytes_total") - before
+    out = run_in(stack.ctrd, ref, ["sha256sum", f"/{path}"], namespace=cri.CRI_NAMESPACE)
+    by_run = metric(stack, "zsnap_fetched_bytes_total") - before - by_pull
+    chains, _ = image_chain(stack, ref, cri.CRI_NAMESPACE)
+    remove_and_wait(stack, ref, chains)
+    return by_pull, by_run, out.split()[0]
+
+
+def test_prefetch_list_with_and_without_waiting_for_it(
     lazy_stack: Stack, registry, test_images, tmp_path
 ) -> None:
-    """An image converted with a prefetch list (busybox and one incompressible big file): the CRI pull
-    returns only once the listed files' chunks are fetched and stored (the daemon's attach waits, bounded,
-    for the prefetch), so the container that reads them fetches almost nothing more."""
-    stack = lazy_stack
+    """An image converted with a prefetch list (busybox and one incompressible big file). As shipped
+    (``prefetch_wait = 0``) the CRI pull returns at once and the container's reads join the prefetch: every
+    byte crosses the network once. With ``prefetch_wait`` the pull returns only once the listed files'
+    chunks are stored, and the container that reads them fetches almost nothing more."""
     image = test_images.build_large(48, 2, seed=11)
     big = next(e for e in image.spec.layers[2].entries
                if e.path.startswith("data/l1/big/") and e.data.style == "random")  # fmt: skip
@@ -186,19 +199,20 @@ def test_pull_returns_once_the_prefetch_list_is_stored(
     cmd = [*zsnap_command(tmp_path / "conv"), "convert", "--prefetch-list", str(listing),
            f"docker://{src}", f"docker://{ref}"]  # fmt: skip
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
-    fetched_before = metric(stack, "zsnap_fetched_bytes_total")
-    cri.pull_image(stack.ctrd.address, ref, timeout=300)
-    fetched_by_pull = metric(stack, "zsnap_fetched_bytes_total") - fetched_before
-    assert fetched_by_pull >= big.data.size  # the big file's chunks landed before the pull returned
     sums = dict(
         (path, digest)
         for digest, path in (
             line.split("  ", 1) for line in image.sums_path.read_text(errors="surrogateescape").splitlines()
         )
     )
-    out = run_in(stack.ctrd, ref, ["sha256sum", f"/{big.path}"], namespace=cri.CRI_NAMESPACE)
-    assert out.split()[0] == sums[f"./{big.path}"]
-    fetched_by_run = metric(stack, "zsnap_fetched_bytes_total") - fetched_before - fetched_by_pull
-    assert fetched_by_run < 512 * 1024, "the container read what the prefetch list named: no more to fetch"
-    chains, _ = image_chain(stack, ref, cri.CRI_NAMESPACE)
-    remove_and_wait(stack, ref, chains)
+    with running_stack(registry.host, settings="background_fetch = false\nprefetch_wait = 60\n") as waiting:
+        by_pull, by_run, digest = _pull_and_read(waiting, ref, big.path)
+    assert digest == sums[f"./{big.path}"]
+    assert by_pull >= big.data.size  # the big file's chunks landed before the pull returned
+    assert by_run < 512 * 1024, "the container read what the prefetch list named: no more to fetch"
+
+    shipped_pull, shipped_run, digest = _pull_and_read(lazy_stack, ref, big.path)
+    assert digest == sums[f"./{big.path}"]
+    # the reads that came before the prefetch reached their chunks joined its fetches instead of
+    # fetching them again: the same bytes crossed as when the pull waited
+    assert big.data.size <= shipped_pull + shipped_run < by_pull + by_run + 512 * 1024

@@ -142,15 +142,16 @@ class Chunker:
         Yields ``(data, is_zeros)`` in order; the pieces concatenate to the payload. ``data`` may be a
         memoryview into a window buffer: it stays valid (buffers are never reused).
         """
-        if size <= self.window:
+        large = size >= LARGE_FILE
+        if size <= self.window:  # a window bigger than LARGE_FILE still cuts large files large
             buf = read(size)
             mv = memoryview(buf)
-            for start, end, zeros in self.split(buf):
+            bounds = self._cut(buf, self.regions(buf), large=True) if large else self.split(buf)
+            for start, end, zeros in bounds:
                 yield (buf if end - start == len(buf) else mv[start:end]), zeros
             return
         carry = b""
         left = size
-        large = size >= LARGE_FILE
         while left:
             n = min(self.window, left)
             data = read(n)

@@ -273,6 +273,12 @@ def test_large_files_get_large_chunks_and_the_rest_keep_small_ones() -> None:
     assert sum(large_sizes) == len(large) and sum(small_sizes) == len(below)
     assert max(small_sizes) <= MAX_SIZE and 40 << 10 < len(below) / len(small_sizes) < 128 << 10
     assert max(large_sizes) <= LARGE_MAX_SIZE and 256 << 10 < len(large) / len(large_sizes) < 1 << 20
+    # the rule holds whatever the chunker's window (a large file may fit in one window)
+    from converter.chunker import Chunker
+
+    pieces = list(Chunker(window=64 << 20).stream(io.BytesIO(large).read, len(large)))
+    assert b"".join(bytes(p) for p, _ in pieces) == large
+    assert 256 << 10 < len(large) / len(pieces) < 1 << 20
 
 
 def test_levels_and_threads() -> None:

@@ -115,7 +115,8 @@ class Chunker:
         n = len(buf)
         if n < HOLE_THRESHOLD or (n <= SINGLE_CHUNK_MAX and buf.find(_ZEROS_PROBE) < 0):
             return [(0, n, False)] if n else []
-        return self._cut(buf, self.regions(buf), MIN_SIZE if n > SINGLE_CHUNK_MAX else SINGLE_CHUNK_MAX)
+        whole = MIN_SIZE if n > SINGLE_CHUNK_MAX else SINGLE_CHUNK_MAX
+        return self._cut(buf, self.regions(buf), whole, large=n >= LARGE_FILE)
 
     def _cut(
         self, buf: bytes, regions: list[tuple[int, int, bool]], whole: int = MIN_SIZE, *, large: bool = False
@@ -142,16 +143,15 @@ class Chunker:
         Yields ``(data, is_zeros)`` in order; the pieces concatenate to the payload. ``data`` may be a
         memoryview into a window buffer: it stays valid (buffers are never reused).
         """
-        large = size >= LARGE_FILE
-        if size <= self.window:  # a window bigger than LARGE_FILE still cuts large files large
+        if size <= self.window:
             buf = read(size)
             mv = memoryview(buf)
-            bounds = self._cut(buf, self.regions(buf), large=True) if large else self.split(buf)
-            for start, end, zeros in bounds:
+            for start, end, zeros in self.split(buf):
                 yield (buf if end - start == len(buf) else mv[start:end]), zeros
             return
         carry = b""
         left = size
+        large = size >= LARGE_FILE
         while left:
             n = min(self.window, left)
             data = read(n)

@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures.common import stop_process, wait_until
 from tests.fixtures.fuse import REPO_ROOT, force_unmount
+from tests.fixtures.images import push
 
 pytestmark = pytest.mark.needs_root
 
@@ -232,19 +233,19 @@ def test_attach_failure_leaves_nothing_behind(
 
 
 def test_lazy_only_attaches_nothing_of_an_image_without_a_lazy_layer(
-    test_images, vectors_dir: Path, host_worker, tmp_path: Path
+    registry, test_images, vectors_dir: Path, host_worker, tmp_path: Path
 ) -> None:
     """What the snapshotter asks for a CRI pull: an image of gzip layers is left to containerd's normal
     unpack (no layer downloaded whole into the host), a zstd:chunked one is attached as usual."""
     base = _base_image(vectors_dir, tmp_path / "layout")
     w = host_worker(base)
-    gzip_image = test_images["features:gzip"]
-    assert w.ask(f"attach-lazy {gzip_image.ref} gz") == {"layers": []}
+    gzip_ref = "docker://" + push(test_images["features:gzip"], registry.host, "host/lazy-only:gzip")
+    assert w.ask(f"attach-lazy {gzip_ref} gz") == {"layers": []}
     state = w.ask("state")
     assert set(state["holders"]) == {"img0"} and state["trees"] == 2
     assert not any((w.root / "store").rglob("*.tar"))  # nothing was unpacked for it
     assert w.ask(f"attach-lazy {base} again")["layers"] == w.attached["layers"][0]
-    assert w.ask(f"attach {gzip_image.ref} whole")["layers"]  # without lazy_only it is attached whole
+    assert w.ask(f"attach {gzip_ref} whole")["layers"]  # without lazy_only it is attached whole
     assert w.ask("state")["trees"] > 2
 
 

@@ -26,8 +26,8 @@ from typing import Any
 __all__ = ["WRITER_VERSION", "CacheRecord", "ConversionCache", "cache_key"]
 
 #: Bump when the writer's output for the same input and options changes (2: ~512 KiB chunks for files of
-#: 16 MiB and more).
-WRITER_VERSION = 2
+#: 16 MiB and more; 3: the prefetch hint annotation of a layer converted with a prefetch list).
+WRITER_VERSION = 3
 
 
 def cache_key(source_digest: str, options: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ from converter.workers import InputHasher, OrderedCompressor, short_switch_inter
 from fs.errors import ConversionError, ZsnapError
 from fs.format import Dialect, Footer, Toc, TocEntry, footer_bytes, skippable_frame
 from fs.format.annotations import annotations_for
+from fs.format.hints import prefetch_hint
 from fs.format.paths import LayerNames
 from fs.limits import DEFAULT_LIMITS, Limits
 
@@ -308,6 +309,7 @@ class _Writer:
             footer = Footer(self.dialect, toc_offset, len(toc_c), toc_len)
         tail.append(footer_bytes(footer))
         annotations = annotations_for(self.dialect, footer, toc_digest)
+        annotations = dict(sorted((annotations | prefetch_hint(self.entries, self.prefetch)).items()))
         layer = ChunkedLayer(
             digest="",
             size=0,

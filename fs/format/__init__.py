@@ -13,6 +13,7 @@ Layout (each module owns one noun; imports only go downwards in this list)::
     verify       decode_and_verify_toc, tar-split verification
     tree         LayerIndex / FileNode / Chunk, whiteout + path helpers
     index        build_index (validation and chunk-range resolution)
+    hints        the prefetch hint annotation: the prefetch list's byte ranges, written and parsed
 """
 
 from fs.format.annotations import TocLocation, annotations_for, toc_location_from_annotations

@@ -13,6 +13,8 @@ Layout (one module per stage; imports go downwards only)::
     decode.py     chunk bytes: zstd across frames / gzip members, inner offset, sha256 check           pure
     stats.py      MountStats: counters, latency percentiles, the --stats-file JSON                     pure
     fetcher.py    ChunkFetcher: store hit -> pread | miss -> coalesce -> range GET -> verify -> store  I/O
+    early.py      EarlyRanges: a layer's hinted prefetch ranges (fs.format.hints) fetched while its TOC
+                  is parsed; stands in for the registry client until the prefetch ends          I/O
     tarindex.py   index of an uncompressed tar (layers that cannot be read lazily)                     pure
     layer.py      open a layer: verified TOC -> LayerIndex (lazy), or whole blob -> store (non-lazy);
                   OpenedLayer.read: the layer's own read path (chunks or pread of its tar)          I/O

@@ -53,6 +53,7 @@ class LayerFills:
         """Fill layer ``digest``; ``prefetched`` is set once its prefetch list is stored (at once when
         there is nothing to prefetch). Returns the scope that stops it (None: nothing to fetch)."""
         if not opened.lazy or not self._phases:
+            opened.drop_early()
             prefetched.set()
             self._done(digest, self._phases)
             return None
@@ -83,9 +84,11 @@ class LayerFills:
                         prefetch=phase == "prefetch", background=phase == "background",
                     )  # fmt: skip
                     if phase == "prefetch":
+                        opened.drop_early()
                         prefetched.set()
                     self._done(digest, [phase])
         finally:
+            opened.drop_early()  # also when its prefetch was cancelled, or is off
             prefetched.set()
             self._done(digest, phases)
 

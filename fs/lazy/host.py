@@ -65,6 +65,7 @@ import trio
 from fs.errors import NotInStore, ZsnapError
 from fs.lazy import session
 from fs.lazy.clients import HostClients
+from fs.lazy.early import EarlyBudget, EarlyRanges, start_early_fetch
 from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.fills import LayerFills
 from fs.lazy.image import resolve_image
@@ -206,6 +207,7 @@ class LazyHost:
             docker_config=options.docker_config,
         )  # fmt: skip
         self._cpu = trio.CapacityLimiter(PARSE_CONCURRENCY)
+        self._early_budget = EarlyBudget()
         self._fills = LayerFills(nursery, fetcher, scheduler, stats, prefetch=options.prefetch,
                                  background=options.background_fetch)  # fmt: skip
         self._serving = False  # the FUSE session runs (the kernel may be told about changes)
@@ -387,17 +389,27 @@ class LazyHost:
             tree = old
         else:
             t0 = time.monotonic()
-            opened = await open_layer(
-                client,
-                repository,
-                desc,
-                store=self._sio,
-                stats=self.stats,
-                holder=holder,
-                scratch=self.scratch,
-                limits=self.options.limits,
-                cpu_limiter=self._cpu,
-            )
+            early: list[EarlyRanges] = []
+
+            def fetch_hint() -> None:  # its hinted prefetch bytes come while the TOC is parsed
+                if self.options.prefetch:
+                    started = start_early_fetch(
+                        self._nursery, client, repository, desc, stats=self.stats, budget=self._early_budget
+                    )
+                    early.extend([started] if started else [])
+
+            try:
+                opened = await open_layer(
+                    client, repository, desc, store=self._sio, stats=self.stats, holder=holder,
+                    scratch=self.scratch, limits=self.options.limits, cpu_limiter=self._cpu,
+                    on_toc=fetch_hint,
+                )  # fmt: skip
+            except BaseException:
+                for e in early:
+                    e.release()
+                raise
+            for e in early:
+                opened.use_early(e)  # dropped when its prefetch phase ends (fs.lazy.fills)
             t1 = time.monotonic()
             slot = await self._slots.slot(desc.digest)
             tree = await trio.to_thread.run_sync(_build, slot, desc.hex, opened, limiter=self._cpu)

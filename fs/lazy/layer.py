@@ -17,6 +17,7 @@ digest, decompressed once into the store under its DiffID (checked against the i
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import logging
@@ -42,6 +43,7 @@ from fs.format.footer import FOOTER_FETCH_SIZE, parse_footer
 from fs.format.index import build_index
 from fs.format.tree import Chunk, LayerIndex
 from fs.format.verify import decode_and_verify_toc
+from fs.lazy.early import EarlyRanges
 from fs.lazy.fetcher import BlobSource, ChunkFetcher, RangeClient
 from fs.lazy.inodes import Item
 from fs.lazy.stats import MountStats
@@ -102,7 +104,23 @@ class OpenedLayer:
     index: LayerIndex | None = None
     tar_digest: str | None = None
     dialect: Dialect | None = None
+    early: EarlyRanges | None = None  # stands in for source.client until the prefetch phase ends
     _plan: tuple[list[Chunk], list[Chunk]] | None = None
+
+    def use_early(self, early: EarlyRanges) -> None:
+        """Read through ``early`` (the hinted prefetch bytes, :mod:`fs.lazy.early`) until
+        :meth:`drop_early`."""
+        assert self.source is not None
+        self.early = early
+        self.source = dataclasses.replace(self.source, client=early)
+
+    def drop_early(self) -> None:
+        """Back to the registry client alone; the early bytes are released (idempotent)."""
+        if self.early is not None:
+            assert self.source is not None
+            self.source = dataclasses.replace(self.source, client=self.early.client)
+            self.early.release()
+            self.early = None
 
     def iter_items(self) -> Iterator[Item]:
         """The layer's entries as inode-table items (made one at a time from the index when lazy)."""
@@ -229,6 +247,7 @@ async def open_layer(
     scratch: Path,
     limits: Limits = DEFAULT_LIMITS,
     cpu_limiter: trio.CapacityLimiter | None = None,
+    on_toc: Callable[[], None] | None = None,
 ) -> OpenedLayer:
     """Open ``desc`` for serving (see the module docstring).
 
@@ -237,6 +256,8 @@ async def open_layer(
         limits: bounds on the layer's TOC or tar (entries, names, sizes); past them the layer is refused.
         cpu_limiter: the worker threads that decode and index the TOC (or the tar) take a token of it
             (None: trio's default), so that many layers can fetch at once while few parse at once.
+        on_toc: called once a lazy layer's compressed TOC has arrived, before it is verified and parsed
+            (the link is free from then on).
 
     Raises:
         FormatError: malformed annotations/footer/TOC, or names escaping the layer.
@@ -257,7 +278,7 @@ async def open_layer(
                 limits=limits,
                 cpu_limiter=cpu_limiter,
             )
-        return await _open_lazy(client, repository, desc, loc, stats, holder, limits, cpu_limiter)
+        return await _open_lazy(client, repository, desc, loc, stats, holder, limits, cpu_limiter, on_toc)
 
 
 async def _fetch(
@@ -279,6 +300,7 @@ async def _open_lazy(
     holder: str,
     limits: Limits,
     cpu_limiter: trio.CapacityLimiter | None,
+    on_toc: Callable[[], None] | None,
 ) -> OpenedLayer:
     size = desc.size
     tail_start = size
@@ -307,6 +329,8 @@ async def _open_lazy(
         compressed = tail[toc_range[0] - tail_start : toc_range[1] - tail_start]
     else:
         compressed = await _fetch(client, repository, desc.digest, toc_range, stats)
+    if on_toc is not None:
+        on_toc()
 
     def parse() -> LayerIndex:  # worker thread: a big TOC is seconds of CPU
         toc = decode_and_verify_toc(compressed, loc, limits=limits)

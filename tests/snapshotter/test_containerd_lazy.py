@@ -207,7 +207,12 @@ def test_prefetch_list_with_and_without_waiting_for_it(
     )
     with running_stack(registry.host, settings="background_fetch = false\nprefetch_wait = 60\n") as waiting:
         by_pull, by_run, digest = _pull_and_read(waiting, ref, big.path)
+        log = waiting.daemon.log()
     assert digest == sums[f"./{big.path}"]
+    # the layers' prefetch hints were fetched while their TOCs were parsed, and the prefetch read them
+    early = [int(m[1]) for m in re.finditer(r"early prefetch of layer \S+: \d+ of \d+ hinted bytes fetched, "
+                                            r"(\d+) of them read through it", log)]  # fmt: skip
+    assert early and sum(early) >= big.data.size, log[-3000:]
     assert by_pull >= big.data.size  # the big file's chunks landed before the pull returned
     assert by_run < 512 * 1024, "the container read what the prefetch list named: no more to fetch"
 

@@ -38,8 +38,8 @@ from typing import Any
 import trio
 
 from fs.errors import ZsnapError
-from fs.lazy.host import HostOptions
 from fs.lazy.hostsession import open_lazy_host
+from fs.lazy.options import HostOptions
 
 from .config import ServeConfig
 

@@ -30,6 +30,7 @@ Layout (one module per stage; imports go downwards only)::
                   /dev/fuse fd by replaying it, FUSE_NOTIFY_RESEND what a dead process left           OS
     restart.py    the fd-store bookkeeping: store fd + INIT memfd, pick them out of LISTEN_FDS,
                   start_fuse_session (adopt, else mount afresh and store)                             OS
+    options.py    HostOptions (how a host serves) and the session's FUSE mount options               pure
     host.py       LazyHost: ONE FUSE session, images attached/detached at run time, layers shared
                   and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API) I/O
     clients.py    HostClients: the host's registry clients, one per (registry, plain-HTTP) pair     I/O

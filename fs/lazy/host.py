@@ -54,7 +54,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,23 +71,18 @@ from fs.lazy.image import resolve_image
 from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer, reads_lazily
 from fs.lazy.ops import LazyOperations
+from fs.lazy.options import HostOptions
 from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.slots import LayerSlots
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO
 from fs.lazy.treebuild import build_layer_tree
-from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry import ImageReference
 
-__all__ = ["FUSE_OPTIONS", "AttachedLayer", "HostOptions", "LazyHost"]
+__all__ = ["AttachedLayer", "LazyHost"]
 
 log = logging.getLogger(__name__)
 
-#: pyfuse3 mount options: read-only, visible to every user (containers; the root dir is 0700), kernel
-#: permission checks, setuid kept (bind mounts of a layer inherit the flag), device nodes never opened.
-FUSE_OPTIONS = frozenset(
-    {"fsname=zsnap", "subtype=zsnap", "ro", "allow_other", "default_permissions", "suid", "nodev"}
-)
 #: layers opened at the same time by one attach: their TOC fetches share the link, so an image of many
 #: layers pays about one round trip for all of them instead of one per group of four (10 GB bench image,
 #: 12 layers, 9.2 MB of TOCs: see docs/DESIGN.md)
@@ -101,48 +95,6 @@ PARSE_CONCURRENCY = 2
 #: that time, and its first reads should not queue behind background batches. (SOCI waits 30 s after a
 #: new layer.)
 ATTACH_HOLD = 1.5
-
-
-@dataclass(frozen=True)
-class HostOptions:
-    """How a :class:`LazyHost` serves.
-
-    Attributes:
-        prefetch: fetch the files a layer marks as needed first, once it is attached.
-        background_fetch: then fetch the rest of every lazy layer at the lowest priority.
-        fetch_timeout: a read of uncached data fails with EIO after this many seconds.
-        read_ahead_kb: the session's kernel read-ahead (0 leaves the default).
-        plain_http: default for registries that are not on loopback (None: loopback only).
-        fuse_dir: where the session is mounted (default ``<root>/mnt``).
-        bound_holder: one store holder for every layer, bound to this process (``zsnap mount``); None
-            gives each layer the persistent holder ``layer:<digest>``.
-        scratch_dir: download/decompression scratch (default ``<root>/scratch/host-<pid>``).
-        prefetch_wait: :meth:`LazyHost.attach_image` returns once the prefetch lists of the image's new
-            lazy layers are stored, or after this many seconds (0: at once). A container's first reads
-            then hit the store instead of paying one registry round trip per file.
-        fd_store_name: keep the session in the service manager's fd store under this name
-            (:mod:`fs.lazy.restart`): adopt the connection a previous process stored there, else mount
-            afresh and store it (when ``NOTIFY_SOCKET`` is set); at exit leave it mounted for the next
-            start. None (``zsnap mount``): mount with pyfuse3 alone and unmount at exit.
-        limits: what an image may make the host spend (TOC size/entries, names, chunk sizes, fetches in
-            flight); a layer past them is refused at attach.
-        auth: registry host -> (username, password) for its clients.
-        docker_config: a ``docker login`` config.json to take credentials from (for hosts not in ``auth``).
-    """
-
-    prefetch: bool = True
-    background_fetch: bool = True
-    fetch_timeout: float = 30.0
-    read_ahead_kb: int = 1024
-    plain_http: bool | None = None
-    fuse_dir: Path | None = None
-    bound_holder: str | None = None
-    scratch_dir: Path | None = None
-    fd_store_name: str | None = None
-    limits: Limits = DEFAULT_LIMITS
-    prefetch_wait: float = 2.0
-    auth: Mapping[str, tuple[str, str]] = field(default_factory=dict)
-    docker_config: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -392,17 +344,17 @@ class LazyHost:
             early: list[EarlyRanges] = []
 
             def fetch_hint() -> None:  # its hinted prefetch bytes come while the TOC is parsed
-                if self.options.prefetch:
-                    started = start_early_fetch(
-                        self._nursery, client, repository, desc, stats=self.stats, budget=self._early_budget
-                    )
-                    early.extend([started] if started else [])
+                started = start_early_fetch(
+                    self._nursery, client, repository, desc, stats=self.stats, budget=self._early_budget
+                )
+                if started is not None:
+                    early.append(started)
 
             try:
                 opened = await open_layer(
                     client, repository, desc, store=self._sio, stats=self.stats, holder=holder,
                     scratch=self.scratch, limits=self.options.limits, cpu_limiter=self._cpu,
-                    on_toc=fetch_hint,
+                    on_toc=fetch_hint if self.options.prefetch else None,
                 )  # fmt: skip
             except BaseException:
                 for e in early:

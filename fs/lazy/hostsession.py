@@ -21,7 +21,8 @@ import trio
 from fs.errors import ZsnapError
 from fs.lazy import restart, sdnotify, session, system
 from fs.lazy.fetcher import ChunkFetcher
-from fs.lazy.host import FUSE_OPTIONS, HostOptions, LazyHost
+from fs.lazy.host import LazyHost
+from fs.lazy.options import FUSE_OPTIONS, HostOptions
 from fs.lazy.scheduler import FetchScheduler
 from fs.lazy.stats import MountStats
 from fs.lazy.storeio import StoreIO

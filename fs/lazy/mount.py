@@ -38,8 +38,9 @@ import trio
 
 from fs.errors import ZsnapError
 from fs.lazy import system
-from fs.lazy.host import AttachedLayer, HostOptions, LazyHost
+from fs.lazy.host import AttachedLayer, LazyHost
 from fs.lazy.hostsession import open_lazy_host
+from fs.lazy.options import HostOptions
 from fs.lazy.stats import MountStats
 from fs.registry import ImageReference
 

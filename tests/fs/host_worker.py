@@ -30,8 +30,9 @@ from pathlib import Path
 import trio
 
 from fs.errors import ZsnapError
-from fs.lazy.host import HostOptions, LazyHost
+from fs.lazy.host import LazyHost
 from fs.lazy.hostsession import open_lazy_host
+from fs.lazy.options import HostOptions
 from fs.store import Store
 
 

@@ -242,6 +242,9 @@ class Running:
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            # the tests SIGINT it: a suite started in the background of a non-interactive shell would
+            # hand down an ignored SIGINT, and Python then installs no KeyboardInterrupt handler
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.out: list[str] = []
         self.err: list[str] = []

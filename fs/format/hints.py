@@ -7,7 +7,8 @@ index first: on a 2 GB image that is 0.3-0.5 s during which the link that the pr
 
     io.github.zsnap.prefetch-ranges: "1234-56789,60000-61000"
 
-so that the lazy host can start fetching them as soon as it has the manifest (:mod:`fs.lazy.early`).
+so that the lazy host can fetch them while that TOC is still being verified and parsed
+(:mod:`fs.lazy.early`).
 
 The hint is advisory and untrusted. Its bytes are never used before the TOC is verified: they reach the
 read path only as the raw material of chunks that are then decoded and checked against the TOC's digests,

@@ -1,10 +1,10 @@
-"""Early prefetch: a layer's hinted prefetch ranges fetched while its TOC is still on its way.
+"""Early prefetch: a layer's hinted prefetch ranges fetched while its TOC is verified and parsed.
 
 The prefetch list is in the TOC, so the prefetch used to start only once every layer's TOC was fetched,
 verified and indexed; on the 2 GB bench image the link sat idle for those 0.3-0.5 s, and the container
 then waited for the prefetch. A layer written by ``zsnap convert --prefetch-list`` also says in its
 descriptor where that list lies in the blob (:mod:`fs.format.hints`). :func:`start_early_fetch` begins
-fetching those ranges as soon as the layer is being opened, and :class:`EarlyRanges` then stands in for
+fetching those ranges as soon as the layer's TOC has arrived, and :class:`EarlyRanges` then stands in for
 the registry client of the layer's :class:`~fs.lazy.fetcher.BlobSource`: a range inside the fetched (or
 still arriving) bytes is answered from them, any other range goes to the registry.
 

@@ -133,7 +133,7 @@ async def test_tampered_early_bytes_are_never_served_or_stored(blob, tmp_path):
         layer = await open_layer(client, "", desc, store=store, stats=MountStats(), holder="mount:test",
                                  scratch=tmp_path / "scratch")  # fmt: skip
         client.calls.clear()
-        chunks = [c for c in layer.chunks_by_offset()][:3]
+        chunks = layer.chunks_by_offset()[:3]
         span = (chunks[0].compressed_offset, chunks[-1].compressed_end)
         client.corrupt = True  # the early bytes are tampered with
         early = _early(client, desc, [span])

@@ -103,18 +103,18 @@ class EarlyRanges:
 
     def __init__(
         self, client: Any, repository: str, digest: str, ranges: Sequence[tuple[int, int]],
-        *, stats: MountStats, budget: EarlyBudget, reserved: int,
+        *, stats: MountStats, budget: EarlyBudget,
     ) -> None:  # fmt: skip
         self.client = client
         self.repository = repository
         self.digest = digest
         self._stats = stats
         self._budget = budget
-        self._reserved = reserved
         self._pieces = _pieces(ranges)
         # (start, end, piece, index of the range in the piece), by start
         self._segments = [(s, e, p, i) for p in self._pieces for i, (s, e) in enumerate(p.ranges)]
         self._starts = [seg[0] for seg in self._segments]
+        self._reserved = budget.take(self.hinted_bytes)  # the caller cut the ranges to what is left
         self._scope = trio.CancelScope()
         self._released = False
 
@@ -219,9 +219,6 @@ def start_early_fetch(
         return None
     if not ranges:
         return None
-    reserved = budget.take(sum(end - start for start, end in ranges))
-    early = EarlyRanges(
-        client, repository, desc.digest, ranges, stats=stats, budget=budget, reserved=reserved
-    )
+    early = EarlyRanges(client, repository, desc.digest, ranges, stats=stats, budget=budget)
     nursery.start_soon(early.run)
     return early

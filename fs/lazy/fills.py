@@ -53,7 +53,6 @@ class LayerFills:
         """Fill layer ``digest``; ``prefetched`` is set once its prefetch list is stored (at once when
         there is nothing to prefetch). Returns the scope that stops it (None: nothing to fetch)."""
         if not opened.lazy or not self._phases:
-            opened.drop_early()
             prefetched.set()
             self._done(digest, self._phases)
             return None

@@ -341,14 +341,13 @@ class LazyHost:
             tree = old
         else:
             t0 = time.monotonic()
-            early: list[EarlyRanges] = []
+            early: EarlyRanges | None = None
 
             def fetch_hint() -> None:  # its hinted prefetch bytes come while the TOC is parsed
-                started = start_early_fetch(
+                nonlocal early
+                early = start_early_fetch(
                     self._nursery, client, repository, desc, stats=self.stats, budget=self._early_budget
                 )
-                if started is not None:
-                    early.append(started)
 
             try:
                 opened = await open_layer(
@@ -357,11 +356,11 @@ class LazyHost:
                     on_toc=fetch_hint if self.options.prefetch else None,
                 )  # fmt: skip
             except BaseException:
-                for e in early:
-                    e.release()
+                if early is not None:
+                    early.release()
                 raise
-            for e in early:
-                opened.use_early(e)  # dropped when its prefetch phase ends (fs.lazy.fills)
+            if early is not None:
+                opened.use_early(early)  # dropped when its prefetch phase ends (fs.lazy.fills)
             t1 = time.monotonic()
             slot = await self._slots.slot(desc.digest)
             tree = await trio.to_thread.run_sync(_build, slot, desc.hex, opened, limiter=self._cpu)

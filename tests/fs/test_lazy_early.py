@@ -56,10 +56,8 @@ async def blob(vectors_dir: Path):
     return client, desc, data, image.layers[0].digest
 
 
-def _early(client, desc, ranges, budget=None) -> EarlyRanges:
-    size = sum(e - s for s, e in ranges)
-    return EarlyRanges(client, "", desc.digest, ranges, stats=MountStats(), budget=budget or EarlyBudget(),
-                       reserved=size)  # fmt: skip
+def _early(client, desc, ranges) -> EarlyRanges:
+    return EarlyRanges(client, "", desc.digest, ranges, stats=MountStats(), budget=EarlyBudget())
 
 
 async def test_hinted_ranges_are_answered_from_the_early_bytes(blob, monkeypatch):

@@ -22,6 +22,7 @@ import pytest
 import zstandard
 
 from converter.chunked import LAYER_MEDIA_TYPE, ChunkedLayer, write_zstd_chunked
+from converter.chunker import LARGE_FILE, LARGE_MAX_SIZE, MAX_SIZE, Chunker
 from converter.tarsplit import TarSplitPacker, crc64_iso
 from converter.tocstream import compress_toc
 from fs.errors import ConversionError, FormatError, UnsupportedFormat
@@ -259,8 +260,6 @@ def test_many_small_files_and_big_ones() -> None:
 def test_large_files_get_large_chunks_and_the_rest_keep_small_ones() -> None:
     """A file of LARGE_FILE bytes or more is cut at ~512 KiB (fewer TOC entries for weights-like files);
     a file just below it keeps ~64 KiB chunks; both decode to their bytes (check_blob)."""
-    from converter.chunker import LARGE_FILE, LARGE_MAX_SIZE, MAX_SIZE
-
     rng = random.Random(5)
     below = rng.randbytes(LARGE_FILE - 1)
     large = rng.randbytes(LARGE_FILE + (8 << 20))
@@ -274,8 +273,6 @@ def test_large_files_get_large_chunks_and_the_rest_keep_small_ones() -> None:
     assert max(small_sizes) <= MAX_SIZE and 40 << 10 < len(below) / len(small_sizes) < 128 << 10
     assert max(large_sizes) <= LARGE_MAX_SIZE and 256 << 10 < len(large) / len(large_sizes) < 1 << 20
     # the rule holds whatever the chunker's window (a large file may fit in one window)
-    from converter.chunker import Chunker
-
     pieces = list(Chunker(window=64 << 20).stream(io.BytesIO(large).read, len(large)))
     assert b"".join(bytes(p) for p, _ in pieces) == large
     assert 256 << 10 < len(large) / len(pieces) < 1 << 20

@@ -88,14 +88,14 @@ class _Times:
     """RFC 3339 text -> ns (None for absent/Go's zero time), memoized: layers repeat a few times a lot."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, int | None] = {"": None}
+        self.cache: dict[str, int | None] = {"": None}
 
     def __call__(self, text: str) -> int | None:
         try:
-            return self._cache[text]
+            return self.cache[text]
         except KeyError:
             ns = rfc3339_to_ns(text)
-            value = self._cache[text] = None if ns == _GO_ZERO_TIME_NS else ns
+            value = self.cache[text] = None if ns == _GO_ZERO_TIME_NS else ns
             return value
 
 
@@ -123,6 +123,7 @@ class _Builder:
         self.unames: dict[int, str] = {}
         self.gnames: dict[int, str] = {}
         self.time_ns = _Times()
+        self.times = self.time_ns.cache  # looked up inline first: three times per entry
 
     # -- tree -------------------------------------------------------------------------------------
     def _dir(self, path: str) -> FileNode:
@@ -192,7 +193,8 @@ class _Builder:
         if e.xattrs:
             self._check_xattrs(e.xattrs)
             xattrs = e.xattrs
-        time_ns = self.time_ns
+        times = self.times
+        mtime, atime, ctime = e.modtime, e.accesstime, e.changetime
         node = FileNode(
             path,
             e.type,
@@ -200,9 +202,9 @@ class _Builder:
             e.uid,
             e.gid,
             0,
-            time_ns(e.modtime) or 0,
-            time_ns(e.accesstime),
-            time_ns(e.changetime),
+            (times[mtime] if mtime in times else self.time_ns(mtime)) or 0,
+            times[atime] if atime in times else self.time_ns(atime),
+            times[ctime] if ctime in times else self.time_ns(ctime),
             xattrs=xattrs,
             user_name=user_name,
             group_name=group_name,
@@ -268,29 +270,34 @@ class _Builder:
         if self.estargz and path in _HIDDEN_ESTARGZ:
             self._landmark(e, path)
             return
-        if j > i + 1 and e.type != "reg":
-            raise FormatError(f"chunk entries follow a {e.type} entry")
+        kind = e.type
+        if j > i + 1 and kind != "reg":
+            raise FormatError(f"chunk entries follow a {kind} entry")
         # Every name is explicit once its entry is seen; only implied directories are not.
-        existing = self.nodes.get(path)
+        nodes = self.nodes
+        existing = nodes.get(path)
         if existing is not None and not existing.implied:
             raise FormatError(f"duplicate entry {path!r} in TOC", path=path)
         if path == "":
-            if e.type != "dir":
-                raise FormatError(f"the layer root is given as a {e.type}")
+            if kind != "dir":
+                raise FormatError(f"the layer root is given as a {kind}")
             self._update_dir(self.index.root, e)
             return
-        parent = self._dir(path.rpartition("/")[0])
-        if e.type == "hardlink":
+        parent_path = path.rpartition("/")[0]
+        parent = nodes.get(parent_path)
+        if parent is None or parent.type != "dir":
+            parent = self._dir(parent_path)
+        if kind == "hardlink":
             self._hardlink(e, parent, path)
             return
         if existing is not None:  # only an implied directory can exist here
-            if e.type != "dir":
-                raise FormatError(f"{path!r} is both a directory and a {e.type}")
+            if kind != "dir":
+                raise FormatError(f"{path!r} is both a directory and a {kind}")
             self._update_dir(existing, e)
             return
         node = self._node_from(e, path)
         self._attach(parent, path, node)
-        if e.type == "reg":
+        if kind == "reg":
             self._file(node, e, i, self.toc.entries[i + 1 : j] if j > i + 1 else [])
             if self.estargz and self.index.prefetch_landmark_offset is None:
                 self.index.prefetch_paths.append(path)
@@ -330,21 +337,22 @@ class _Builder:
         else:
             self._estargz_chunks(node, e, i, chunk_entries)
         expected = 0
+        max_chunk, max_zeros = self.limits.max_chunk_size, self.limits.max_zero_chunk_size
         for c in node.chunks:
+            size = c.size
             if c.file_offset != expected:
                 what = "gap" if c.file_offset > expected else "overlap"
                 raise FormatError(
                     f"chunk {what} at file offset {expected} (next chunk starts at {c.file_offset})"
                 )
-            if c.size <= 0:
+            if size <= 0:
                 raise FormatError(f"empty chunk at file offset {c.file_offset}")
-            cap = self.limits.max_zero_chunk_size if c.zeros else self.limits.max_chunk_size
-            if c.size > cap:
-                key = "max-zero-chunk-size" if c.zeros else "max-chunk-size"
+            if size > (max_zeros if c.zeros else max_chunk):
+                key, cap = ("max-zero-chunk-size", max_zeros) if c.zeros else ("max-chunk-size", max_chunk)
                 raise FormatError(
-                    f"chunk at file offset {c.file_offset} is {c.size} bytes, more than {cap} ({key})"
+                    f"chunk at file offset {c.file_offset} is {size} bytes, more than {cap} ({key})"
                 )
-            expected += c.size
+            expected += size
         if expected != e.size:
             raise FormatError(f"chunks cover {expected} bytes of a {e.size}-byte file")
 
@@ -360,26 +368,30 @@ class _Builder:
             if not digest:
                 raise FormatError("non-empty regular file without a digest")
             self._check_range(e.offset, e.end_offset)
-            node.chunks = [
-                Chunk(0, e.size, e.offset, e.end_offset, digest, zeros=e.chunk_type == CHUNK_TYPE_ZEROS)
-            ]
+            zeros = e.chunk_type == CHUNK_TYPE_ZEROS
+            node.chunks = [Chunk(0, e.size, e.offset, e.end_offset, digest, 0, zeros)]
             return
-        parts = [e, *chunk_entries]
-        for k, c in enumerate(parts):
+        # chunk k ends where chunk k+1 starts, the last one at the file's endOffset
+        ends = [c.offset for c in chunk_entries]
+        ends.append(e.end_offset)
+        data_end = self.data_end
+        chunks = node.chunks
+        for c, end in zip((e, *chunk_entries), ends, strict=True):
             if c.name != e.name:
                 raise FormatError(f"chunk entry named {c.name!r} follows regular file {e.name!r}")
-            end = parts[k + 1].offset if k + 1 < len(parts) else e.end_offset
-            self._check_range(c.offset, end)
+            if not 0 < c.offset < end <= data_end:
+                self._check_range(c.offset, end)
             if not c.chunk_digest:
                 raise FormatError(f"chunk at file offset {c.chunk_offset} has no chunkDigest")
-            node.chunks.append(
+            chunks.append(
                 Chunk(
                     c.chunk_offset,
                     c.chunk_size,
                     c.offset,
                     end,
                     c.chunk_digest,
-                    zeros=c.chunk_type == CHUNK_TYPE_ZEROS,
+                    0,
+                    c.chunk_type == CHUNK_TYPE_ZEROS,
                 )
             )
 

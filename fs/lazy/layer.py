@@ -201,27 +201,28 @@ def index_items(index: LayerIndex) -> list[Item]:
 
 def iter_index_items(index: LayerIndex) -> Iterator[Item]:
     """:func:`index_items`, one at a time (a big layer never has all its items in memory at once)."""
+    major, minor = os.major, os.minor
     for path, node in index:
         if node.path != path:  # a second name of a hardlinked file
-            yield Item(path=path, kind="hardlink", target=node.path)
+            yield Item(path, "hardlink", target=node.path)
             continue
-        yield (
-            Item(
-                path=path,
-                kind=node.type,
-                mode=node.mode & 0o7777,
-                uid=node.uid,
-                gid=node.gid,
-                size=node.size,
-                mtime_ns=node.mtime_ns,
-                atime_ns=node.atime_ns,
-                ctime_ns=node.ctime_ns,
-                dev_major=os.major(node.rdev),
-                dev_minor=os.minor(node.rdev),
-                target=node.link_target,
-                xattrs=node.xattrs,  # read, never changed, by the inode builder
-                content=node.chunks if node.type == "reg" else None,
-            )
+        kind = node.type
+        rdev = node.rdev
+        yield Item(  # positional: built once per entry of every layer, the fields in Item's order
+            path,
+            kind,
+            node.mode & 0o7777,
+            node.uid,
+            node.gid,
+            node.size,
+            node.mtime_ns,
+            node.atime_ns,
+            node.ctime_ns,
+            major(rdev) if rdev else 0,
+            minor(rdev) if rdev else 0,
+            node.link_target,
+            node.xattrs,  # read, never changed, by the inode builder
+            node.chunks if kind == "reg" else None,
         )
 
 

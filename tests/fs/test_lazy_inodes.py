@@ -140,10 +140,21 @@ def test_devices_fifos_xattrs_and_modes() -> None:
     assert stat.S_IMODE(s.mode) == 0o4755 and s.xattrs == {b"user.lazyh": b"hello"}
 
 
-@pytest.mark.parametrize("bad", ["../etc", "/abs", "a/../../b", "a//b", "a/./b", "a/"])
+@pytest.mark.parametrize(
+    "bad", ["../etc", "..", ".", "./a", "a/.", "a/..", "/abs", "a/../../b", "a//b", "a/./b", "a/", "a\0b"]
+)
 def test_escaping_names_rejected(bad: str) -> None:
     with pytest.raises(FormatError):
         InodeTable().add_layer("l", [Item(bad, "reg")])
+    with pytest.raises(FormatError):  # nor as a hard link's target
+        InodeTable().add_layer("l", [Item("f", "reg"), Item("g", "hardlink", target=bad)])
+
+
+@pytest.mark.parametrize("good", ["a", "a.b/..c/...", ".a/b.", "a/.wh.x/b"])
+def test_dotted_names_that_stay_inside_are_accepted(good: str) -> None:
+    t = InodeTable()
+    t.add_layer("l", [Item(good, "reg", size=1)])
+    assert t.lookup_path(f"l/{good}").size == 1
 
 
 def test_entry_below_file_rejected() -> None:

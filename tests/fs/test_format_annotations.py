@@ -205,6 +205,30 @@ def test_zstd_decompress_reads_across_frames_and_skips_skippable():
         zstd_decompress(c.compress(bytes(64 << 20)), max_output=1 << 20)
 
 
+def test_zstd_decompress_with_expected_size_is_exact_and_bounded():
+    """``expect`` (a TOC position's uncompressed length) decodes one frame of exactly that size in one
+    call; every other input gets the stepwise answer, whatever size the caller was told."""
+    from fs.format import skippable_frame
+
+    payload = bytes(range(256)) * 4096
+    cobj = zstandard.ZstdCompressor().compressobj()  # streamed: no content size in the frame header
+    frame = cobj.compress(payload) + cobj.flush()
+    assert zstandard.frame_content_size(frame) == -1
+    assert zstd_decompress(frame, max_output=len(payload), expect=len(payload)) == payload
+    # told too little or too much: the true contents, or the cap, decide (the caller compares sizes)
+    assert zstd_decompress(frame, max_output=2 * len(payload), expect=len(payload) - 1) == payload
+    assert zstd_decompress(frame, max_output=2 * len(payload), expect=len(payload) + 1) == payload
+    with pytest.raises(FormatError, match="cap"):
+        zstd_decompress(frame, max_output=len(payload) - 1, expect=len(payload) - 1)
+    with pytest.raises(FormatError, match="truncated"):
+        zstd_decompress(frame[:-4], max_output=len(payload), expect=len(payload))
+    two = frame + skippable_frame(b"x") + frame
+    assert zstd_decompress(two, max_output=2 * len(payload), expect=2 * len(payload)) == payload * 2
+    with pytest.raises(FormatError, match="cap"):  # a bomb told it is small still stops at the cap
+        bomb = zstandard.ZstdCompressor().compressobj()
+        zstd_decompress(bomb.compress(bytes(64 << 20)) + bomb.flush(), max_output=1 << 20, expect=1000)
+
+
 def test_tar_split_verification():
     raw = b'{"type":2,"payload":"AAAA","position":0}\n'
     comp = zstandard.ZstdCompressor().compress(raw)

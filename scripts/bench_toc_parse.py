@@ -54,7 +54,7 @@ def main() -> None:
     from fs.format import Dialect, build_index, parse_toc
 
     try:  # this tree: the pure-Python reference parser the fast path falls back to
-        from fs.format.tocparse import _parse_toc_exact as exact_parser
+        from fs.format.tocexact import parse_toc_exact as exact_parser
     except ImportError:  # a tree before the fast path (PYTHONPATH=/path/to/old/tree): its only parser
         exact_parser = parse_toc
 

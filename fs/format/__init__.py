@@ -7,7 +7,8 @@ Layout (each module owns one noun; imports only go downwards in this list)::
     frames       skippable frames, zstd magic
     gojson       Go-compatible JSON strings and RFC 3339 times
     toc          TocEntry / Toc, serialize_toc
-    tocparse     parse_toc: compiled fast path + exact reference parser
+    tocexact     parse_toc_exact: the reference parser (pure Python, Go's semantics, exact errors)
+    tocparse     parse_toc: the compiled fast path, falling back to the reference parser
     footer       Footer, footer_bytes, parse_footer          (estargz: the gzip footer + TOC member)
     annotations  TocLocation, toc_location_from_annotations, annotations_for
     verify       decode_and_verify_toc, tar-split verification

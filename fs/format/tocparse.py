@@ -6,10 +6,10 @@ entries: 0.4 s against 2.8 s for the pure-Python parser in the same run; parse +
 about 590 MB instead of 1.4 GB; ``scripts/bench_toc_parse.py``). That path accepts only the canonical
 form every producer writes: exact key case, no ``null``, no unknown keys, no escaped surrogates. Anything
 else (a key spelled ``"Name"``, a ``null``, a malformed value, a schema key of the other dialect) makes
-it fall back to :func:`_parse_toc_exact`, the pure-Python parser with Go's semantics (keys folded,
-last duplicate wins, ``null`` = absent), which accepts what Go accepts and otherwise raises the precise
-:class:`~fs.errors.FormatError` naming the entry. Both paths give equal results on every input the fast
-path accepts (tested property-based).
+it fall back to :func:`~fs.format.tocexact.parse_toc_exact`, the pure-Python parser with Go's semantics
+(keys folded, last duplicate wins, ``null`` = absent), which accepts what Go accepts and otherwise raises
+the precise :class:`~fs.errors.FormatError` naming the entry. Both paths give equal results on every
+input the fast path accepts (tested property-based).
 
 Memory is bounded before it is spent: the size cap is checked first, the number of entries is bounded
 (an upper bound counted on the raw bytes for the fast path, a budget of decoded objects for the exact
@@ -20,16 +20,11 @@ UTF-16 surrogate escape) are refused at parse time, so no later stage meets them
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
-from collections.abc import Callable
 from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
-from fs.digest import parse_digest
 from fs.errors import FormatError
 from fs.format.dialect import Dialect
 from fs.format.gojson import rfc3339_to_ns
@@ -38,18 +33,14 @@ from fs.format.toc import (
     _INT64_MAX,
     ENTRY_TYPES,
     MAX_TOC_SIZE,
-    PREFETCH_KEY,
     Toc,
     TocEntry,
     schema_fields,
 )
+from fs.format.tocexact import TooManyEntries, parse_toc_exact, too_many_entries, xattr_value
 from fs.limits import DEFAULT_LIMITS
 
 __all__ = ["parse_toc", "sniff_toc_dialect"]
-
-_LOOKUP = {d: {key.lower(): (attr, kind) for key, attr, kind in schema_fields(d)} for d in Dialect}
-
-# ------------------------------------------------------------------------------------------- fast path
 
 _U64 = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 _DIGEST_RE = re.compile(r"(?:sha256:[0-9a-f]{64})?")
@@ -148,10 +139,6 @@ _DECODERS: dict[Dialect, msgspec.json.Decoder[_CStorageTop | _EstargzTop]] = {
 }
 
 
-def _too_many(n: int | str, limit: int) -> str:
-    return f"TOC has {n} entries, more than the limit of {limit} (max-toc-entries)"
-
-
 def _parse_toc_fast(data: bytes, dialect: Dialect) -> Toc | str:
     """The compiled path: a :class:`Toc`, or why the input is not in canonical form (then fall back)."""
     try:
@@ -188,10 +175,6 @@ def _parse_toc_fast(data: bytes, dialect: Dialect) -> Toc | str:
 EXACT_MAX_ENTRIES = 100_000
 
 
-class _TooManyEntries(FormatError):
-    """More entries than allowed (raised before they are all built)."""
-
-
 def parse_toc(
     data: bytes, dialect: Dialect, *, max_size: int = MAX_TOC_SIZE, max_entries: int | None = None
 ) -> Toc:
@@ -218,7 +201,7 @@ def parse_toc(
     # Every entry of the canonical form has a "type" key: an upper bound on the entries, counted in C.
     types = data.count(b'"type"')
     if types > limit:
-        problem = _too_many(f"up to {types}", limit)
+        problem = too_many_entries(f"up to {types}", limit)
     elif _FOREIGN.encode() in data:
         problem = f"contains {_FOREIGN!r}"
     else:
@@ -228,8 +211,8 @@ def parse_toc(
         problem = toc
     exact_limit = min(limit, EXACT_MAX_ENTRIES)
     try:
-        return _parse_toc_exact(data, dialect, max_size=max_size, max_entries=exact_limit)
-    except _TooManyEntries:
+        return parse_toc_exact(data, dialect, max_size=max_size, max_entries=exact_limit)
+    except TooManyEntries:
         if exact_limit == limit:
             raise
         raise FormatError(
@@ -241,57 +224,8 @@ def parse_toc(
 def _decode_xattrs(encoded: dict[str, str]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for name, text in encoded.items():
-        out[name] = _b64(name, text)
+        out[name] = xattr_value(name, text)
     return out
-
-
-def _b64(name: str, encoded: str) -> bytes:
-    try:
-        decoded = binascii.a2b_base64(encoded.encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise FormatError(f"xattr {name!r} value is not std base64: {exc}") from None
-    if base64.b64encode(decoded).decode("ascii") != encoded:
-        raise FormatError(f"xattr {name!r} value is not canonical padded std base64")
-    return decoded
-
-
-# ------------------------------------------------------------------------------------------- exact path
-
-
-def _check_text(value: str, what: str) -> None:
-    """Refuse strings that are not valid Unicode text (a lone UTF-16 surrogate from a ``\\ud800`` escape)."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise FormatError(f"{what} {value!r} contains a lone UTF-16 surrogate") from None
-
-
-def _object_budget(max_entries: int) -> Callable[[list[tuple[str, Any]]], _Pairs]:
-    """An ``object_pairs_hook`` that stops decoding once more objects were built than entries allowed.
-
-    Each entry is one object and may hold one xattrs object: ``2 * max_entries + 1`` objects are enough
-    for any TOC within the limit, and the json module's memory stays bounded for one beyond it.
-    """
-    budget = 2 * max_entries + 1 if max_entries else 0
-    count = 0
-
-    def hook(pairs: list[tuple[str, Any]]) -> _Pairs:
-        nonlocal count
-        count += 1
-        if budget and count > budget:
-            raise _TooManyEntries(_too_many(f"more than {max_entries}", max_entries))
-        return _Pairs(pairs)
-
-    return hook
-
-
-class _Pairs(list):  # type: ignore[type-arg]
-    """A JSON object as its ordered (key, value) pairs, so duplicate keys keep Go's last-wins order."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise FormatError(f"TOC contains non-JSON constant {name}")
 
 
 def sniff_toc_dialect(data: bytes) -> Dialect:
@@ -301,159 +235,3 @@ def sniff_toc_dialect(data: bytes) -> Dialect:
     neither annotations nor the footer say which schema it is (the 40-byte footer is shared).
     """
     return Dialect.STARGZ_ZSTD if bytes(data[:2]) in (b"{\n", b"{\r") else Dialect.CSTORAGE_V1
-
-
-def _parse_toc_exact(
-    data: bytes, dialect: Dialect, *, max_size: int = MAX_TOC_SIZE, max_entries: int = 0
-) -> Toc:
-    """The reference parser (pure Python, exact Go semantics); :func:`parse_toc` falls back to it.
-
-    Args:
-        data: the TOC JSON bytes (UTF-8).
-        dialect: selects the schema (known keys) — c/storage or eStargz.
-        max_size: reject larger inputs before parsing.
-
-    Raises:
-        FormatError: over the size cap, not UTF-8, not JSON, data after the top object, wrong top-level
-            shape, eStargz version other than 1, or an entry with a wrong type / negative or out-of-range
-            number / malformed digest, time or base64 (the message names the entry index and name).
-    """
-    if len(data) > max_size:
-        raise FormatError(f"TOC of {len(data)} bytes exceeds the {max_size}-byte cap")
-    try:
-        text = bytes(data).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"TOC is not valid UTF-8: {exc}") from exc
-    decoder = json.JSONDecoder(object_pairs_hook=_object_budget(max_entries), parse_constant=_reject_constant)
-    start = len(text) - len(text.lstrip(" \t\r\n"))
-    try:
-        top, end = decoder.raw_decode(text, start)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"TOC is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise FormatError("TOC JSON nests too deeply") from exc
-    if text[end:].strip(" \t\r\n"):
-        raise FormatError(f"unexpected data after the TOC JSON object at byte offset {end}")
-    if not isinstance(top, _Pairs):
-        raise FormatError("TOC JSON is not an object")
-    version: Any = 0
-    raw_entries: Any = None
-    tar_split_digest: Any = ""
-    prefetch: Any = []
-    for key, value in top:
-        lk = key.lower()
-        if lk == "version":
-            version = value
-        elif lk == "entries":
-            raw_entries = value
-        elif lk == "tarsplitdigest" and dialect.is_cstorage:
-            tar_split_digest = "" if value is None else value
-        elif lk == PREFETCH_KEY.lower() and dialect.is_cstorage:
-            prefetch = [] if value is None else value
-    version = 0 if version is None else version
-    if not _is_int(version):
-        raise FormatError(f"TOC version must be an integer, got {version!r}")
-    if dialect.is_estargz and version != 1:
-        raise FormatError(f"unsupported eStargz TOC version {version} (expected 1)")
-    if raw_entries is None:
-        raw_entries = []
-    if not isinstance(raw_entries, list) or isinstance(raw_entries, _Pairs):
-        raise FormatError("TOC 'entries' is not an array")
-    if not isinstance(tar_split_digest, str):
-        raise FormatError("TOC 'tarSplitDigest' is not a string")
-    if tar_split_digest:
-        _check_digest(tar_split_digest, "TOC tarSplitDigest")
-    if not isinstance(prefetch, list) or not all(isinstance(p, str) for p in prefetch):
-        raise FormatError(f"TOC {PREFETCH_KEY!r} is not an array of strings")
-    for p in prefetch:
-        _check_text(p, f"TOC {PREFETCH_KEY!r}")
-    if max_entries and len(raw_entries) > max_entries:
-        raise _TooManyEntries(_too_many(len(raw_entries), max_entries))
-    lookup = _LOOKUP[dialect]
-    entries = [_parse_entry(i, raw, lookup) for i, raw in enumerate(raw_entries)]
-    return Toc(version=version, entries=entries, tar_split_digest=tar_split_digest, prefetch=prefetch)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_digest(value: str, what: str) -> None:
-    try:
-        parse_digest(value)
-    except FormatError as exc:
-        raise FormatError(f"{what}: {exc.message}") from None
-
-
-def _entry_label(i: int, raw: Any) -> str:
-    if isinstance(raw, _Pairs):
-        for k, v in reversed(raw):
-            if k.lower() == "name" and isinstance(v, str):
-                return f"TOC entry {i} ({v!r})"
-    return f"TOC entry {i}"
-
-
-def _parse_entry(i: int, raw: Any, lookup: dict[str, tuple[str, str]]) -> TocEntry:
-    if not isinstance(raw, _Pairs):
-        raise FormatError(f"TOC entry {i} is not an object")
-    values: dict[str, Any] = {}
-    for key, value in raw:
-        known = lookup.get(key.lower())
-        if known is None:
-            continue
-        attr, kind = known
-        if value is None:
-            values.pop(attr, None)
-            continue
-        try:
-            values[attr] = _convert(kind, value)
-        except FormatError as exc:
-            raise FormatError(f"{_entry_label(i, raw)}: field {key!r}: {exc.message}") from None
-    if "type" not in values:
-        raise FormatError(f"{_entry_label(i, raw)}: missing 'type'")
-    if "name" not in values:
-        raise FormatError(f"{_entry_label(i, raw)}: missing 'name'")
-    return TocEntry(**values)
-
-
-def _convert(kind: str, value: Any) -> Any:
-    if kind == "int":
-        if not _is_int(value):
-            raise FormatError(f"expected an integer, got {value!r}")
-        if not 0 <= value <= _INT64_MAX:
-            raise FormatError(f"{value} out of range (must be 0 ≤ n < 2^63)")
-        return value
-    if not isinstance(value, str) and kind != "xattrs":
-        raise FormatError(f"expected a string, got {type(value).__name__}")
-    if kind == "str":
-        _check_text(value, "string")
-        return value
-    if kind == "type":
-        if value not in ENTRY_TYPES:
-            raise FormatError(f"unknown entry type {value!r}")
-        return value
-    if kind == "chunktype":
-        if value not in _CHUNK_TYPES:
-            raise FormatError(f"unknown chunk type {value!r}")
-        return value
-    if kind == "digest":
-        if value:
-            parse_digest(value)
-        return value
-    if kind == "time":
-        if value:
-            rfc3339_to_ns(value)
-        return value
-    # xattrs
-    if not isinstance(value, _Pairs):
-        raise FormatError("expected an object of base64 strings")
-    out: dict[str, bytes] = {}
-    for name, encoded in value:
-        _check_text(name, "xattr name")
-        if encoded is None:
-            out[name] = b""
-            continue
-        if not isinstance(encoded, str):
-            raise FormatError(f"xattr {name!r} value is not a base64 string")
-        out[name] = _b64(name, encoded)
-    return out

@@ -9,6 +9,7 @@ Modules, bottom up::
     temp.py     named temp objects: the multi-process single-flight protocol (documented there)
     tempstate.py  temp records, naming, the per-name flock, TempHandle
     files.py    durable writes, OSError -> StoreError/DiskFull, the descriptor LRU
+    flusher.py  the background thread that flushes access times when asked
     gc.py       collection (LRU under a cap) and crash recovery (orphans, dead holders)
     stats.py    StoreStats; space.py: free-space checks and sizes
     store.py    the Store facade

@@ -30,7 +30,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -38,6 +38,7 @@ from typing import BinaryIO
 from fs.errors import NotInStore, StoreError, VerificationError
 
 from .files import FdCache, copy_in, fsync_dir, os_error, write_all
+from .flusher import Flusher
 from .holders import ProcessId
 from .index import Index, Txn
 from .records import (
@@ -76,7 +77,7 @@ class BlobArea:
         self._atimes: dict[bytes, float] = {}
         self._last_flush = time.monotonic()
         self._flush_lock = threading.Lock()
-        self._flusher = _Flusher(self.flush_access_times, name="zsnap-atime-flush")
+        self._flusher = Flusher(self.flush_access_times, name="zsnap-atime-flush", what="access times")
         self._me = ProcessId.current()
 
     def make_dirs(self) -> None:
@@ -404,62 +405,6 @@ class BlobArea:
             pass
         self.flush_access_times()
         self._fds.clear()
-
-
-class _Flusher:
-    """One long-lived daemon thread that runs ``flush`` each time it is asked to, until :meth:`stop`.
-
-    The thread starts at the first :meth:`request` (a store nobody reads from never has one). Requests made
-    while a flush runs coalesce into one more flush. Errors are logged, never raised into readers.
-    """
-
-    def __init__(self, flush: Callable[[], object], *, name: str) -> None:
-        self._flush = flush
-        self._name = name
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    @property
-    def pending(self) -> bool:
-        """True while a requested flush has not started yet."""
-        return self._wake.is_set()
-
-    @property
-    def thread(self) -> threading.Thread | None:
-        """The flusher thread, once started (None before the first request)."""
-        return self._thread
-
-    def request(self) -> None:
-        """Ask for a flush soon, on the flusher thread; returns at once. Ignored after :meth:`stop`."""
-        with self._lock:
-            if self._stopping:
-                return
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Stop the thread after the flush it is running (if any) and wait for it. Idempotent."""
-        with self._lock:
-            self._stopping = True
-            thread = self._thread
-        self._wake.set()
-        if thread is not None:
-            thread.join()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stopping:
-                return
-            try:
-                self._flush()
-            except Exception as exc:  # e.g. disk full: the times stay best-effort, readers go on
-                log.warning("store: flushing access times failed: %s", exc)
 
 
 @dataclass(slots=True)

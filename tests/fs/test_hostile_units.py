@@ -17,7 +17,7 @@ from converter.tarstream import TarStreamReader
 from fs.digest import sha256_digest
 from fs.errors import FormatError, NotInStore, VerificationError, ZsnapError
 from fs.format import Chunk, Dialect, Toc, TocEntry, build_index, parse_toc, serialize_toc
-from fs.format.tocparse import _parse_toc_exact
+from fs.format.tocexact import parse_toc_exact
 from fs.lazy.decode import (
     STORED,
     check_chunk,
@@ -221,7 +221,7 @@ def test_fast_and_exact_parsers_agree_on_canonical_tocs():
                _reg("d/f", xattrs={"user.k": b"\x00\xff"}, uid=7, chunk_type="")]  # fmt: skip
     toc = Toc(1, entries, tar_split_digest=D1)
     data = serialize_toc(toc, CS)
-    assert parse_toc(data, CS) == _parse_toc_exact(data, CS) == toc
+    assert parse_toc(data, CS) == parse_toc_exact(data, CS) == toc
 
 
 # -- (5) malformed manifests and layouts are messages -----------------------------------------------------

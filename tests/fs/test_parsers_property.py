@@ -34,7 +34,7 @@ from fs.format import (
     serialize_toc,
     zstd_decompress,
 )
-from fs.format.tocparse import _parse_toc_exact
+from fs.format.tocexact import parse_toc_exact
 from fs.lazy.tarindex import index_tar
 from fs.registry import OciLayout
 from fs.registry.manifests import config_diff_ids, parse_manifest_or_index
@@ -127,7 +127,7 @@ def test_fast_parser_agrees_with_the_exact_one(doc: dict):
     """Whatever the compiled path accepts, the reference parser accepts identically (fallback is exact)."""
     data = json.dumps(doc, separators=(",", ":")).encode()
     fast = _only_ours(parse_toc, data, Dialect.CSTORAGE)
-    exact = _only_ours(_parse_toc_exact, data, Dialect.CSTORAGE)
+    exact = _only_ours(parse_toc_exact, data, Dialect.CSTORAGE)
     assert (fast is None) == (exact is None)
     if fast is not None:
         assert fast == exact

@@ -379,7 +379,7 @@ class _Builder:
         for c, end in zip((e, *chunk_entries), ends, strict=True):
             if c.name != e.name:
                 raise FormatError(f"chunk entry named {c.name!r} follows regular file {e.name!r}")
-            if not 0 < c.offset < end <= data_end:
+            if not 0 < c.offset < end <= data_end:  # checked inline, worded by _check_range
                 self._check_range(c.offset, end)
             if not c.chunk_digest:
                 raise FormatError(f"chunk at file offset {c.chunk_offset} has no chunkDigest")

@@ -45,7 +45,7 @@ def zstd_decompress(
             of the input is ignored (eStargz ranges carry trailing header bytes after the chunk).
         expect: the decoded size the caller was told (a TOC position's uncompressed length), if known:
             a single frame decoding to exactly that many bytes is decoded in one call into a buffer of
-            that size (the steps cost ~2 µs of Python per KiB of input); anything else takes the steps.
+            that size (the steps cost ~9 µs of Python per KiB of input); anything else takes the steps.
 
     Raises:
         FormatError: corrupt/truncated zstd, output larger than ``max_output``, or fewer than ``want``

@@ -12,7 +12,9 @@ Layout (one module per stage; imports go downwards only)::
     storeio.py    StoreIO: store writes (LMDB commits, blob files) in worker threads, one limiter     I/O
     decode.py     chunk bytes: zstd across frames / gzip members, inner offset, sha256 check           pure
     stats.py      MountStats: counters, latency percentiles, the --stats-file JSON                     pure
-    fetcher.py    ChunkFetcher: store hit -> pread | miss -> coalesce -> range GET -> verify -> store  I/O
+    flights.py    Flights: chunks in flight by digest, coalesced range GETs, decode + verify in a
+                  thread, readers answered before the store put                                   I/O
+    fetcher.py    ChunkFetcher: file range -> store hit (pread) | zeros | misses -> Flights          I/O
     early.py      EarlyRanges: a layer's hinted prefetch ranges (fs.format.hints) fetched while its TOC
                   is parsed; stands in for the registry client until the prefetch ends          I/O
     tarindex.py   index of an uncompressed tar (layers that cannot be read lazily)                     pure

@@ -19,8 +19,9 @@ One :class:`ChunkFetcher` per mount. For a read of ``[off, off+len)`` of a lazil
    readers get :class:`~fs.errors.VerificationError` (EIO at the FUSE boundary); other chunks of the group
    are unaffected.
 
-Fetch tasks live in the fetcher's nursery, not in the reader's task, so a reader that gives up (timeout) does
-not cancel a fetch another reader shares. Every fetch and every wait is bounded by ``fetch_timeout``.
+Steps 4-6 are :mod:`fs.lazy.flights`. Fetch tasks live in the fetcher's nursery, not in the reader's
+task, so a reader that gives up (timeout) does not cancel a fetch another reader shares. Every fetch and
+every wait is bounded by ``fetch_timeout``.
 
 One fetcher serves every layer of a host. Store references: a chunk *fetched* for a layer is put with that
 layer's holder (:attr:`BlobSource.holder`: ``layer:<digest>`` in the daemon, dropped when the layer is
@@ -35,35 +36,32 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
-from fs.errors import NotInStore, RegistryUnavailable, VerificationError, ZsnapError
+from fs.errors import NotInStore, RegistryUnavailable, ZsnapError
 from fs.format.tree import Chunk
 from fs.lazy.decode import (
-    STORED,
     ChunkLike,
-    decode_verify,
     known_zeros_digest,
     stored_piece,
     zeros_digest,
     zeros_piece,
 )
+from fs.lazy.flights import BlobSource, Flight, Flights, RangeClient
 from fs.lazy.readahead import BlobReadahead
-from fs.lazy.scheduler import FetchScheduler, Priority, Ticket
+from fs.lazy.scheduler import FetchScheduler, Priority
 from fs.lazy.stats import MountStats
 from fs.limits import DEFAULT_LIMITS
-from fs.registry.ranges import coalesce
 
 __all__ = [
-    "BlobSource",
+    "BlobSource",  # where a layer's bytes come from (fs.lazy.flights), named here for the read path
     "ChunkFetcher",
+    "RangeClient",
     "open_fetcher",
 ]
 
@@ -82,54 +80,6 @@ INLINE_ZEROS_HASH = 64 * 1024
 
 def _file_offset(c: ChunkLike) -> int:
     return c.file_offset
-
-
-class RangeClient(Protocol):
-    async def get_ranges(
-        self, repository: str, digest: str, ranges: list[tuple[int, int]]
-    ) -> list[bytes]: ...
-
-
-@dataclass(frozen=True)
-class BlobSource:
-    """Where one layer's compressed bytes come from.
-
-    Attributes:
-        client: the registry client (``get_ranges``).
-        repository, digest: the blob.
-        codec: ``"zstd"`` or ``"gzip"`` (how a chunk's compressed range decodes).
-        label: short name for logs and errors (the layer digest).
-        holder: the store holder that refs the chunks fetched for this layer (None: the fetcher's).
-    """
-
-    client: Any
-    repository: str
-    digest: str
-    codec: str
-    label: str = ""
-    holder: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The fetcher
-
-
-class _Flight:
-    """One chunk being fetched; readers of the same digest share it.
-
-    ``ready`` is set once the outcome is known: ``data`` (verified bytes, possibly not yet stored) or
-    ``error``. The flight leaves the in-flight map only after the store put finished, so a reader arriving
-    in between is served from ``data`` instead of missing the store.
-    """
-
-    __slots__ = ("chunk", "data", "error", "ready", "ticket")
-
-    def __init__(self, chunk: ChunkLike, ticket: Ticket) -> None:
-        self.chunk = chunk
-        self.ready = trio.Event()
-        self.data: bytes | None = None
-        self.error: BaseException | None = None
-        self.ticket = ticket
 
 
 class ChunkFetcher:
@@ -155,21 +105,19 @@ class ChunkFetcher:
         store_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self.store = store
-        self.scheduler = scheduler
         self.stats = stats
         self.holder = holder
         self.fetch_timeout = fetch_timeout
-        self.max_gap = max_gap
         self.max_request = max_request
         self.readahead = readahead
-        self.max_materialize = max_materialize  # bigger chunks are decoded streaming into the store
-        self._nursery = nursery
-        self._inflight: dict[str, _Flight] = {}
         self._cpu = cpu_limiter or trio.CapacityLimiter(2)
         self._store_limiter = store_limiter or self._cpu  # store writes (fsync) never on the trio thread
         self._zeros_hashing: dict[int, trio.Event] = {}  # zero-run sizes being hashed in a thread
-        self._drained = trio.Event()  # set (and replaced) whenever the in-flight map becomes empty
-        self._shrunk = trio.Event()  # set (and replaced) whenever flights leave the in-flight map
+        self.flights = Flights(
+            store, scheduler, stats, nursery, holder=holder, fetch_timeout=fetch_timeout, max_gap=max_gap,
+            max_request=max_request, max_materialize=max_materialize, cpu_limiter=self._cpu,
+            store_limiter=self._store_limiter,
+        )  # fmt: skip
         self.blob_ahead = BlobReadahead()
 
     # -- reads ------------------------------------------------------------------------------------------
@@ -230,11 +178,11 @@ class ChunkFetcher:
 
     def _fetch_ahead(self, source: BlobSource, chunks: Sequence[Chunk]) -> None:
         """Start fetching ``chunks`` at prefetch priority (promoting background fetches of them); no wait."""
-        new: list[_Flight] = []
+        new: list[Flight] = []
         for c in chunks:
-            self._claim(c, Priority.PREFETCH, new)
+            self.flights.claim(c, Priority.PREFETCH, new)
         if new:
-            self._start(source, new, Priority.PREFETCH)
+            self.flights.start(source, new, Priority.PREFETCH)
 
     async def _learn_zero_runs(self, spans: list[tuple[ChunkLike, int, int]]) -> None:
         """Hash, in a worker thread, the zero runs of ``spans`` whose digest is not cached yet (one thread
@@ -284,26 +232,22 @@ class ChunkFetcher:
             if c.zeros:
                 continue
             budget -= c.size
-            if c.digest not in self._inflight and not self.store.has(c.digest):
+            if c.digest not in self.flights and not self.store.has(c.digest):
                 extra.append(c)
                 missing += c.size
         return extra if missing * 2 >= self.readahead or idx >= len(chunks) else []
 
     async def wait_idle(self) -> None:
         """Return once no fetch is in flight (every fetched chunk is stored or failed)."""
-        while self._inflight:
-            await self._drained.wait()
+        await self.flights.wait_idle()
 
     async def wait_backlog(self, max_flights: int) -> None:
-        """Return once at most ``max_flights`` chunks are in flight (fetched chunks leave the map only
-        once stored): prefetch waits here so that fetching cannot outrun the store and buffer verified
-        bytes without bound."""
-        while len(self._inflight) > max_flights:
-            await self._shrunk.wait()
+        """Return once at most ``max_flights`` chunks are in flight (see :meth:`Flights.wait_backlog`)."""
+        await self.flights.wait_backlog(max_flights)
 
     def is_cached(self, chunk: ChunkLike) -> bool:
         """True when ``chunk`` needs no fetch (zeros, or in the store and not being fetched)."""
-        return chunk.zeros or (chunk.digest not in self._inflight and self.store.has(chunk.digest))
+        return chunk.zeros or (chunk.digest not in self.flights and self.store.has(chunk.digest))
 
     async def ensure(
         self,
@@ -326,17 +270,17 @@ class ChunkFetcher:
             the first chunk's error (VerificationError, RegistryError, FormatError); RegistryUnavailable
             when the wait timed out.
         """
-        waits: list[_Flight] = []
-        new: list[_Flight] = []
+        waits: list[Flight] = []
+        new: list[Flight] = []
         for c in chunks:
-            fl = self._claim(c, priority, new)
+            fl = self.flights.claim(c, priority, new)
             if fl is not None:
                 waits.append(fl)
         for c in also:
-            if c.digest not in self._inflight:  # read-ahead does not promote fetches already queued
-                self._claim(c, priority, new)  # which skips zeros and what the store has
+            if c.digest not in self.flights:  # read-ahead does not promote fetches already queued
+                self.flights.claim(c, priority, new)  # which skips zeros and what the store has
         if new:
-            self._start(source, new, priority)
+            self.flights.start(source, new, priority)
         if not waits:
             return {}
         with trio.move_on_after(self.fetch_timeout) as scope:
@@ -355,127 +299,6 @@ class ChunkFetcher:
             if fl.data is not None:
                 got[fl.chunk.digest] = fl.data
         return got
-
-    def _claim(self, c: ChunkLike, priority: Priority, new: list[_Flight]) -> _Flight | None:
-        if c.zeros:
-            return None
-        fl = self._inflight.get(c.digest)
-        if fl is not None:
-            fl.ticket.promote(priority)
-            return fl
-        if self.store.has(c.digest):
-            return None
-        fl = _Flight(c, self.scheduler.ticket(priority))
-        self._inflight[c.digest] = fl
-        new.append(fl)
-        return fl
-
-    def _start(self, source: BlobSource, flights: list[_Flight], priority: Priority) -> None:
-        spans = [(f.chunk.compressed_offset, f.chunk.compressed_end) for f in flights]
-        for g in coalesce(spans, max_gap=self.max_gap, max_size=self.max_request):
-            members = [flights[i] for i in g.members]
-            ticket = members[0].ticket
-            for fl in members[1:]:
-                fl.ticket = ticket  # one slot per request; promoting any member promotes the request
-            self._nursery.start_soon(self._fetch_group, source, g.start, g.end, members, ticket)
-
-    async def _fetch_group(
-        self, source: BlobSource, start: int, end: int, flights: list[_Flight], ticket: Ticket
-    ) -> None:
-        """Fetch one coalesced range, decode + verify its chunks, release readers, then store them."""
-        error: BaseException | None = None
-        try:
-            with trio.fail_after(self.fetch_timeout):
-                async with ticket:
-                    t0 = trio.current_time()
-                    data = (await source.client.get_ranges(source.repository, source.digest, [(start, end)]))[
-                        0
-                    ]
-                    self.stats.record_fetch(
-                        len(data), trio.current_time() - t0, priority=ticket.priority.name
-                    )
-                if len(data) != end - start:
-                    raise RegistryUnavailable(
-                        f"range {start}-{end} returned {len(data)} bytes", layer=source.label
-                    )
-                # Chunks too big to hold are decoded streaming into the store right here (STORED).
-                results = await trio.to_thread.run_sync(
-                    functools.partial(
-                        decode_verify,
-                        source.codec,
-                        data,
-                        start,
-                        [f.chunk for f in flights],
-                        store=self.store,
-                        holder=source.holder or self.holder,
-                        max_materialize=self.max_materialize,
-                    ),
-                    limiter=self._cpu,
-                )
-        except trio.TooSlowError:
-            error = RegistryUnavailable(
-                f"fetching bytes {start}-{end} took longer than {self.fetch_timeout:g}s", layer=source.label
-            )
-        except ZsnapError as exc:  # registry errors (transport failures included), bad data, store errors
-            error = exc
-        except Exception as exc:  # a bug, not an outage: say so loudly, with the trace; readers get EIO
-            log.exception("internal error while fetching %s bytes %d-%d", source.label, start, end)
-            error = ZsnapError(
-                f"internal error while fetching bytes {start}-{end}: {exc!r}", layer=source.label
-            )
-            error.__cause__ = exc
-        if error is not None:
-            self.stats.fetch_errors += 1
-            log.info("fetch of %s bytes %d-%d failed: %s", source.label, start, end, error)
-            self._finish(flights, error)
-            return
-        good: dict[str, bytes] = {}
-        for fl, res in zip(flights, results, strict=True):
-            if isinstance(res, bytes):
-                fl.data = res
-                good[fl.chunk.digest] = res
-            elif res is STORED:
-                self.stats.chunks_verified += 1  # already in the store: readers pread it
-            else:
-                if isinstance(res, VerificationError):
-                    self.stats.verify_failures += 1
-                fl.error = res  # type: ignore[assignment]
-                if self._inflight.get(fl.chunk.digest) is fl:
-                    del self._inflight[fl.chunk.digest]  # nothing to store: the next reader fetches again
-                    self._note_drained()
-            fl.ready.set()  # readers go on with the verified bytes while they are stored
-        self.stats.chunks_verified += len(good)
-        try:
-            if good:
-                holder = source.holder or self.holder
-                await trio.to_thread.run_sync(
-                    self._put, list(good.items()), holder, limiter=self._store_limiter
-                )
-        except ZsnapError as exc:  # disk full, store failure: the bytes were served, just not cached
-            log.info("could not store %d chunks of %s: %s", len(good), source.label, exc)
-        finally:
-            self._finish(flights, None)
-
-    def _finish(self, flights: list[_Flight], error: BaseException | None) -> None:
-        for fl in flights:
-            if error is not None and fl.error is None and fl.data is None:
-                fl.error = error
-            if self._inflight.get(fl.chunk.digest) is fl:
-                del self._inflight[fl.chunk.digest]
-            fl.ready.set()
-        self._note_drained()
-
-    def _note_drained(self) -> None:
-        self._shrunk.set()
-        self._shrunk = trio.Event()
-        if not self._inflight:
-            self._drained.set()
-            self._drained = trio.Event()
-
-    def _put(self, items: list[tuple[str, bytes]], holder: str | None) -> None:
-        """Worker thread: store verified chunks in one transaction."""
-        # decode_verify has just hashed each chunk to its digest
-        self.store.put_many([(data, digest) for digest, data in items], holder=holder, verified=True)
 
     # -- life cycle -------------------------------------------------------------------------------------
 

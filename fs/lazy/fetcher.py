@@ -204,8 +204,8 @@ class ChunkFetcher:
             done.set()
 
     def _gather(self, spans: list[tuple[ChunkLike, int, int]]) -> tuple[list[bytes], list[int]]:
-        """The cached pieces of ``spans`` (zeros synthesized) and the indices of those not in the store
-        (a chunk still being fetched is simply not there yet)."""
+        """The cached pieces of ``spans`` (zeros synthesized, chunks whose put is held back read from
+        memory) and the indices of those not in the store (a chunk still being fetched is not there yet)."""
         pieces: list[bytes] = []
         missing: list[int] = []
         for i, (c, lo, hi) in enumerate(spans):
@@ -215,6 +215,10 @@ class ChunkFetcher:
             try:
                 pieces.append(stored_piece(self.store, c, lo, hi))  # only if the stored size is c.size
             except NotInStore:
+                held = self.flights.held(c.digest)  # verified, its put held back while a container starts
+                if held is not None:
+                    pieces.append(held[lo:hi])
+                    continue
                 missing.append(i)
                 pieces.append(b"")
         return pieces, missing

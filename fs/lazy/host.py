@@ -93,7 +93,7 @@ PARSE_CONCURRENCY = 2
 #: Seconds after an attach during which background fetch holds off (then it also waits for the quiet
 #: period of fs.lazy.prefetch.QUIET): containerd finishes the pull, creates and starts the container in
 #: that time, and its first reads should not queue behind background batches. (SOCI waits 30 s after a
-#: new layer.)
+#: new layer.) Store writes of fetched chunks wait as long (fs.lazy.flights.Flights.defer_puts).
 ATTACH_HOLD = 1.5
 
 
@@ -259,6 +259,8 @@ class LazyHost:
         t_opened = time.monotonic()
         # the image's container starts in a moment: no background fetch may take the link before then
         self._scheduler.mark_active(Priority.PREFETCH, for_seconds=ATTACH_HOLD)
+        if self.options.prefetch_wait <= 0:  # the container starts now: its reads find the bytes in memory
+            self._fetcher.flights.defer_puts(ATTACH_HOLD)  # while the store writes wait
         # fills start once every layer is open: a layer's background fetch would otherwise start while
         # another layer's prefetch has not and take the bandwidth (and the fetcher's idle moments) first
         for d in order:

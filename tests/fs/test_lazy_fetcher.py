@@ -248,3 +248,37 @@ async def test_reading_files_in_blob_order_is_read_ahead(feat_layer) -> None:
         fetcher.blob_ahead = BlobReadahead(min_window=16 * 1024, max_window=1 << 20)
         with_ahead = await walk(fetcher, blob_order=True)
     assert with_ahead * 2 <= without, (with_ahead, without)
+
+
+async def test_deferred_puts_serve_readers_from_memory_and_store_after_the_window(feat_layer, monkeypatch):
+    """While a container starts (defer_puts) verified chunks are not stored: readers find them in memory
+    (a hit, no request), the prefetch backlog does not count them, and they are stored when the window
+    ends; past the byte cap a put is not held back."""
+    from fs.lazy import flights as flights_mod
+
+    client, store, layer = feat_layer
+    node, chunks = _file(layer, "feat/regular.txt")
+    big, big_chunks = _file(layer, "feat/text-2M")
+    stats = MountStats()
+    async with open_fetcher(store, FetchScheduler(), stats, holder=HOLDER, fetch_timeout=5,
+                            readahead=0) as fetcher:  # fmt: skip
+        fetcher.flights.defer_puts(0.5)
+        t0 = trio.current_time()
+        first = await fetcher.read(layer.source, chunks, node.size, 0, node.size)
+        assert "sha256:" + hashlib.sha256(first).hexdigest() == node.digest
+        await trio.sleep(0.1)  # long enough for a put, were it not held back
+        assert not store.has(chunks[0].digest)
+        with trio.fail_after(0.2):  # held, not part of the backlog
+            await fetcher.wait_backlog(0)
+        hits = stats.cache_hits
+        assert await fetcher.read(layer.source, chunks, node.size, 5, 10) == first[5:15]
+        assert len(client.calls) == 1 and stats.cache_hits == hits + 1  # from memory
+        monkeypatch.setattr(flights_mod, "MAX_DEFERRED_BYTES", 1000)  # over the cap: stored at once
+        await fetcher.read(layer.source, big_chunks, big.size, 0, 4096)
+        with trio.fail_after(0.3):
+            while not store.has(big_chunks[0].digest):
+                await trio.sleep(0.01)
+        assert not store.has(chunks[0].digest)
+        await fetcher.wait_idle()
+        assert trio.current_time() - t0 >= 0.5
+        assert store.has(chunks[0].digest) and store.refs(chunks[0].digest) == {HOLDER}

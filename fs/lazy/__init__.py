@@ -18,7 +18,9 @@ Layout (one module per stage; imports go downwards only)::
     early.py      EarlyRanges: a layer's hinted prefetch ranges (fs.format.hints) fetched while its TOC
                   is parsed; stands in for the registry client until the prefetch ends          I/O
     tarindex.py   index of an uncompressed tar (layers that cannot be read lazily)                     pure
-    layer.py      open a layer: verified TOC -> LayerIndex (lazy), or whole blob -> store (non-lazy);
+    wholelayer.py a layer that cannot be read lazily: whole blob -> store, decompressed once under its
+                  DiffID, its tar indexed                                                             I/O
+    layer.py      open a layer: verified TOC -> LayerIndex (lazy), or whole (wholelayer.py);
                   OpenedLayer.read: the layer's own read path (chunks or pread of its tar)          I/O
     image.py      REF -> manifest (host platform) -> config -> LayerDescriptors; oci: layouts         I/O
     prefetch.py   prefetch marked files, then background-fetch the rest                              I/O

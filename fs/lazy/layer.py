@@ -10,31 +10,24 @@ Lazy layers (zstd:chunked of either dialect, gzip eStargz) are opened with at mo
    and validates the tree (names escaping the layer are a :class:`~fs.errors.FormatError`).
 
 Every other layer (plain gzip / zstd / uncompressed tar, or zstd:chunked without a TOC digest in the
-manifest: nothing vouches for its TOC) is downloaded whole into the store, verified against the descriptor
-digest, decompressed once into the store under its DiffID (checked against the image config), and indexed
-(:func:`fs.lazy.tarindex.index_tar`); its files are then served by ``pread`` from the uncompressed tar.
+manifest: nothing vouches for its TOC) is downloaded whole into the store, decompressed once and indexed
+(:mod:`fs.lazy.wholelayer`); its files are then served by ``pread`` from the uncompressed tar.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import hashlib
 import logging
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
-import zstandard
 
-from fs.errors import FormatError, UnsupportedFormat, VerificationError, error_context
+from fs.errors import FormatError, UnsupportedFormat, error_context
 from fs.format.annotations import (
-    GZIP_LAYER_MEDIA_TYPES,
-    ZSTD_LAYER_MEDIA_TYPES,
     TocLocation,
     toc_location_from_annotations,
 )
@@ -47,8 +40,7 @@ from fs.lazy.early import EarlyRanges
 from fs.lazy.fetcher import BlobSource, ChunkFetcher, RangeClient
 from fs.lazy.inodes import Item
 from fs.lazy.stats import MountStats
-from fs.lazy.storeio import StoreIO
-from fs.lazy.tarindex import index_tar
+from fs.lazy.wholelayer import fetch_whole_layer
 from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry.manifests import Descriptor
 
@@ -58,16 +50,6 @@ log = logging.getLogger(__name__)
 
 #: Blob tail fetched when the footer must locate the TOC: the footer plus, often, a small TOC with it.
 TAIL_SIZE = max(FOOTER_FETCH_SIZE, 16 * 1024)
-#: whole-layer downloads are written to scratch in pieces of about this size
-_WRITE_BATCH = 1 << 20
-
-_UNCOMPRESSED_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.layer.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.docker.image.rootfs.diff.tar",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -268,17 +250,11 @@ async def open_layer(
     with error_context(layer=desc.digest):
         loc = toc_location_from_annotations(desc.annotations, desc.media_type, blob_size=desc.size)
         if loc is None:
-            return await _open_whole(
-                client,
-                repository,
-                desc,
-                store=store,
-                stats=stats,
-                holder=holder,
-                scratch=scratch,
-                limits=limits,
-                cpu_limiter=cpu_limiter,
-            )
+            tar_digest, items = await fetch_whole_layer(
+                client, repository, desc, store=store, stats=stats, holder=holder, scratch=scratch,
+                limits=limits, cpu_limiter=cpu_limiter,
+            )  # fmt: skip
+            return OpenedLayer(desc=desc, items=items, tar_digest=tar_digest)
         return await _open_lazy(client, repository, desc, loc, stats, holder, limits, cpu_limiter, on_toc)
 
 
@@ -347,109 +323,3 @@ async def _open_lazy(
         holder=holder,
     )
     return OpenedLayer(desc=desc, items=[], source=source, index=index, dialect=loc.dialect)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# whole layers
-
-
-def _decompressor(media_type: str) -> Callable[[BinaryIO], BinaryIO] | None:
-    if media_type in GZIP_LAYER_MEDIA_TYPES or media_type.endswith("+gzip") or media_type.endswith(".gzip"):
-        return lambda f: gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
-    if media_type in ZSTD_LAYER_MEDIA_TYPES or media_type.endswith("+zstd") or media_type.endswith(".zstd"):
-        return lambda f: zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-    if media_type in _UNCOMPRESSED_TYPES:
-        return None
-    raise FormatError(f"unsupported layer media type {media_type!r}")
-
-
-async def _open_whole(
-    client: Any,
-    repository: str,
-    desc: LayerDescriptor,
-    *,
-    store: Any,
-    stats: MountStats,
-    holder: str,
-    scratch: Path,
-    limits: Limits,
-    cpu_limiter: trio.CapacityLimiter | None,
-) -> OpenedLayer:
-    decompress = _decompressor(desc.media_type)
-    sio = store if isinstance(store, StoreIO) else StoreIO(store)
-    store = sio.store
-    await trio.to_thread.run_sync(lambda: scratch.mkdir(parents=True, exist_ok=True))
-    if not sio.has(desc.digest):
-        tmp = scratch / f"download-{desc.hex}.{secrets.token_hex(4)}"
-        try:
-            t0 = trio.current_time()
-            n = 0
-            # file writes run in the store's write threads (DESIGN.md 9), about 1 MiB at a time
-            out = await sio.run(open, tmp, "wb")
-            try:
-                pending: list[bytes] = []
-                buffered = 0
-                async with client.stream_blob(repository, desc.digest) as chunks:
-                    async for piece in chunks:  # the iterator raises VerificationError on a bad digest
-                        pending.append(piece)
-                        buffered += len(piece)
-                        n += len(piece)
-                        if buffered >= _WRITE_BATCH:
-                            await sio.run(out.write, b"".join(pending))
-                            pending, buffered = [], 0
-                if pending:
-                    await sio.run(out.write, b"".join(pending))
-            finally:
-                with trio.CancelScope(shield=True):
-                    await sio.run(out.close)
-            stats.record_fetch(n, trio.current_time() - t0)
-            if n != desc.size:
-                raise VerificationError(f"blob is {n} bytes, the manifest says {desc.size}")
-            await sio.put_file(tmp, digest=desc.digest, holder=holder, move=True)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
-    else:
-        await sio.ref(desc.digest, holder)
-    if decompress is None:
-        tar_digest = desc.digest
-    else:
-        # a long CPU-bound pass (its one put at the end included): a worker thread, but not one of the
-        # store's write slots, which it would hold for seconds
-        tar_digest = await trio.to_thread.run_sync(
-            _decompress_into_store, store, desc, decompress, scratch, holder
-        )
-    items = await trio.to_thread.run_sync(_index_store_tar, store, tar_digest, limits, limiter=cpu_limiter)
-    return OpenedLayer(desc=desc, items=items, tar_digest=tar_digest)
-
-
-def _decompress_into_store(
-    store: Any, desc: LayerDescriptor, decompress: Callable[[BinaryIO], BinaryIO], scratch: Path, holder: str
-) -> str:
-    """Worker thread: decompress the stored blob once into the store, keyed (and checked) by DiffID."""
-    if desc.diff_id and store.has(desc.diff_id):
-        store.ref(desc.diff_id, holder)
-        return desc.diff_id
-    tmp = scratch / f"uncompressed-{desc.hex}.{secrets.token_hex(4)}"
-    try:
-        h = hashlib.sha256()
-        with store.open_blob(desc.digest) as raw, decompress(raw) as src, open(tmp, "wb") as out:
-            while piece := src.read(1 << 20):
-                h.update(piece)
-                out.write(piece)
-        diff_id = "sha256:" + h.hexdigest()
-        if desc.diff_id and diff_id != desc.diff_id:
-            raise VerificationError(
-                f"layer decompresses to {diff_id}, the image config says {desc.diff_id}", layer=desc.digest
-            )
-        store.put_file(tmp, digest=diff_id, holder=holder, move=True)
-        return diff_id
-    except (OSError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:
-        raise FormatError(f"layer does not decompress: {exc}", layer=desc.digest) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _index_store_tar(store: Any, tar_digest: str, limits: Limits) -> list[Item]:
-    with store.open_blob(tar_digest) as f:
-        return index_tar(f, limits=limits)

@@ -108,7 +108,6 @@ class ChunkFetcher:
         self.stats = stats
         self.holder = holder
         self.fetch_timeout = fetch_timeout
-        self.max_request = max_request
         self.readahead = readahead
         self._cpu = cpu_limiter or trio.CapacityLimiter(2)
         self._store_limiter = store_limiter or self._cpu  # store writes (fsync) never on the trio thread
@@ -119,6 +118,11 @@ class ChunkFetcher:
             store_limiter=self._store_limiter,
         )  # fmt: skip
         self.blob_ahead = BlobReadahead()
+
+    @property
+    def max_request(self) -> int:
+        """The largest coalesced range request (unless one chunk is bigger): prefetch batches to it."""
+        return self.flights.max_request
 
     # -- reads ------------------------------------------------------------------------------------------
 

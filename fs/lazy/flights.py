@@ -156,9 +156,11 @@ class Flights:
         """Let the store puts of chunks verified from now wait ``for_seconds`` (see the module docstring)."""
         self._puts_after = max(self._puts_after, trio.current_time() + for_seconds)
 
-    async def _wait_for_puts(self, flights: list[Flight], nbytes: int) -> None:
-        """Hold verified ``flights`` (``nbytes``) in memory until the :meth:`defer_puts` window ends, unless
-        there is none or the byte cap is reached."""
+    async def _wait_for_puts(self, verified: list[tuple[Flight, bytes]]) -> None:
+        """Hold ``verified`` flights (with their bytes) in memory until the :meth:`defer_puts` window ends,
+        unless there is none or the byte cap is reached."""
+        flights = [fl for fl, _ in verified]
+        nbytes = sum(len(data) for _, data in verified)
         if trio.current_time() >= self._puts_after or self._deferred_bytes + nbytes > MAX_DEFERRED_BYTES:
             return
         self._deferred_bytes += nbytes
@@ -250,11 +252,11 @@ class Flights:
             log.info("fetch of %s bytes %d-%d failed: %s", source.label, start, end, error)
             self._finish(flights, error)
             return
-        good: dict[str, bytes] = {}
+        good: list[tuple[Flight, bytes]] = []  # verified, in memory until stored
         for fl, res in zip(flights, results, strict=True):
             if isinstance(res, bytes):
                 fl.data = res
-                good[fl.chunk.digest] = res
+                good.append((fl, res))
             elif res is STORED:
                 self.stats.chunks_verified += 1  # already in the store: readers pread it
             else:
@@ -268,12 +270,10 @@ class Flights:
         self.stats.chunks_verified += len(good)
         try:
             if good:
-                verified = [fl for fl in flights if fl.data is not None]
-                await self._wait_for_puts(verified, sum(len(b) for b in good.values()))
+                await self._wait_for_puts(good)
                 holder = source.holder or self.holder
-                await trio.to_thread.run_sync(
-                    self._put, list(good.items()), holder, limiter=self._store_limiter
-                )
+                items = [(data, fl.chunk.digest) for fl, data in good]
+                await trio.to_thread.run_sync(self._put, items, holder, limiter=self._store_limiter)
         except ZsnapError as exc:  # disk full, store failure: the bytes were served, just not cached
             log.info("could not store %d chunks of %s: %s", len(good), source.label, exc)
         finally:
@@ -295,7 +295,7 @@ class Flights:
             self._drained.set()
             self._drained = trio.Event()
 
-    def _put(self, items: list[tuple[str, bytes]], holder: str | None) -> None:
-        """Worker thread: store verified chunks in one transaction."""
+    def _put(self, items: list[tuple[bytes, str]], holder: str | None) -> None:
+        """Worker thread: store verified chunks ``(bytes, digest)`` in one transaction."""
         # decode_verify has just hashed each chunk to its digest
-        self.store.put_many([(data, digest) for digest, data in items], holder=holder, verified=True)
+        self.store.put_many(items, holder=holder, verified=True)

@@ -20,11 +20,14 @@ same valid bytes (POSIX keeps unlinked open files alive). Last-access times are 
 flushed in one transaction every ``ACCESS_FLUSH_SECONDS`` or ``ACCESS_FLUSH_ENTRIES`` reads by one
 long-lived flusher thread per store (started by the first such read, stopped by close), and at gc and
 close: a read never writes to the index.
+Small blobs put together (``put_many``) share one file, a *pack*, published the same way (one wip file,
+renamed into ``packs/`` in the transaction that indexes them); see :mod:`fs.store.packs`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import secrets
@@ -37,19 +40,23 @@ from typing import BinaryIO
 
 from fs.errors import NotInStore, StoreError, VerificationError
 
-from .files import FdCache, copy_in, fsync_dir, os_error, write_all
+from .files import FdCache, copy_in, create_written, fsync_dir, sync_close
 from .flusher import Flusher
 from .holders import ProcessId
 from .index import Index, Txn
+from .packs import PACK_ITEM_MAX, PACK_MIN_ITEMS, PackFiles
 from .records import (
+    KIND_PACKED,
     BlobRecord,
     Counters,
+    PackRecord,
     add_ref,
     blob_holders,
     blob_key,
     check_holder,
     holder_refs,
     read_counters,
+    record_place,
     record_size,
     remove_ref,
     write_counters,
@@ -73,6 +80,7 @@ class BlobArea:
         self.data_dir = root / "data" / "sha256"
         self.wip_dir = root / "wip"
         self._index = index
+        self.packs = PackFiles(root, index)
         self._fds = FdCache(FD_CACHE_SIZE)
         self._atimes: dict[bytes, float] = {}
         self._last_flush = time.monotonic()
@@ -81,10 +89,11 @@ class BlobArea:
         self._me = ProcessId.current()
 
     def make_dirs(self) -> None:
-        """Create ``data/sha256/00..ff`` and ``wip/`` (durably) if missing."""
-        if (self.data_dir / "ff").is_dir() and self.wip_dir.is_dir():
+        """Create ``data/sha256/00..ff``, ``packs/`` and ``wip/`` (durably) if missing."""
+        if (self.data_dir / "ff").is_dir() and self.wip_dir.is_dir() and self.packs.dir.is_dir():
             return
         self.wip_dir.mkdir(parents=True, exist_ok=True)
+        self.packs.dir.mkdir(exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for a in _HEX:
             for b in _HEX:
@@ -94,7 +103,13 @@ class BlobArea:
         fsync_dir(self.wip_dir.parent)
 
     def path_of(self, digest: str) -> Path:
-        """Where the bytes of ``digest`` live (whether or not they are stored)."""
+        """The file of ``digest`` (whether or not it is stored). Blobs put alone or from a file have one;
+        raises ValueError for a blob kept in a pack."""
+        key = digest.encode()
+        with self._index.env.begin(db=self._index.blobs) as txn:
+            raw = txn.get(key)
+        if raw is not None and record_place(raw) is not None:
+            raise ValueError(f"{digest} is stored in a pack, not in a file of its own")
         hexpart = digest[7:]
         return self.data_dir / hexpart[:2] / hexpart
 
@@ -139,16 +154,21 @@ class BlobArea:
         if offset >= size or length == 0:
             return b""
         length = min(length, size - offset)
+        place = record_place(raw)
+        if place is None:
+            fd_key, path, start = key, self.key_path(key), offset
+        else:
+            fd_key, path, start = PackFiles.fd_key(place[0]), self.packs.path(place[0]), place[1] + offset
         try:
-            entry = self._fds.pin(key, self.key_path(key))
+            entry = self._fds.pin(fd_key, path)
         except FileNotFoundError:
             raise NotInStore(f"{digest} is not in the store (removed concurrently)") from None
         try:
-            data = os.pread(entry.fd, length, offset)
+            data = os.pread(entry.fd, length, start)
         finally:
             self._fds.unpin(entry)
         if len(data) != length:
-            raise StoreError(f"{digest}: data file shorter than its record", path=self.key_path(key))
+            raise StoreError(f"{digest}: data file shorter than its record", path=path)
         self._touch(key)
         return data
 
@@ -158,7 +178,9 @@ class BlobArea:
         Raises:
             NotInStore: not stored.
         """
-        key, _ = self._lookup(digest)
+        key, raw = self._lookup(digest)
+        if record_place(raw) is not None:  # at most PACK_ITEM_MAX bytes
+            return io.BytesIO(self.pread(digest, 0, record_size(raw)))
         try:
             f = open(self.key_path(key), "rb")  # noqa: SIM115 - handed to the caller
         except FileNotFoundError:
@@ -205,40 +227,27 @@ class BlobArea:
 
     # -- writes --------------------------------------------------------------------------------------
 
-    def _wip_path(self) -> Path:
+    def new_wip_path(self) -> Path:
         return self.wip_dir / f"{self._me.pid}-{self._me.start}-{secrets.token_hex(8)}"
 
-    def _write_wip(self, data: bytes | memoryview) -> tuple[Path, int]:
-        """Write ``data`` to a new wip file; returns (path, open fd). Not yet synced: see _sync_wip."""
-        path = self._wip_path()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise os_error(exc, "create a store file", path, len(data)) from exc
-        try:
-            write_all(fd, data)
-        except OSError as exc:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise os_error(exc, "write a store file", path, len(data)) from exc
-        return path, fd
-
-    @staticmethod
-    def _sync_wip(pending: list[tuple[Path, int]]) -> None:
-        """fdatasync then close every written wip file; all writes come first so that one journal
-        commit covers a whole batch (later fdatasyncs find their data already on disk)."""
-        error = None
-        for path, fd in pending:
-            try:
-                if error is None:
-                    os.fdatasync(fd)
-            except OSError as exc:
-                error = os_error(exc, "write a store file", path)
-            finally:
-                os.close(fd)
-        pending.clear()
-        if error is not None:
-            raise error
+    def _write_new(self, entries: list[_Staged], pending: list[tuple[Path, int]]) -> None:
+        """Write the bytes of ``entries`` (none stored yet) to new wip files, added to ``pending`` unsynced:
+        the small ones together in one pack when there are enough of them, every other one alone."""
+        small = [e for e in entries if e.size <= PACK_ITEM_MAX] if len(entries) >= PACK_MIN_ITEMS else []
+        if len(small) < PACK_MIN_ITEMS:
+            small = []
+        if small:
+            path = self.new_wip_path()
+            pending.append((path, create_written(path, [e.data for e in small if e.data is not None])))
+            offset = 0
+            for entry in small:
+                entry.wip, entry.offset = path, offset
+                offset += entry.size
+        for entry in entries:
+            if entry.wip is None and entry.data is not None:
+                path = self.new_wip_path()
+                pending.append((path, create_written(path, [entry.data])))
+                entry.wip = path
 
     def put(self, data: bytes, *, digest: str | None = None, holder: str | None = None) -> tuple[str, int]:
         """Store ``data``; returns (digest, blob bytes now in the store). See ``Store.put``."""
@@ -252,6 +261,7 @@ class BlobArea:
         ``verified``: see ``Store.put_many``."""
         holder_b = check_holder(holder) if holder is not None else None
         staged: list[_Staged] = []
+        new: list[_Staged] = []  # the first of each digest not stored yet
         pending: list[tuple[Path, int]] = []  # written, not yet synced
         writing: set[str] = set()
         try:
@@ -266,21 +276,18 @@ class BlobArea:
                 if claimed is not None and claimed != digest:
                     blob_key(claimed)  # a malformed claim is a ValueError, not a mismatch
                     raise VerificationError(f"bytes hash to {digest}, not to the claimed {claimed}")
-                wip = None
+                entry = _Staged(digest.encode(), None, len(data), data)
                 if digest not in writing and not self.has(digest):
                     writing.add(digest)
-                    pending.append(self._write_wip(data))
-                    wip = pending[-1][0]
-                staged.append(_Staged(digest.encode(), wip, len(data), data))
-            self._sync_wip(pending)
+                    new.append(entry)
+                staged.append(entry)
+            self._write_new(new, pending)
+            sync_close(pending)
             try:
                 total = self._publish(staged, holder_b)
             except _Retry:  # a duplicate we skipped was removed by gc meanwhile: write it after all
-                for entry in staged:
-                    if entry.wip is None and entry.data is not None:
-                        pending.append(self._write_wip(entry.data))
-                        entry.wip = pending[-1][0]
-                self._sync_wip(pending)
+                self._write_new([entry for entry in staged if entry.wip is None], pending)
+                sync_close(pending)
                 total = self._publish(staged, holder_b)
         finally:
             for _, fd in pending:
@@ -307,7 +314,7 @@ class BlobArea:
                     Path(path).unlink(missing_ok=True)
                 with self._index.read() as txn:
                     return digest, read_counters(txn, self._index).bytes
-        wip = self._wip_path()
+        wip = self.new_wip_path()
         try:
             size, actual = copy_in(Path(path), wip, move)
             if digest is not None and actual != digest:
@@ -329,6 +336,7 @@ class BlobArea:
                 return read_counters(txn, self._index).bytes
         renamed: list[tuple[str, Path]] = []  # (final, wip): undone on failure so a retry finds its files
         dirs: set[str] = set()
+        packs: dict[Path, tuple[int, PackRecord]] = {}  # wip of a pack -> its id and what is live in it
         with self._index.write() as txn:
             try:
                 delta = Counters()
@@ -337,16 +345,32 @@ class BlobArea:
                     if txn.get(key, db=self._index.blobs) is None:
                         if wip is None:  # removed since we checked: write it after all
                             raise _Retry
-                        final = self.key_path(key)
-                        os.rename(wip, final)
-                        renamed.append((final, wip))
-                        dirs.add(os.path.dirname(final))
-                        txn.put(key, BlobRecord(size, now, now).pack(), db=self._index.blobs)
+                        if entry.offset is None:
+                            final = self.key_path(key)
+                            os.rename(wip, final)
+                            renamed.append((final, wip))
+                            dirs.add(os.path.dirname(final))
+                            record = BlobRecord(size, now, now)
+                        else:
+                            pack_id, row = packs.get(wip) or (self.packs.new_id(txn), PackRecord(0, 0, 0))
+                            end = max(row.size, entry.offset + size)
+                            packs[wip] = (pack_id, PackRecord(row.live + 1, row.live_bytes + size, end))
+                            record = BlobRecord(
+                                size, now, now, kind=KIND_PACKED, pack_id=pack_id, offset=entry.offset
+                            )
+                        txn.put(key, record.pack(), db=self._index.blobs)
                         delta = delta.plus(Counters(objects=1, bytes=size))
                     else:
                         self._atimes[key] = now
                     if holder is not None:
                         delta = delta.plus(add_ref(txn, self._index, key, holder))
+                for wip, (pack_id, row) in packs.items():
+                    final = self.packs.path(pack_id)
+                    os.rename(wip, final)
+                    renamed.append((final, wip))
+                    dirs.add(str(self.packs.dir))
+                    # the file's size: its dead bytes (duplicates indexed meanwhile) are at its end or between
+                    self.packs.put_row(txn, pack_id, replace(row, size=os.stat(final).st_size))
                 for d in dirs:
                     fsync_dir(Path(d))
                 counters = read_counters(txn, self._index).plus(delta)
@@ -360,6 +384,12 @@ class BlobArea:
                         os.unlink(final)
                 raise
         return counters.bytes
+
+    def repack(self, pack_id: int, members: list[tuple[bytes, int, int]]) -> int:
+        """Move the live blobs of a mostly dead pack to a new one; see :meth:`PackFiles.repack`."""
+        freed = self.packs.repack(pack_id, members, self.new_wip_path())
+        self._fds.discard([PackFiles.fd_key(pack_id)])
+        return freed
 
     # -- refs ----------------------------------------------------------------------------------------
 
@@ -411,12 +441,14 @@ class BlobArea:
 class _Staged:
     """One blob of a publish: its key, the synced wip file (None: already stored), size and bytes.
 
-    ``data`` is None for a file copied in (nothing to rewrite if a retry needs it)."""
+    ``data`` is None for a file copied in (nothing to rewrite if a retry needs it); ``offset`` is where
+    its bytes start when ``wip`` is a pack (None: the file is the blob's alone)."""
 
     key: bytes
     wip: Path | None
     size: int
     data: bytes | None
+    offset: int | None = None
 
 
 class _Retry(Exception):

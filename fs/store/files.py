@@ -12,7 +12,16 @@ from pathlib import Path
 
 from fs.errors import DiskFull, StoreError
 
-__all__ = ["FdCache", "PinnedFd", "copy_in", "fsync_dir", "os_error", "write_all"]
+__all__ = [
+    "FdCache",
+    "PinnedFd",
+    "copy_in",
+    "create_written",
+    "fsync_dir",
+    "os_error",
+    "sync_close",
+    "write_all",
+]
 
 _COPY_BUFFER = 1 << 20
 
@@ -22,6 +31,49 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def create_written(path: Path, parts: list[bytes] | list[bytes | memoryview]) -> int:
+    """Create the new file ``path`` and write ``parts`` to it, one after another; returns its open
+    descriptor, written but not synced (see :func:`sync_close`). On failure nothing is left behind.
+
+    Raises:
+        DiskFull, StoreError: the file could not be created or written.
+    """
+    size = sum(len(part) for part in parts)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise os_error(exc, "create a store file", path, size) from exc
+    try:
+        for part in parts:
+            write_all(fd, part)
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise os_error(exc, "write a store file", path, size) from exc
+    return fd
+
+
+def sync_close(pending: list[tuple[Path, int]]) -> None:
+    """fdatasync then close every written file of ``pending`` (emptied); all writes come first so that
+    one journal commit covers a whole batch (later fdatasyncs find their data already on disk).
+
+    Raises:
+        DiskFull, StoreError: a sync failed (every descriptor is closed all the same).
+    """
+    error = None
+    for path, fd in pending:
+        try:
+            if error is None:
+                os.fdatasync(fd)
+        except OSError as exc:
+            error = os_error(exc, "write a store file", path)
+        finally:
+            os.close(fd)
+    pending.clear()
+    if error is not None:
+        raise error
 
 
 def fsync_dir(path: Path) -> None:

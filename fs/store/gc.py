@@ -29,10 +29,19 @@ from typing import Any
 from .blobs import BlobArea
 from .holders import AliveCache, ProcessId
 from .index import Index
-from .records import BlobRecord, Counters, blob_holders, delete_blob, read_counters, write_counters
+from .packs import PackFiles
+from .records import (
+    KIND_PACKED,
+    BlobRecord,
+    Counters,
+    delete_blob,
+    pack_key,
+    read_counters,
+    write_counters,
+)
 from .temp import TempArea
 
-__all__ = ["GCReport", "collect", "recover", "verify"]
+__all__ = ["GCReport", "collect", "recover"]
 
 log = logging.getLogger(__name__)
 _BATCH = 1000
@@ -51,6 +60,7 @@ class GCReport:
     bytes_after: int
     max_size: int | None
     over_cap: bool
+    compacted_packs: int
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +83,8 @@ def remove_blobs(index: Index, blobs: BlobArea, victims: list[tuple[bytes, BlobR
     for start in range(0, len(victims), _BATCH):
         batch = victims[start : start + _BATCH]
         deleted: list[bytes] = []
+        files: list[bytes] = []  # of the deleted, those with a file of their own
+        packs: set[int] = set()  # packs that lost a blob
         with index.write() as txn:
             delta = Counters()
             for key, seen in batch:
@@ -84,16 +96,42 @@ def remove_blobs(index: Index, blobs: BlobArea, victims: list[tuple[bytes, BlobR
                     continue  # referenced or read since we chose it
                 delta = delta.plus(delete_blob(txn, index, key, rec))
                 deleted.append(key)
+                if rec.kind == KIND_PACKED:
+                    packs.add(rec.pack_id)
+                else:
+                    files.append(key)
                 count += 1
                 size += rec.size
             write_counters(txn, index, read_counters(txn, index).plus(delta))
         with index.write() as txn:  # writer lock: no put can rename a file in meanwhile
-            for key in deleted:
+            for key in files:
                 if txn.get(key, db=index.blobs) is None:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(blobs.key_path(key))
-        blobs.forget(deleted)
+            emptied = blobs.packs.drop_empty(txn, packs)
+        blobs.forget(deleted + [PackFiles.fd_key(pack_id) for pack_id in emptied])
     return count, size
+
+
+def compact_packs(index: Index, blobs: BlobArea) -> tuple[int, int]:
+    """Rewrite the live rest of every pack that is more than half dead; returns (packs, bytes freed)."""
+    with index.read() as txn:
+        members = blobs.packs.members(txn, blobs.packs.mostly_dead(txn))
+    count = freed = 0
+    for pack_id, live in members.items():
+        gained = blobs.repack(pack_id, live)
+        count += gained > 0
+        freed += gained
+    return count, freed
+
+
+def remove_pack_leftovers(index: Index, blobs: BlobArea) -> list[str]:
+    """Unlink pack files without a row and packs with nothing live (a crash between gc's two steps)."""
+    with index.write() as txn:
+        removed = blobs.packs.remove_orphans(txn)
+        emptied = blobs.packs.drop_empty(txn)
+    blobs.forget([PackFiles.fd_key(pack_id) for pack_id in emptied])
+    return removed + [f"packs/{pack_key(pack_id).decode()}" for pack_id in emptied]
 
 
 def choose_victims(index: Index, cap: int | None) -> tuple[list[tuple[bytes, BlobRecord]], int, bool]:
@@ -135,9 +173,10 @@ def collect(index: Index, blobs: BlobArea, temps: TempArea, cap: int | None) -> 
         before = read_counters(txn, index).bytes
     reclaimed = reclaim_bound_holders(index, blobs)
     removed_temps = temps.reclaim()
-    orphans = remove_dead_wip(blobs) + temps.scan_orphans()
+    orphans = remove_dead_wip(blobs) + temps.scan_orphans() + remove_pack_leftovers(index, blobs)
     victims, _, over_cap = choose_victims(index, cap)
     count, size = remove_blobs(index, blobs, victims)
+    compacted, _ = compact_packs(index, blobs)
     with index.read() as txn:
         after = read_counters(txn, index).bytes
     if cap is not None:
@@ -152,6 +191,7 @@ def collect(index: Index, blobs: BlobArea, temps: TempArea, cap: int | None) -> 
         bytes_after=after,
         max_size=cap,
         over_cap=over_cap,
+        compacted_packs=compacted,
         seconds=round(time.monotonic() - started, 6),
     )
 
@@ -264,6 +304,7 @@ def recover(index: Index, blobs: BlobArea, temps: TempArea, dead_sessions: list[
     reclaimed += temps.scan_orphans()
     if dead_sessions:
         reclaimed += remove_data_orphans(index, blobs)
+        reclaimed += remove_pack_leftovers(index, blobs)
         recount(index)
         with index.write() as txn:
             for key in dead_sessions:
@@ -271,53 +312,3 @@ def recover(index: Index, blobs: BlobArea, temps: TempArea, dead_sessions: list[
     if reclaimed:
         log.info("store recovery reclaimed %d item(s): %s", len(reclaimed), ", ".join(reclaimed[:10]))
     return reclaimed
-
-
-def verify(index: Index, blobs: BlobArea, *, full: bool = True) -> list[str]:
-    """Check the store's invariants; returns the problems found (empty: consistent).
-
-    Every record has its file with the recorded size (and, with ``full``, the right sha256); every file in
-    ``data/`` has a record; refcounts match the ref rows; totals match the rows. Runs in one read snapshot
-    (files published concurrently by other processes may show up as unindexed: verify a quiet store).
-    """
-    import hashlib
-
-    problems = []
-    seen = set()
-    with index.read() as txn:
-        total = Counters()
-        with txn.cursor(db=index.blobs) as cur:
-            for key, raw in cur:
-                rec = BlobRecord.unpack(raw)
-                digest = key.decode()
-                seen.add(digest[7:])
-                path = blobs.key_path(key)
-                try:
-                    size = os.stat(path).st_size
-                except FileNotFoundError:
-                    problems.append(f"{digest}: indexed but its file is missing")
-                    continue
-                if size != rec.size:
-                    problems.append(f"{digest}: file has {size} bytes, record says {rec.size}")
-                elif full:
-                    hasher = hashlib.sha256()
-                    with open(path, "rb") as f:
-                        while block := f.read(1 << 20):
-                            hasher.update(block)
-                    if "sha256:" + hasher.hexdigest() != digest:
-                        problems.append(f"{digest}: file content does not hash to its digest")
-                holders = blob_holders(txn, index, key)
-                if len(holders) != rec.nrefs:
-                    problems.append(f"{digest}: refcount {rec.nrefs} but {len(holders)} ref rows")
-                referenced = bool(rec.nrefs)
-                total = total.plus(
-                    Counters(1, rec.size, rec.nrefs, int(referenced), rec.size if referenced else 0)
-                )
-        counters = read_counters(txn, index)
-        if counters != total:
-            problems.append(f"totals {counters} do not match the rows {total}")
-    for sub in sorted(os.listdir(blobs.data_dir)):
-        for name in os.listdir(blobs.data_dir / sub):
-            if name not in seen:
-                problems.append(f"data/sha256/{sub}/{name}: file without a record")
-    return problems

@@ -2,7 +2,9 @@
 
 Layout of ``<root>/index`` (one LMDB environment, ``lock=True`` so several processes share it safely)::
 
-    blobs     b"sha256:<hex>"                -> BlobRecord (size, created, last access, refcount, kind)
+    blobs     b"sha256:<hex>"                -> BlobRecord (size, created, last access, refcount, kind;
+                                               a packed blob adds its pack and offset)
+    packs     b"<16 hex>"                    -> PackRecord (live blobs, their bytes, file size)
     refs      b"sha256:<hex>\\0<holder>"      -> b""   (who holds a blob)
     hrefs     b"<holder>\\0sha256:<hex>"      -> b""   (reverse: what a holder holds)
     temps     b"<name>"                      -> TempRecord as JSON (state, generation, claims)
@@ -38,7 +40,7 @@ Txn: TypeAlias = "lmdb.Transaction[bytes]"
 
 MAP_SIZE = 64 << 30  # virtual: the file is sparse and grows with use
 MAX_READERS = 1024
-_DB_NAMES = ("blobs", "refs", "hrefs", "temps", "holders", "sessions", "meta")
+_DB_NAMES = ("blobs", "packs", "refs", "hrefs", "temps", "holders", "sessions", "meta")
 
 _SHARED: dict[str, tuple[lmdb.Environment, int]] = {}
 _SHARED_LOCK = threading.Lock()
@@ -86,8 +88,8 @@ def _release_env(path: Path) -> None:
 class Index:
     """The LMDB environment of one store root plus handles to its sub-databases.
 
-    Attributes ``blobs``, ``refs``, ``hrefs``, ``temps``, ``holders``, ``sessions``, ``meta`` are the
-    sub-database handles, for use inside :meth:`read` / :meth:`write` blocks.
+    Attributes ``blobs``, ``packs``, ``refs``, ``hrefs``, ``temps``, ``holders``, ``sessions``, ``meta`` are
+    the sub-database handles, for use inside :meth:`read` / :meth:`write` blocks.
     """
 
     def __init__(self, path: Path) -> None:
@@ -101,6 +103,7 @@ class Index:
             _release_env(path)
             raise StoreError(f"cannot open the store index: {exc}", path=str(path)) from exc
         self.blobs = dbs["blobs"]
+        self.packs = dbs["packs"]
         self.refs = dbs["refs"]
         self.hrefs = dbs["hrefs"]
         self.temps = dbs["temps"]

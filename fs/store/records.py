@@ -17,20 +17,26 @@ from fs.errors import NotInStore
 from .index import Index, Txn
 
 __all__ = [
+    "KIND_FILE",
+    "KIND_PACKED",
     "BlobRecord",
     "Counters",
+    "PackRecord",
     "add_ref",
     "blob_key",
     "check_holder",
     "delete_blob",
     "holder_refs",
+    "pack_key",
     "read_counters",
+    "record_place",
     "remove_ref",
     "write_counters",
 ]
 
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-KIND_FILE = 1
+KIND_FILE = 1  # the blob is a file of its own under data/
+KIND_PACKED = 2  # the blob is a byte range of a pack file under packs/
 
 
 def blob_key(digest: str) -> bytes:
@@ -65,15 +71,62 @@ class BlobRecord:
     last_access: float
     nrefs: int = 0
     kind: int = KIND_FILE
+    pack_id: int = 0  # KIND_PACKED: which pack file
+    offset: int = 0  # KIND_PACKED: where in it the blob's bytes start
 
     _FMT = struct.Struct("<QddIB")
+    _PACKED_FMT = struct.Struct("<QddIBQQ")
 
     def pack(self) -> bytes:
+        if self.kind == KIND_PACKED:
+            return self._PACKED_FMT.pack(
+                self.size, self.created, self.last_access, self.nrefs, self.kind, self.pack_id, self.offset
+            )
         return self._FMT.pack(self.size, self.created, self.last_access, self.nrefs, self.kind)
 
     @classmethod
     def unpack(cls, raw: bytes) -> BlobRecord:
+        if len(raw) == cls._PACKED_FMT.size:
+            return cls(*cls._PACKED_FMT.unpack(raw))
         return cls(*cls._FMT.unpack(raw))
+
+
+#: Size of a packed record of a KIND_PACKED blob, and where its (pack_id, offset) pair sits in it.
+PACKED_RECORD_SIZE = BlobRecord._PACKED_FMT.size
+_PACK_PLACE = struct.Struct("<QQ")
+_PACK_PLACE_AT = BlobRecord._FMT.size
+
+
+def record_place(raw: bytes) -> tuple[int, int] | None:
+    """``(pack_id, offset)`` of a packed record of a KIND_PACKED blob, None for a file (hot path)."""
+    if len(raw) != PACKED_RECORD_SIZE:
+        return None
+    place: tuple[int, int] = _PACK_PLACE.unpack_from(raw, _PACK_PLACE_AT)
+    return place
+
+
+@dataclass(frozen=True, slots=True)
+class PackRecord:
+    """What the index knows about one pack file: how many of its blobs are still indexed (``live``),
+    their bytes, and the file's size (live bytes plus the dead ones of blobs since removed)."""
+
+    live: int
+    live_bytes: int
+    size: int
+
+    _FMT = struct.Struct("<QQQ")
+
+    def pack(self) -> bytes:
+        return self._FMT.pack(self.live, self.live_bytes, self.size)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> PackRecord:
+        return cls(*cls._FMT.unpack(raw))
+
+
+def pack_key(pack_id: int) -> bytes:
+    """The ``packs`` row key of a pack (also its file name under ``packs/``)."""
+    return b"%016x" % pack_id
 
 
 _SIZE_ONLY = struct.Struct("<Q")
@@ -201,6 +254,14 @@ def blob_holders(txn: Txn, index: Index, key: bytes) -> list[bytes]:
 
 
 def delete_blob(txn: Txn, index: Index, key: bytes, rec: BlobRecord) -> Counters:
-    """Delete an unreferenced blob's record (the caller removes the file). Returns the counter delta."""
+    """Delete an unreferenced blob's record; a packed blob leaves its pack's live count (the caller
+    removes the file, or the pack once nothing in it is live). Returns the counter delta."""
     txn.delete(key, db=index.blobs)
+    if rec.kind == KIND_PACKED:
+        pkey = pack_key(rec.pack_id)
+        raw = txn.get(pkey, db=index.packs)
+        if raw is not None:
+            row = PackRecord.unpack(raw)
+            row = PackRecord(max(row.live - 1, 0), max(row.live_bytes - rec.size, 0), row.size)
+            txn.put(pkey, row.pack(), db=index.packs)
     return Counters(objects=-1, bytes=-rec.size)

@@ -4,6 +4,7 @@ Layout of a root::
 
     index/                 LMDB environment (see fs.store.index)
     data/sha256/ab/<hex>   content-addressed blobs, immutable once published (fs.store.blobs)
+    packs/<16 hex>         small blobs put together, one file per batch (fs.store.packs)
     wip/                   blobs being written: <pid>-<start>-<token>
     tmp/<name>.<gen>       temp objects (fs.store.temp)
     locks/<name>.lock      per-temp-object flock files
@@ -33,13 +34,13 @@ from .gc import (
     open_session,
     recover,
     remove_blobs,
-    verify,
 )
 from .holders import AliveCache, ProcessId
 from .index import Index
 from .records import blob_key, check_holder, holders_with_prefix, read_counters
 from .stats import StoreStats, TempObjectStats
 from .temp import READY, TempArea, TempHandle
+from .verify import verify
 
 __all__ = ["Store"]
 
@@ -303,9 +304,10 @@ class Store:
         return collect(self._index, self._blobs, self._temps, cap)
 
     def verify(self, *, full: bool = True) -> list[str]:
-        """Check invariants (every record has its complete file, hashing to its digest with ``full``;
-        every data file has a record; refcounts and totals agree). Returns problems; empty = consistent.
-        Reads every blob with ``full``: meant for tests and ``fsck``-style checks of a quiet store."""
+        """Check invariants (every record has its complete bytes, hashing to its digest with ``full``;
+        every data or pack file has a record; pack rows, refcounts and totals agree). Returns problems;
+        empty = consistent. Reads every blob with ``full``: meant for tests and ``fsck``-style checks of a
+        quiet store."""
         self._check()
         return verify(self._index, self._blobs, full=full)
 

@@ -157,8 +157,9 @@ def main() -> int:
                 size = rng.choice([1, 100, 4096, 65536, 300_000])
                 data = rng.randbytes(size)
                 holder = f"layer:{rng.randrange(3)}" if rng.random() < 0.5 else None
-                if rng.random() < 0.2:
-                    digests = store.put_many([(data, None), (rng.randbytes(size), None)], holder=holder)
+                if rng.random() < 0.4:  # a batch: two or more new small blobs share a pack file
+                    batch = [(data, None)] + [(rng.randbytes(size), None) for _ in range(rng.randrange(1, 4))]
+                    digests = store.put_many(batch, holder=holder)
                 else:
                     digests = [store.put(data, holder=holder)]
                 for digest in digests:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from fs.store import Store
+from fs.store.records import PackRecord
 from tests.fs.store_worker import expect, kill, spawn
 
 ROUNDS = 14
@@ -17,7 +18,7 @@ def test_sigkill_writer_at_random_points_leaves_a_consistent_store(tmp_path: Pat
     root = tmp_path / "store"
     Store.open(root).close()
     rng = random.Random(20261128)
-    reclaimed_wip = reclaimed_data = 0
+    reclaimed_wip = reclaimed_data = reclaimed_packs = 0
     puts = 0
     for round_ in range(ROUNDS):
         slow = ["--slow-publish"] if round_ % 2 else []
@@ -33,16 +34,22 @@ def test_sigkill_writer_at_random_points_leaves_a_consistent_store(tmp_path: Pat
         with Store.open(root) as store:
             reclaimed_wip += sum(1 for item in store.reclaimed if item.startswith("wip/"))
             reclaimed_data += sum(1 for item in store.reclaimed if item.startswith("data/"))
+            reclaimed_packs += sum(1 for item in store.reclaimed if item.startswith("packs/"))
             problems = store.verify()
             assert not problems, f"round {round_}: {problems}"
             assert os.listdir(root / "wip") == []
-            stats = store.stats()
-            assert stats.objects == sum(1 for _ in (root / "data").rglob("*") if _.is_file())
+            files = sum(1 for _ in (root / "data").rglob("*") if _.is_file())
+            with store.index.read() as txn, txn.cursor(db=store.index.packs) as cur:
+                packed = sum(PackRecord.unpack(raw).live for _, raw in cur)
+            assert store.stats().objects == files + packed
     assert puts > ROUNDS  # the writers really wrote
     # With the widened window most slow rounds are killed between rename and commit: the recovery of
     # renamed-but-unindexed files was exercised, not just hoped for.
-    assert reclaimed_data > 0
-    print(f"{puts} acknowledged puts; reclaimed {reclaimed_wip} wip and {reclaimed_data} data orphans")
+    assert reclaimed_data + reclaimed_packs > 0
+    print(
+        f"{puts} acknowledged puts; reclaimed {reclaimed_wip} wip, {reclaimed_data} data and "
+        f"{reclaimed_packs} pack orphans"
+    )
 
 
 def test_verify_detects_a_broken_store(tmp_path: Path) -> None:

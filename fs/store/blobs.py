@@ -292,9 +292,9 @@ class BlobArea:
         finally:
             for _, fd in pending:
                 os.close(fd)
-            for entry in staged:
-                if entry.wip is not None:
-                    entry.wip.unlink(missing_ok=True)
+            # what the publish did not rename into place (it failed, or others indexed the blobs first)
+            for wip in {entry.wip for entry in staged if entry.wip is not None}:
+                wip.unlink(missing_ok=True)
         return [entry.key.decode() for entry in staged], total
 
     def put_file(

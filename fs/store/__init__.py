@@ -10,7 +10,7 @@ Modules, bottom up::
     temp.py     named temp objects: the multi-process single-flight protocol (documented there)
     tempstate.py  temp records, naming, the per-name flock, TempHandle
     files.py    durable writes, OSError -> StoreError/DiskFull, the descriptor LRU
-    flusher.py  the background thread that flushes access times when asked
+    atimes.py   last-access times: buffered by reads, written by one background flusher thread
     gc.py       collection (LRU under a cap) and crash recovery (orphans, dead holders)
     verify.py   the invariants check (``Store.verify``)
     stats.py    StoreStats; space.py: free-space checks and sizes

@@ -16,10 +16,9 @@ lock again, unlink the file only if no record came back meanwhile.
 
 Reads look the digest up in a read snapshot (~1 µs) and ``pread`` through a small LRU of open file
 descriptors. Files are immutable and content-addressed, so a descriptor kept open across a gc reads the
-same valid bytes (POSIX keeps unlinked open files alive). Last-access times are kept in memory and
-flushed in one transaction every ``ACCESS_FLUSH_SECONDS`` or ``ACCESS_FLUSH_ENTRIES`` reads by one
-long-lived flusher thread per store (started by the first such read, stopped by close), and at gc and
-close: a read never writes to the index.
+same valid bytes (POSIX keeps unlinked open files alive). A read never writes to the index: last-access
+times are buffered (:mod:`fs.store.atimes`).
+
 Small blobs put together (``put_many``) share one file, a *pack*, published the same way (one wip file,
 renamed into ``packs/`` in the transaction that indexes them); see :mod:`fs.store.packs`.
 """
@@ -31,25 +30,23 @@ import io
 import logging
 import os
 import secrets
-import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from fs.errors import NotInStore, StoreError, VerificationError
 
+from .atimes import AccessTimes
 from .files import FdCache, copy_in, create_written, fsync_dir, sync_close
-from .flusher import Flusher
 from .holders import ProcessId
 from .index import Index, Txn
-from .packs import PACK_ITEM_MAX, PACK_MIN_ITEMS, PackFiles
+from .packs import PACK_ITEM_MAX, PACK_MIN_ITEMS, NewPacks, PackFiles
 from .records import (
     KIND_PACKED,
     BlobRecord,
     Counters,
-    PackRecord,
     add_ref,
     blob_holders,
     blob_key,
@@ -66,8 +63,6 @@ __all__ = ["BlobArea"]
 
 log = logging.getLogger(__name__)
 
-ACCESS_FLUSH_SECONDS = 30.0
-ACCESS_FLUSH_ENTRIES = 4096
 FD_CACHE_SIZE = 256
 _HEX = "0123456789abcdef"
 _KEY_LEN = len("sha256:") + 64
@@ -82,10 +77,7 @@ class BlobArea:
         self._index = index
         self.packs = PackFiles(root, index)
         self._fds = FdCache(FD_CACHE_SIZE)
-        self._atimes: dict[bytes, float] = {}
-        self._last_flush = time.monotonic()
-        self._flush_lock = threading.Lock()
-        self._flusher = Flusher(self.flush_access_times, name="zsnap-atime-flush", what="access times")
+        self.atimes = AccessTimes(index)
         self._me = ProcessId.current()
 
     def make_dirs(self) -> None:
@@ -169,7 +161,7 @@ class BlobArea:
             self._fds.unpin(entry)
         if len(data) != length:
             raise StoreError(f"{digest}: data file shorter than its record", path=path)
-        self._touch(key)
+        self.atimes.touch(key)
         return data
 
     def open_blob(self, digest: str) -> BinaryIO:
@@ -185,45 +177,8 @@ class BlobArea:
             f = open(self.key_path(key), "rb")  # noqa: SIM115 - handed to the caller
         except FileNotFoundError:
             raise NotInStore(f"{digest} is not in the store (removed concurrently)") from None
-        self._touch(key)
+        self.atimes.touch(key)
         return f
-
-    # -- access times --------------------------------------------------------------------------------
-
-    def _touch(self, key: bytes) -> None:
-        self._atimes[key] = time.time()
-        if (
-            len(self._atimes) >= ACCESS_FLUSH_ENTRIES
-            or time.monotonic() - self._last_flush > ACCESS_FLUSH_SECONDS
-        ) and not self._flusher.pending:
-            # Never on the reader's thread: a read may run on an event loop (the FUSE server), and a
-            # write transaction waits for the cross-process writer lock and fsyncs.
-            self._last_flush = time.monotonic()
-            self._flusher.request()
-
-    def flush_access_times(self) -> int:
-        """Write buffered last-access times to the index (one transaction). Returns entries written."""
-        if not self._flush_lock.acquire(blocking=False):
-            return 0  # another thread is flushing; these times go out with the next flush
-        try:
-            self._last_flush = time.monotonic()
-            pending, self._atimes = self._atimes, {}
-            if not pending:
-                return 0
-            written = 0
-            with self._index.write() as txn:
-                # list(): a reader that fetched the old dict just before the swap may still add to it
-                for key, when in list(pending.items()):
-                    raw = txn.get(key, db=self._index.blobs)
-                    if raw is None:
-                        continue
-                    rec = BlobRecord.unpack(raw)
-                    if when > rec.last_access:
-                        txn.put(key, replace(rec, last_access=when).pack(), db=self._index.blobs)
-                        written += 1
-            return written
-        finally:
-            self._flush_lock.release()
 
     # -- writes --------------------------------------------------------------------------------------
 
@@ -233,14 +188,12 @@ class BlobArea:
     def _write_new(self, entries: list[_Staged], pending: list[tuple[Path, int]]) -> None:
         """Write the bytes of ``entries`` (none stored yet) to new wip files, added to ``pending`` unsynced:
         the small ones together in one pack when there are enough of them, every other one alone."""
-        small = [e for e in entries if e.size <= PACK_ITEM_MAX] if len(entries) >= PACK_MIN_ITEMS else []
-        if len(small) < PACK_MIN_ITEMS:
-            small = []
-        if small:
+        small = [(e, e.data) for e in entries if e.data is not None and e.size <= PACK_ITEM_MAX]
+        if len(small) >= PACK_MIN_ITEMS:
             path = self.new_wip_path()
-            pending.append((path, create_written(path, [e.data for e in small if e.data is not None])))
+            pending.append((path, create_written(path, [data for _, data in small])))
             offset = 0
-            for entry in small:
+            for entry, _ in small:
                 entry.wip, entry.offset = path, offset
                 offset += entry.size
         for entry in entries:
@@ -309,7 +262,7 @@ class BlobArea:
             except NotInStore:
                 pass  # removed by a concurrent gc: copy it in below
             else:
-                self._touch(digest.encode())
+                self.atimes.touch(digest.encode())
                 if move:
                     Path(path).unlink(missing_ok=True)
                 with self._index.read() as txn:
@@ -331,13 +284,13 @@ class BlobArea:
         now = time.time()
         if holder is None and all(entry.wip is None for entry in staged):
             for entry in staged:  # all duplicates: nothing to write (no write transaction)
-                self._touch(entry.key)
+                self.atimes.touch(entry.key)
             with self._index.read() as txn:
                 return read_counters(txn, self._index).bytes
         renamed: list[tuple[str, Path]] = []  # (final, wip): undone on failure so a retry finds its files
         dirs: set[str] = set()
-        packs: dict[Path, tuple[int, PackRecord]] = {}  # wip of a pack -> its id and what is live in it
         with self._index.write() as txn:
+            packs = NewPacks(self.packs, txn)
             try:
                 delta = Counters()
                 for entry in staged:
@@ -352,25 +305,17 @@ class BlobArea:
                             dirs.add(os.path.dirname(final))
                             record = BlobRecord(size, now, now)
                         else:
-                            pack_id, row = packs.get(wip) or (self.packs.new_id(txn), PackRecord(0, 0, 0))
-                            end = max(row.size, entry.offset + size)
-                            packs[wip] = (pack_id, PackRecord(row.live + 1, row.live_bytes + size, end))
+                            pack_id = packs.add(wip, size)
                             record = BlobRecord(
                                 size, now, now, kind=KIND_PACKED, pack_id=pack_id, offset=entry.offset
                             )
                         txn.put(key, record.pack(), db=self._index.blobs)
                         delta = delta.plus(Counters(objects=1, bytes=size))
                     else:
-                        self._atimes[key] = now
+                        self.atimes.touch(key, now)
                     if holder is not None:
                         delta = delta.plus(add_ref(txn, self._index, key, holder))
-                for wip, (pack_id, row) in packs.items():
-                    final = self.packs.path(pack_id)
-                    os.rename(wip, final)
-                    renamed.append((final, wip))
-                    dirs.add(str(self.packs.dir))
-                    # the file's size: its dead bytes (duplicates indexed meanwhile) are at its end or between
-                    self.packs.put_row(txn, pack_id, replace(row, size=os.stat(final).st_size))
+                dirs.update(packs.publish(renamed))
                 for d in dirs:
                     fsync_dir(Path(d))
                 counters = read_counters(txn, self._index).plus(delta)
@@ -430,10 +375,7 @@ class BlobArea:
         self._fds.discard(keys)
 
     def close(self) -> None:
-        self._flusher.stop()  # joins the flusher thread: a flush in progress finishes first
-        with self._flush_lock:  # so does one running on a caller's thread (gc, Store.flush)
-            pass
-        self.flush_access_times()
+        self.atimes.close()
         self._fds.clear()
 
 

@@ -168,7 +168,7 @@ def choose_victims(index: Index, cap: int | None) -> tuple[list[tuple[bytes, Blo
 def collect(index: Index, blobs: BlobArea, temps: TempArea, cap: int | None) -> GCReport:
     """Run one gc (see the module docstring)."""
     started = time.monotonic()
-    blobs.flush_access_times()
+    blobs.atimes.flush()
     with index.read() as txn:
         before = read_counters(txn, index).bytes
     reclaimed = reclaim_bound_holders(index, blobs)

@@ -27,7 +27,7 @@ from .files import create_written, fsync_dir, sync_close
 from .index import Index, Txn
 from .records import BlobRecord, PackRecord, pack_key, record_place, record_size
 
-__all__ = ["PACK_ITEM_MAX", "PACK_MIN_ITEMS", "PackFiles"]
+__all__ = ["PACK_ITEM_MAX", "PACK_MIN_ITEMS", "NewPacks", "PackFiles"]
 
 PACK_ITEM_MAX = 4 << 20  # bigger blobs (whole layers, big chunks) keep a file of their own
 PACK_MIN_ITEMS = 2  # a single new blob is a file of its own: a pack of one saves nothing
@@ -88,11 +88,7 @@ class PackFiles:
         except FileNotFoundError:
             return removed
         for name in names:
-            try:
-                known = txn.get(name.encode(), db=self._index.packs) is not None
-            except Exception:  # a name LMDB cannot take as a key is not ours either
-                known = False
-            if not known:
+            if txn.get(name.encode(), db=self._index.packs) is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.dir / name)
                 removed.append(f"packs/{name}")
@@ -158,6 +154,32 @@ class PackFiles:
         for blobs in wanted.values():
             blobs.sort(key=lambda blob: blob[1])
         return wanted
+
+
+class NewPacks:
+    """The packs one publish transaction renames into place: an id for each wip file, and its live count."""
+
+    def __init__(self, packs: PackFiles, txn: Txn) -> None:
+        self._packs = packs
+        self._txn = txn
+        self._new: dict[Path, tuple[int, int, int]] = {}  # wip -> (pack id, live blobs, live bytes)
+
+    def add(self, wip: Path, size: int) -> int:
+        """Count one blob of ``size`` bytes of the pack written at ``wip`` as indexed; returns the pack id."""
+        pack_id, live, live_bytes = self._new.get(wip) or (self._packs.new_id(self._txn), 0, 0)
+        self._new[wip] = (pack_id, live + 1, live_bytes + size)
+        return pack_id
+
+    def publish(self, renamed: list[tuple[str, Path]]) -> set[str]:
+        """Rename every pack with a live blob into ``packs/`` (appending ``(final, wip)`` to ``renamed``) and
+        write its row; returns the directories to fsync before the commit."""
+        for wip, (pack_id, live, live_bytes) in self._new.items():
+            final = self._packs.path(pack_id)
+            os.rename(wip, final)
+            renamed.append((final, wip))
+            # the whole file: blobs others indexed first are dead bytes in it from the start
+            self._packs.put_row(self._txn, pack_id, PackRecord(live, live_bytes, os.stat(final).st_size))
+        return {str(self._packs.dir)} if self._new else set()
 
 
 def _mostly_dead(row: PackRecord) -> bool:

@@ -247,7 +247,7 @@ class Store:
     def flush(self) -> None:
         """Write buffered last-access times to the index now (gc and close do it too)."""
         self._check()
-        self._blobs.flush_access_times()
+        self._blobs.atimes.flush()
 
     def _after_put(self, total: int) -> None:
         if self.max_size is None or total <= self.max_size:
@@ -255,7 +255,7 @@ class Store:
         if not self._evicting.acquire(blocking=False):
             return  # another thread is evicting
         try:
-            self._blobs.flush_access_times()
+            self._blobs.atimes.flush()
             victims, _, _ = choose_victims(self._index, int(self.max_size * AUTO_EVICT_LOW_WATER))
             remove_blobs(self._index, self._blobs, victims)
         finally:

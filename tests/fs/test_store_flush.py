@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from fs.store import Store
-from fs.store import blobs as blobs_module
-from fs.store.blobs import BlobArea
+from fs.store import atimes as atimes_module
+from fs.store.atimes import AccessTimes
 from fs.store.records import BlobRecord
 
 
@@ -31,16 +31,16 @@ def test_background_flushes_share_one_thread_that_close_stops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flushers: list[threading.Thread] = []  # kept alive, so identities cannot be reused
-    original = BlobArea.flush_access_times
+    original = AccessTimes.flush
 
-    def recording(self: BlobArea) -> int:
+    def recording(self: AccessTimes) -> int:
         written = original(self)
         if written:
             flushers.append(threading.current_thread())
         return written
 
-    monkeypatch.setattr(BlobArea, "flush_access_times", recording)
-    monkeypatch.setattr(blobs_module, "ACCESS_FLUSH_ENTRIES", 1)  # every read asks for a flush
+    monkeypatch.setattr(AccessTimes, "flush", recording)
+    monkeypatch.setattr(atimes_module, "ACCESS_FLUSH_ENTRIES", 1)  # every read asks for a flush
     store = Store.open(tmp_path / "store")
     try:
         digests = [store.put(bytes([i]) * 100) for i in range(5)]
@@ -66,7 +66,7 @@ def test_close_flushes_what_is_buffered_and_starts_no_thread(tmp_path: Path) -> 
         stamp = _last_access(store, digest)
         time.sleep(0.01)
         store.pread(digest, 0, 1)  # below both thresholds: stays buffered
-        assert store._blobs._flusher.thread is None
+        assert store._blobs.atimes.flusher.thread is None
     assert {t.name for t in threading.enumerate()} == before
     with Store.open(tmp_path / "store") as store:
         assert _last_access(store, digest) > stamp  # close() wrote it

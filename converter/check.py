@@ -96,7 +96,7 @@ async def check_image(
             async def check_one(layer: Descriptor, diff_id: str) -> None:
                 async with limit:
                     with error_context(layer=layer.digest):
-                        async with worker.staged_source(endpoint, layer) as path:
+                        async with worker.staging.source(endpoint, layer) as path:
                             result = await trio.to_thread.run_sync(
                                 _check_blob, path, layer, diff_id if full else None, limits
                             )

@@ -332,7 +332,7 @@ async def _publish_config(worker: LayerWorker, mplan: _ManifestPlan, new_diff_id
         config = json.dumps(obj, separators=(",", ":")).encode()
         desc = Descriptor(desc.media_type, sha256_digest(config), len(config), desc.annotations)
     if not await mplan.destination.has_blob(desc.digest):
-        async with worker.staged_bytes(desc.digest, config) as path:
+        async with worker.staging.blob_bytes(desc.digest, config) as path:
             await mplan.destination.push_blob(desc.digest, desc.size, path)
     return desc
 
@@ -340,5 +340,5 @@ async def _publish_config(worker: LayerWorker, mplan: _ManifestPlan, new_diff_id
 async def _copy_blob(worker: LayerWorker, source: Endpoint, destination: Endpoint, desc: Descriptor) -> None:
     if await destination.has_blob(desc.digest):
         return
-    async with worker.staged_source(source, desc) as path:
+    async with worker.staging.source(source, desc) as path:
         await destination.push_blob(desc.digest, desc.size, path)

@@ -9,18 +9,16 @@ file when the last claim goes (this is the fix for the ``failed to remove tmp un
 no task deletes what another still reads; a cancelled task only drops its own claim).
 
 Source blobs from a registry are staged as temp objects ``source/<digest>`` the same way (verified by
-digest while they download); blobs in a local OCI layout are read in place.
+digest while they download); blobs in a local OCI layout are read in place (:mod:`converter.staging`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
-import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -34,11 +32,9 @@ from converter.placement import location_of, mount_origins, place_recorded
 from converter.progress import Reporter
 from converter.readahead import Readable, ReadAhead
 from converter.scheduling import PriorityLimiter
+from converter.staging import Staging
 from fs.errors import (
     ConversionError,
-    NotInStore,
-    ProducerFailed,
-    VerificationError,
     ZsnapError,
     error_context,
 )
@@ -46,14 +42,12 @@ from fs.format import Dialect
 from fs.limits import DEFAULT_LIMITS, Limits
 from fs.registry.endpoint import Endpoint, RegistryEndpoint
 from fs.registry.manifests import Descriptor
-from fs.store import Store, TempHandle, free_space_check
+from fs.store import Store, free_space_check
 
 __all__ = ["ConvertOptions", "LayerJob", "LayerWorker"]
 
 log = logging.getLogger(__name__)
 
-# Another holder's producer failing is retried this many times in all (see LayerWorker._acquired).
-_ACQUIRE_ATTEMPTS = 4
 #: Layer jobs in flight at most, whatever --jobs says. Each may park a worker thread (a download bridged
 #: back into trio, or a conversion) while its downloads also need trio's threads for file I/O; trio's
 #: default thread limit is 40, so this bound keeps threads available for that I/O.
@@ -125,10 +119,9 @@ class LayerWorker:
         self._converters = converters or PriorityLimiter(1)
         # Source downloads, biggest first too: four downloads sharing the link and the cores all finish
         # late, while the first conversion waits for one of them; one or two at a time let it start early.
-        self._downloads = downloads or PriorityLimiter(2)
+        self.staging = Staging(store, holder, downloads or PriorityLimiter(2))
         # Upload a layer to its first registry destination while it is being converted.
         self._stream_uploads = stream_uploads
-        self._uses = 0
 
     async def run(self, job: LayerJob) -> CacheRecord:
         """Make sure every destination of ``job`` has the converted blob; return its record.
@@ -184,7 +177,7 @@ class LayerWorker:
     async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path, list[Endpoint]]]:
         """Hold the converted blob of ``job`` (converted here, or by whoever else is converting it);
         yield its record, its file and the destinations it was already uploaded to (streamed)."""
-        async with self.staged_source(job.source, job.layer, on_queued=job.queued.set) as source_path:
+        async with self.staging.source(job.source, job.layer, on_queued=job.queued.set) as source_path:
             needed = _output_estimate(job)
             await trio.to_thread.run_sync(free_space_check, self._store.root, needed)
             # A worker thread cannot be killed: if this task is cancelled while it produces, the flag
@@ -202,7 +195,7 @@ class LayerWorker:
                             nursery.start_soon(self._stream_upload, job, stream_to, tap, pushed)
                         try:
                             path = await stack.enter_async_context(
-                                self._acquired(
+                                self.staging.acquired(
                                     f"converted/{job.key}",
                                     lambda path: self._produce(job, source_path, path, stop, tap),
                                     limiter=self._converters,
@@ -243,116 +236,6 @@ class LayerWorker:
             self._reporter.event(
                 "layer streamed", layer=_short(job.layer.digest), to=str(dest.ref), size=size
             )
-
-    @contextlib.asynccontextmanager
-    async def staged_source(
-        self, source: Endpoint, desc: Descriptor, *, on_queued: Callable[[], None] | None = None
-    ) -> AsyncIterator[Path]:
-        """A local, digest-verified file holding blob ``desc`` of ``source``, shared via the store.
-
-        Blobs of a local OCI layout or already in the store are used in place; registry blobs are
-        downloaded once into the temp object ``source/<digest>``, which concurrent users (tasks or
-        processes) share. ``on_queued`` is called once the download has queued for its slot (biggest
-        first), or right away when there is nothing to download.
-        """
-        queued = on_queued or (lambda: None)
-        local = source.local_blob_path(desc.digest)
-        if local is not None:
-            # Used in place, so checked here: a layout on disk is no more trusted than a registry.
-            queued()
-            await trio.to_thread.run_sync(_verify_file, local, desc.digest)
-            yield local
-            return
-        async with self._stored_blob(desc.digest) as stored:
-            if stored is not None:  # already in the store (verified when it was put): read in place
-                queued()
-                yield stored
-                return
-        await trio.to_thread.run_sync(free_space_check, self._store.root, desc.size)
-        token = trio.lowlevel.current_trio_token()
-
-        def download(path: Path) -> None:
-            trio.from_thread.run(source.fetch_blob, desc.digest, desc.size, path, None, trio_token=token)
-
-        async with self._acquired(
-            f"source/{desc.digest}", download, limiter=self._downloads, priority=desc.size, queued=queued
-        ) as path:
-            yield path
-
-    @contextlib.asynccontextmanager
-    async def _stored_blob(self, digest: str) -> AsyncIterator[Path | None]:
-        """The store's own file of blob ``digest``, held by a ref of its own while in use; None if the
-        store does not have it."""
-        self._uses += 1
-        holder = f"{self._holder}:source:{self._uses}"  # one ref per use: refs are per (blob, holder)
-
-        def take() -> Path | None:
-            if not self._store.has(digest):
-                return None
-            self._store.bind_holder(holder)  # our death drops the ref at the next open/gc
-            try:
-                self._store.ref(digest, holder)
-            except NotInStore:  # collected in between
-                self._store.drop_holder(holder)
-                return None
-            return self._store.path_of(digest)
-
-        path = await trio.to_thread.run_sync(take)
-        try:
-            yield path
-        finally:
-            if path is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._store.drop_holder, holder)
-
-    @contextlib.asynccontextmanager
-    async def staged_bytes(self, digest: str, data: bytes) -> AsyncIterator[Path]:
-        """``data`` (already known to hash to ``digest``) as a shared temp file ``blob/<digest>``."""
-
-        def write(path: Path) -> None:
-            with open(path, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-
-        async with self._acquired(f"blob/{digest}", write) as path:
-            yield path
-
-    @contextlib.asynccontextmanager
-    async def _acquired(
-        self,
-        name: str,
-        producer: Callable[[Path], None],
-        *,
-        limiter: PriorityLimiter | None = None,
-        priority: int = 0,
-        queued: Callable[[], None] | None = None,
-    ) -> AsyncIterator[Path]:
-        """Hold temp object ``name`` (produced by ``producer`` if nobody has it); ``limiter`` bounds only
-        the acquisition, i.e. the production, not the time the file is used afterwards.
-
-        When another task or process was producing it and failed, was cancelled or was killed, this is
-        not our failure: try again (and likely become the producer). Only our own producer's error ends
-        the job, and it is re-raised as itself, not as the store's wrapper.
-        """
-        for attempt in range(1, _ACQUIRE_ATTEMPTS + 1):
-            try:
-                async with (
-                    limiter.hold(priority, queued=queued) if limiter is not None else contextlib.nullcontext()
-                ):
-                    handle: TempHandle = await self._store.acquire_async(name, producer, holder=self._holder)
-                break
-            except ProducerFailed as exc:
-                own_error = exc.__cause__
-                if isinstance(own_error, ZsnapError):
-                    raise own_error from None
-                if own_error is not None or attempt == _ACQUIRE_ATTEMPTS:
-                    raise
-                await trio.sleep(0.05 * attempt)
-        try:
-            yield handle.path
-        finally:
-            handle.release()
 
     def _produce(
         self, job: LayerJob, source_path: Path, out_path: Path, stop: threading.Event, tap: OutputTap | None
@@ -447,16 +330,6 @@ def _open_decompressed(raw: BinaryIO, compression: Compression) -> BinaryIO:
     else:
         return raw
     return io.BufferedReader(ReadAhead(stream, also_close=raw), 1 << 20)
-
-
-def _verify_file(path: Path, digest: str) -> None:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            hasher.update(block)
-    actual = "sha256:" + hasher.hexdigest()
-    if actual != digest:
-        raise VerificationError(f"blob {path} hashes to {actual}, its descriptor says {digest}")
 
 
 def _output_estimate(job: LayerJob) -> int:

@@ -16,6 +16,7 @@ FUSE_OPTIONS = frozenset(
     {"fsname=zsnap", "subtype=zsnap", "ro", "allow_other", "default_permissions", "suid", "nodev"}
 )
 
+
 @dataclass(frozen=True)
 class HostOptions:
     """How a :class:`LazyHost` serves.

@@ -206,7 +206,8 @@ class Store:
         return self._blobs.open_blob(digest)
 
     def path_of(self, digest: str) -> Path:
-        """Where the blob's file is (read-only; valid while it is stored and referenced)."""
+        """Where the blob's file is (read-only; valid while it is stored and referenced). Blobs put alone
+        or from a file have one; raises ValueError for a small blob stored in a pack with others."""
         blob_key(digest)
         return self._blobs.path_of(digest)
 

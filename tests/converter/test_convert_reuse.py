@@ -201,3 +201,29 @@ def test_source_layers_already_in_the_store_are_read_in_place(registry, test_ima
         for layer in image.layers:  # still there, and our refs were dropped again
             assert store.refs(layer.descriptor.digest) == {"test:sources"}
     assert_no_leftovers(root)
+
+
+def test_source_layers_kept_in_a_store_pack_are_downloaded(registry, test_images, tmp_path):
+    """A source layer's digest can be in the store as a small blob of a pack (some image's chunk with
+    those bytes): there is no file to read in place, so the layer is downloaded, and the packed blob and its
+    refs stay as they were."""
+    from fs.store import Store
+
+    image = test_images["features:gzip"]
+    src = push(image, registry.host, "inpack/src:v1")
+    root = tmp_path / "root"
+    root.mkdir()
+    digests = [x.descriptor.digest for x in image.layers]
+    with Store.open(root) as store:
+        items = [(image.blob_path(d).read_bytes(), d) for d in digests] + [(b"a filler blob", None)]
+        store.put_many(items, holder="test:chunks")
+        assert list((root / "packs").iterdir())  # they are packed, not files of their own
+        with pytest.raises(ValueError):
+            store.path_of(digests[0])
+    proc = zsnap(root, "convert", f"docker://{src}", f"docker://{registry.host}/inpack/out:zc")
+    assert_quiet(proc)
+    assert_converted(registry.host, "inpack/out", "zc", [x.diff_id for x in image.layers])
+    with Store.open(root) as store:
+        assert all(store.refs(d) == {"test:chunks"} for d in digests)
+        assert store.verify() == []
+    assert_no_leftovers(root)

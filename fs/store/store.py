@@ -31,6 +31,7 @@ from .gc import (
     choose_victims,
     close_session,
     collect,
+    compact_packs,
     open_session,
     recover,
     remove_blobs,
@@ -259,6 +260,7 @@ class Store:
             self._blobs.atimes.flush()
             victims, _, _ = choose_victims(self._index, int(self.max_size * AUTO_EVICT_LOW_WATER))
             remove_blobs(self._index, self._blobs, victims)
+            compact_packs(self._index, self._blobs)  # the cap counts live bytes: keep the dead ones few
         finally:
             self._evicting.release()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,23 @@ def test_verify_finds_a_corrupt_or_missing_pack_and_recovery_drops_an_orphan(roo
     with Store.open(root) as store:
         report = store.gc()
     assert "packs/" + orphan.name in report.orphans_removed and not orphan.exists()
+
+
+def test_eviction_under_the_cap_repacks_what_it_leaves_mostly_dead(root: Path) -> None:
+    """The daemon's store is capped and evicts on put: the blobs a reader kept using survive the eviction
+    of their pack's other blobs, and the pack is rewritten so dead bytes do not pile up under the cap."""
+    with Store.open(root, max_size=130_000) as store:
+        old = batch(9, [5000] * 10)
+        digests = store.put_many([(data, None) for data in old])
+        time.sleep(0.01)
+        for digest in digests[:2]:
+            store.pread(digest, 0, 1)  # used lately: the rest of its pack is older
+        time.sleep(0.01)
+        for seed in (10, 11):
+            store.put_many([(data, None) for data in batch(seed, [5000] * 10)])
+        # 150 kB > 130 kB: down to 117 kB, least recently used first: 7 of the 8 old blobs nobody read
+        assert sum(map(store.has, digests)) == 3
+        assert [store.pread(d, 0, 5000) for d in digests[:2]] == old[:2]
+        sizes = sorted(p.stat().st_size for p in pack_files(root))
+        assert sizes == [15_000, 50_000, 50_000]  # the old pack rewritten with its 3 live blobs
+        assert store.verify() == []

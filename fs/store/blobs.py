@@ -76,7 +76,7 @@ class BlobArea:
         self.wip_dir = root / "wip"
         self._index = index
         self.packs = PackFiles(root, index)
-        self._fds = FdCache(FD_CACHE_SIZE)
+        self._fds = FdCache(FD_CACHE_SIZE, self._fd_path)
         self.atimes = AccessTimes(index)
         self._me = ProcessId.current()
 
@@ -107,6 +107,12 @@ class BlobArea:
 
     def key_path(self, key: bytes) -> str:
         return f"{self.data_dir}/{key[7:9].decode()}/{key[7:].decode()}"
+
+    def _fd_path(self, fd_key: bytes) -> str:
+        """The file behind a descriptor cache key: a blob's own file, or a pack (``PackFiles.fd_key``)."""
+        if fd_key.startswith(b"pack:"):
+            return self.packs.path(int(fd_key[5:], 16))
+        return self.key_path(fd_key)
 
     # -- lookups -------------------------------------------------------------------------------------
 
@@ -148,11 +154,11 @@ class BlobArea:
         length = min(length, size - offset)
         place = record_place(raw)
         if place is None:
-            fd_key, path, start = key, self.key_path(key), offset
+            fd_key, start = key, offset
         else:
-            fd_key, path, start = PackFiles.fd_key(place[0]), self.packs.path(place[0]), place[1] + offset
+            fd_key, start = PackFiles.fd_key(place[0]), place[1] + offset
         try:
-            entry = self._fds.pin(fd_key, path)
+            entry = self._fds.pin(fd_key)
         except FileNotFoundError:
             raise NotInStore(f"{digest} is not in the store (removed concurrently)") from None
         try:
@@ -160,7 +166,7 @@ class BlobArea:
         finally:
             self._fds.unpin(entry)
         if len(data) != length:
-            raise StoreError(f"{digest}: data file shorter than its record", path=path)
+            raise StoreError(f"{digest}: data file shorter than its record", path=self._fd_path(fd_key))
         self.atimes.touch(key)
         return data
 

@@ -7,7 +7,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fs.errors import DiskFull, StoreError
@@ -106,19 +106,20 @@ class PinnedFd:
 class FdCache:
     """LRU of read-only descriptors, pinned while in use so eviction never closes one mid-pread."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, path_of: Callable[[bytes], str]) -> None:
         self._capacity = capacity
+        self._path_of = path_of  # only asked on a miss: building a path costs more than the hit
         self._lock = threading.Lock()
         self._entries: OrderedDict[bytes, PinnedFd] = OrderedDict()
 
-    def pin(self, key: bytes, path: str) -> PinnedFd:
+    def pin(self, key: bytes) -> PinnedFd:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
                 entry.pins += 1
                 return entry
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # FileNotFoundError: caller maps it
+        fd = os.open(self._path_of(key), os.O_RDONLY | os.O_CLOEXEC)  # FileNotFoundError: caller maps it
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:

@@ -47,7 +47,7 @@ class PackFiles:
     @staticmethod
     def fd_key(pack_id: int) -> bytes:
         """The descriptor cache's key of a pack (blob keys are ``sha256:…``, so these never collide)."""
-        return b"pack:" + pack_key(pack_id)
+        return b"pack:%016x" % pack_id  # pack_key's form: one formatting on the read path
 
     def new_id(self, txn: Txn) -> int:
         while True:

@@ -35,6 +35,8 @@ Layout (one module per stage; imports go downwards only)::
     restart.py    the fd-store bookkeeping: store fd + INIT memfd, pick them out of LISTEN_FDS,
                   start_fuse_session (adopt, else mount afresh and store)                             OS
     options.py    HostOptions (how a host serves) and the session's FUSE mount options               pure
+    invalidate.py EntryInvalidator: a detached layer's cached dentries dropped from a worker thread the
+                  host owns, drained before the session ends                                         OS
     host.py       LazyHost: ONE FUSE session, images attached/detached at run time, layers shared
                   and refcounted by holder; one fetcher, scheduler and client pool (the daemon's API) I/O
     clients.py    HostClients: the host's registry clients, one per (registry, plain-HTTP) pair     I/O

@@ -58,7 +58,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyfuse3
 import trio
 
 from fs.errors import NotInStore, ZsnapError
@@ -69,6 +68,7 @@ from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.fills import LayerFills
 from fs.lazy.image import resolve_image
 from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
+from fs.lazy.invalidate import EntryInvalidator
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer, reads_lazily
 from fs.lazy.ops import LazyOperations
 from fs.lazy.options import HostOptions
@@ -163,6 +163,8 @@ class LazyHost:
         self._fills = LayerFills(nursery, fetcher, scheduler, stats, prefetch=options.prefetch,
                                  background=options.background_fetch)  # fmt: skip
         self._serving = False  # the FUSE session runs (the kernel may be told about changes)
+        self.invalidator = EntryInvalidator()
+        nursery.start_soon(self.invalidator.run)
         self.fuse: session.FuseSession | None = None  # set when the session came from fs.lazy.restart
 
     # -- public API -------------------------------------------------------------------------------------
@@ -416,8 +418,8 @@ class LazyHost:
         for node in tree.known_dirs():
             assert node.entries is not None
             for name in node.entries:
-                pyfuse3.invalidate_entry_async(node.inode, name, ignore_enoent=True)
-        pyfuse3.invalidate_entry_async(ROOT_INODE, tree.name.encode(), ignore_enoent=True)
+                self.invalidator.invalidate(node.inode, name)
+        self.invalidator.invalidate(ROOT_INODE, tree.name.encode())
         await self._drop_refs(la.digest)
 
     async def _drop_refs(self, digest: str) -> None:

@@ -22,6 +22,7 @@ from fs.errors import ZsnapError
 from fs.lazy import restart, sdnotify, session, system
 from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.host import LazyHost
+from fs.lazy.invalidate import DRAIN_GRACE
 from fs.lazy.options import FUSE_OPTIONS, HostOptions
 from fs.lazy.scheduler import FetchScheduler
 from fs.lazy.stats import MountStats
@@ -179,6 +180,8 @@ async def open_lazy_host(
                     await trio.to_thread.run_sync(system.set_read_ahead, dev, options.read_ahead_kb)
                 yield host
             finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_GRACE):
+                    await host.invalidator.drain()  # while the session still answers what they need
                 pyfuse3.terminate()  # no new requests; those in flight finish before main returns
                 with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE):
                     await host.session_ended.wait()

@@ -314,3 +314,17 @@ def test_twenty_converted_images_in_one_host(
         f"\nhost with 21 images: RSS {_rss_mb(w.proc.pid):.1f} MB; attach skopeo vector (4.4 MB) "
         f"{seconds[0] * 1000:.0f} ms; small images median {sorted(seconds[1:])[10] * 1000:.0f} ms"
     )
+
+
+def test_a_detach_just_before_stopping_leaves_no_errors(registry, vectors_dir: Path, host_worker) -> None:
+    """The kernel is told to drop a detached layer's cached entries (hundreds for a real image); a host that
+    stops right after must neither send those on a closed session nor log an error for each."""
+    registry.push_oci_layout(vectors_dir / SKOPEO, "host/stop:v1")
+    w = host_worker(f"docker://{registry.host}/host/stop:v1")
+    layers = [Path(p) for p in w.attached["layers"][0]]
+    walked = sum(len(dirs) + len(files) for layer in layers for _, dirs, files in os.walk(layer))
+    assert walked > 20  # the kernel now caches a dentry for each
+    assert w.ask("detach img0") == {"ok": True}
+    assert w.stop() == 0
+    log = w.log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]

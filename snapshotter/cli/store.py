@@ -131,6 +131,8 @@ def _gc(args: argparse.Namespace) -> int:
         console.print(f"dead holders dropped: {', '.join(report.reclaimed)}")
     if report.orphans_removed:
         console.print(f"orphan files removed: {len(report.orphans_removed)}")
+    if report.compacted_packs:
+        console.print(f"pack files rewritten without their dead blobs: {report.compacted_packs}")
     if report.over_cap:
         console.print("[yellow]referenced blobs alone exceed the cap: nothing more may be evicted[/]")
     _print_reclaimed(console, reclaimed)

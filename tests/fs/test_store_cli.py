@@ -90,3 +90,14 @@ def test_bench_store_prints_one_json_line(tmp_path: Path) -> None:
     for key in ("get_cached_us", "raw_pread_us", "lookup_us", "raw_lmdb_get_us", "put_us"):
         assert result[key] > 0
     assert list(tmp_path.iterdir()) == []  # scratch store removed
+
+
+def test_gc_says_when_it_rewrote_a_pack(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Store.open(root) as store:
+        digests = store.put_many([(bytes([i]) * 4000, None) for i in range(4)])
+        store.ref(digests[0], "layer:kept")  # one of four stays: the pack is three quarters dead after gc
+    human = zsnap("--root", str(root), "store", "gc").stdout
+    assert "removed 3 blob(s)" in human and "pack files rewritten without their dead blobs: 1" in human
+    with Store.open(root) as store:
+        assert store.pread(digests[0], 0, 4000) == bytes([0]) * 4000 and store.verify() == []

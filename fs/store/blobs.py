@@ -336,11 +336,11 @@ class BlobArea:
                 raise
         return counters.bytes
 
-    def repack(self, pack_id: int, members: list[tuple[bytes, int, int]]) -> int:
+    def repack(self, pack_id: int, members: list[tuple[bytes, int, int]]) -> bool:
         """Move the live blobs of a mostly dead pack to a new one; see :meth:`PackFiles.repack`."""
-        freed = self.packs.repack(pack_id, members, self.new_wip_path())
+        replaced = self.packs.repack(pack_id, members, self.new_wip_path())
         self._fds.discard([PackFiles.fd_key(pack_id)])
-        return freed
+        return replaced
 
     # -- refs ----------------------------------------------------------------------------------------
 

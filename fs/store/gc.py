@@ -113,16 +113,11 @@ def remove_blobs(index: Index, blobs: BlobArea, victims: list[tuple[bytes, BlobR
     return count, size
 
 
-def compact_packs(index: Index, blobs: BlobArea) -> tuple[int, int]:
-    """Rewrite the live rest of every pack that is more than half dead; returns (packs, bytes freed)."""
+def compact_packs(index: Index, blobs: BlobArea) -> int:
+    """Rewrite the live rest of every pack that is more than half dead; returns how many were replaced."""
     with index.read() as txn:
         members = blobs.packs.members(txn, blobs.packs.mostly_dead(txn))
-    count = freed = 0
-    for pack_id, live in members.items():
-        gained = blobs.repack(pack_id, live)
-        count += gained > 0
-        freed += gained
-    return count, freed
+    return sum(blobs.repack(pack_id, live) for pack_id, live in members.items())
 
 
 def remove_pack_leftovers(index: Index, blobs: BlobArea) -> list[str]:
@@ -176,7 +171,7 @@ def collect(index: Index, blobs: BlobArea, temps: TempArea, cap: int | None) -> 
     orphans = remove_dead_wip(blobs) + temps.scan_orphans() + remove_pack_leftovers(index, blobs)
     victims, _, over_cap = choose_victims(index, cap)
     count, size = remove_blobs(index, blobs, victims)
-    compacted, _ = compact_packs(index, blobs)
+    compacted = compact_packs(index, blobs)
     with index.read() as txn:
         after = read_counters(txn, index).bytes
     if cap is not None:

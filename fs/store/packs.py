@@ -94,10 +94,10 @@ class PackFiles:
                 removed.append(f"packs/{name}")
         return removed
 
-    def repack(self, pack_id: int, members: list[tuple[bytes, int, int]], wip: Path) -> int:
+    def repack(self, pack_id: int, members: list[tuple[bytes, int, int]], wip: Path) -> bool:
         """Copy the live blobs ``members`` (``(key, offset, size)``, from :meth:`members`) of a pack into a
         new one written at ``wip``, point their records at it and drop the old file once nothing live is
-        left in it. Returns the bytes freed on disk (0 if the pack is gone or nothing moved).
+        left in it. Returns whether the old pack went (False if it was gone already or nothing moved).
 
         A reader holding the old file open keeps reading the same bytes; one that looked the record up
         before the move and opens the old path after it gets NotInStore and fetches again.
@@ -105,10 +105,9 @@ class PackFiles:
         try:
             fd = os.open(self.path(pack_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return 0
+            return False
         try:
             parts = [os.pread(fd, size, offset) for _, offset, size in members]
-            old_size = os.fstat(fd).st_size
         finally:
             os.close(fd)
         pending = [(wip, create_written(wip, parts))]
@@ -125,13 +124,13 @@ class PackFiles:
                     new_offset += len(data)
                 old = self.row(txn, pack_id)
                 if old is None or not moved:
-                    return 0
+                    return False
                 os.rename(wip, self.path(new_id))
                 fsync_dir(self.dir)
                 self.put_row(txn, new_id, PackRecord(moved, moved_bytes, new_offset))
                 left = PackRecord(old.live - moved, old.live_bytes - moved_bytes, old.size)
                 self.put_row(txn, pack_id, left)
-                return old_size - new_offset if self.drop_empty(txn, [pack_id]) else 0
+                return bool(self.drop_empty(txn, [pack_id]))
         finally:
             wip.unlink(missing_ok=True)
 

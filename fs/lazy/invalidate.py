@@ -39,7 +39,8 @@ class EntryInvalidator:
     def invalidate(self, parent_inode: int, name: bytes) -> None:
         """Queue one entry (never blocks; safe from FUSE handlers and host code on the trio thread)."""
         self._pending += 1
-        self._drained = trio.Event() if self._drained.is_set() else self._drained
+        if self._drained.is_set():
+            self._drained = trio.Event()
         self._send.send_nowait((parent_inode, name))
 
     async def run(self) -> None:

@@ -32,10 +32,10 @@ from converter.placement import location_of, mount_origins, place_recorded
 from converter.progress import Reporter
 from converter.readahead import Readable, ReadAhead
 from converter.scheduling import PriorityLimiter
+from converter.source_file import SourceFile
 from converter.staging import Staging
 from fs.errors import (
     ConversionError,
-    ZsnapError,
     error_context,
 )
 from fs.format import Dialect
@@ -177,7 +177,7 @@ class LayerWorker:
     async def _converted(self, job: LayerJob) -> AsyncIterator[tuple[CacheRecord, Path, list[Endpoint]]]:
         """Hold the converted blob of ``job`` (converted here, or by whoever else is converting it);
         yield its record, its file and the destinations it was already uploaded to (streamed)."""
-        async with self.staging.source(job.source, job.layer, on_queued=job.queued.set) as source_path:
+        async with self.staging.streamed_source(job.source, job.layer, on_queued=job.queued.set) as source:
             needed = _output_estimate(job)
             await trio.to_thread.run_sync(free_space_check, self._store.root, needed)
             # A worker thread cannot be killed: if this task is cancelled while it produces, the flag
@@ -197,7 +197,7 @@ class LayerWorker:
                             path = await stack.enter_async_context(
                                 self.staging.acquired(
                                     f"converted/{job.key}",
-                                    lambda path: self._produce(job, source_path, path, stop, tap),
+                                    lambda path: self._produce(job, source, path, stop, tap),
                                     limiter=self._converters,
                                     priority=job.layer.size,
                                 )
@@ -238,10 +238,11 @@ class LayerWorker:
             )
 
     def _produce(
-        self, job: LayerJob, source_path: Path, out_path: Path, stop: threading.Event, tap: OutputTap | None
+        self, job: LayerJob, source: SourceFile, out_path: Path, stop: threading.Event, tap: OutputTap | None
     ) -> None:
-        """Runs in a worker thread: decompress the source and write the zstd:chunked blob (through
-        ``tap`` when an upload follows the writing)."""
+        """Runs in a worker thread: decompress the source (maybe as it downloads) and write the
+        zstd:chunked blob (through ``tap`` when an upload follows the writing). Nothing is recorded or
+        committed before the source verified."""
         from converter.chunked import write_zstd_chunked
 
         label = _short(job.layer.digest)
@@ -254,12 +255,12 @@ class LayerWorker:
 
         def reopen() -> BinaryIO:
             # The stargz writer with a prefetch list reads the source twice (prioritized files first).
-            return _open_decompressed(open(source_path, "rb"), job.compression)
+            return _open_decompressed(source.open(), job.compression)
 
         try:
             # Not fsynced: a temp object does not outlive a crash of its producer (the store deletes it).
             with (
-                open(source_path, "rb") as raw,
+                source.open() as raw,
                 _open_decompressed(raw, job.compression) as tar,
                 tap.writer(out_path) if tap is not None else open(out_path, "wb") as out,
             ):
@@ -273,6 +274,7 @@ class LayerWorker:
                     src_factory=reopen,
                     limits=self._options.limits,
                 )
+            source.wait_verified(stop)
             source_diff_id = result.diff_id if self._options.dialect.is_cstorage else ""
             if (
                 job.expected_diff_id
@@ -297,14 +299,14 @@ class LayerWorker:
                     toc_digest=result.toc_digest,
                 ),
             )
-        except ZsnapError as exc:
-            self._failed(job, tap, exc)
-            raise
-        except OSError as exc:
-            self._failed(job, tap, exc)
-            raise ConversionError(f"converting layer failed: {exc}") from exc
         except BaseException as exc:
             self._failed(job, tap, exc)
+            # Bytes that fail to parse may just be bytes that fail to verify: the download's error is the
+            # cause then, and the one to report.
+            if not stop.is_set():
+                source.wait_verified(stop)
+            if isinstance(exc, OSError):
+                raise ConversionError(f"converting layer failed: {exc}") from exc
             raise
         if tap is not None:
             tap.finish(result.digest)

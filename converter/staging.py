@@ -3,8 +3,9 @@
 A source blob of a local OCI layout is read in place (checked first: a layout on disk is no more trusted
 than a registry); one the store already holds as a file of its own is read in place under a ref; a registry
 blob is downloaded once into the temp object ``source/<digest>``, which every task and process that needs it
-shares. The converted output of a layer is a temp object too (``converted/<key>``, see
-:mod:`converter.layers`): :meth:`Staging.acquired` holds one, producing it if nobody has.
+shares, and which the layer writer may read while it downloads (:meth:`Staging.streamed_source`). The
+converted output of a layer is a temp object too (``converted/<key>``, see :mod:`converter.layers`):
+:meth:`Staging.acquired` holds one, producing it if nobody has.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from converter.scheduling import PriorityLimiter
+from converter.source_file import Download, SourceFile
 from fs.errors import NotInStore, ProducerFailed, VerificationError, ZsnapError
 from fs.registry.endpoint import Endpoint
 from fs.registry.manifests import Descriptor
@@ -76,6 +79,84 @@ class Staging:
             f"source/{desc.digest}", download, limiter=self._downloads, priority=desc.size, queued=queued
         ) as path:
             yield path
+
+    @contextlib.asynccontextmanager
+    async def streamed_source(
+        self, source: Endpoint, desc: Descriptor, *, on_queued: Callable[[], None] | None = None
+    ) -> AsyncIterator[SourceFile]:
+        """Like :meth:`source`, but when this task downloads the blob it is handed out as soon as the
+        download starts: a :class:`~converter.source_file.SourceFile` whose reader follows the download
+        and whose :meth:`~converter.source_file.SourceFile.wait_verified` is the gate before anything
+        made from it is published. A download that fails after the hand-out raises from the reader and
+        from the gate (and, as itself, from here when the body did not already fail).
+        """
+        if source.local_blob_path(desc.digest) is not None or await trio.to_thread.run_sync(
+            self._store.has, desc.digest
+        ):
+            async with self.source(source, desc, on_queued=on_queued) as path:
+                yield SourceFile(path)
+            return
+        token = trio.lowlevel.current_trio_token()
+        handed_out = trio.Event()
+        release = trio.Event()
+        state = _Acquisition()
+
+        def announce(path: Path) -> Download:
+            path.touch()  # exists before a reader opens it; fetch_blob truncates an empty file
+            started = state.download = Download(path)
+            trio.from_thread.run_sync(handed_out.set, trio_token=token)
+            return started
+
+        def download(path: Path) -> None:
+            started = announce(path)
+            try:
+                trio.from_thread.run(
+                    source.fetch_blob, desc.digest, desc.size, path, started.wrote, trio_token=token
+                )
+            except BaseException as exc:
+                started.finished(exc)
+                raise
+            started.finished()
+
+        async def hold() -> None:
+            try:
+                async with self.acquired(
+                    f"source/{desc.digest}",
+                    download,
+                    limiter=self._downloads,
+                    priority=desc.size,
+                    queued=on_queued,
+                ) as path:
+                    state.path = path
+                    handed_out.set()
+                    await release.wait()
+            except Exception as exc:  # raised by the body's task, not as a nursery's ExceptionGroup
+                state.error = exc
+                handed_out.set()
+
+        await trio.to_thread.run_sync(free_space_check, self._store.root, desc.size)
+        body_error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold)
+            await handed_out.wait()
+            if state.download is not None:
+                handout: SourceFile | None = SourceFile(state.download.path, state.download)
+            elif state.path is not None:
+                handout = SourceFile(state.path)
+            else:
+                handout = None  # not produced, nothing to hand out: the error is raised below
+            if handout is not None:
+                try:
+                    yield handout
+                except Exception as exc:  # raised below as itself, not in an ExceptionGroup
+                    body_error = exc
+                    nursery.cancel_scope.cancel()
+                finally:
+                    release.set()
+        if body_error is not None:
+            raise body_error
+        if state.error is not None:
+            raise state.error
 
     @contextlib.asynccontextmanager
     async def _stored_blob(self, digest: str) -> AsyncIterator[Path | None]:
@@ -155,6 +236,16 @@ class Staging:
             yield handle.path
         finally:
             handle.release()
+
+
+@dataclass
+class _Acquisition:
+    """What :meth:`Staging.streamed_source`'s holding task found: a download it started, the finished
+    file, or an error."""
+
+    download: Download | None = None
+    path: Path | None = None
+    error: Exception | None = None
 
 
 def _verify_file(path: Path, digest: str) -> None:

@@ -204,7 +204,8 @@ class Endpoint(abc.ABC):
         self, digest: str, size: int, dest: Path, progress: ProgressFn | None = None
     ) -> None:
         """Stream a blob into the file ``dest`` (fsynced); :class:`VerificationError` if it does not hash
-        to ``digest`` or is not ``size`` bytes long."""
+        to ``digest`` or is not ``size`` bytes long. ``progress(n)`` is called once ``n`` more bytes are
+        in the file (readable through another descriptor), in blocks of a few MiB."""
         hasher = Hasher()
         pending: list[bytes] = []
         pending_size = 0
@@ -213,6 +214,8 @@ class Endpoint(abc.ABC):
             block = b"".join(pending)
             pending.clear()
             await trio.to_thread.run_sync(_hash_and_write, hasher, out.wrapped, block)
+            if progress and block:
+                progress(len(block))
 
         async with await trio.open_file(dest, "wb") as out:
             async with self.stream_blob(digest, verify=False) as chunks:
@@ -222,8 +225,6 @@ class Endpoint(abc.ABC):
                     if pending_size >= _WRITE_BLOCK:
                         await write_pending()
                         pending_size = 0
-                    if progress:
-                        progress(len(chunk))
             await write_pending()
             await out.flush()
             await trio.to_thread.run_sync(os.fsync, out.fileno())
@@ -251,6 +252,7 @@ _WRITE_BLOCK = 4 << 20
 def _hash_and_write(hasher: Hasher, out: BinaryIO, block: bytes) -> None:
     hasher.update(block)
     out.write(block)
+    out.flush()  # in the file before progress reports it: a reader may follow the download
 
 
 def _check(digest: str, size: int, hasher: Hasher, what: str) -> None:

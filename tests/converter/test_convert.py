@@ -6,6 +6,7 @@ a user sees: exit codes, output lines, the manifests and blobs in the registry, 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
@@ -303,6 +305,48 @@ def test_registry_dying_mid_conversion_is_a_clear_error(registry_factory, big_im
     assert "zsnap: error:" in output and "Traceback" not in output
     assert "sha256:" in output.split("zsnap: error:")[1]  # names the layer
     assert_no_leftovers(tmp_path)
+
+
+def test_source_layer_that_fails_its_digest_is_converted_but_never_published(registry, big_image, tmp_path):
+    """A layer is converted while it downloads; when the registry's bytes turn out not to match the
+    layer's digest, the run fails with the verification error naming the layer (before the diff_id
+    check, which would blame the config), publishes nothing made from those bytes, records nothing, and
+    a later run with the true bytes converts it. The registry serves valid gzip of a tar with one byte
+    changed: every byte converts."""
+    src = push(big_image, registry.host, "conv/tampered:src")
+    m = manifest(registry.host, "conv/tampered", "src")
+    config = json.loads(blob(registry.host, "conv/tampered", m["config"]["digest"]))
+    layer = max(m["layers"], key=lambda x: x["size"])
+    bad_diff_id = config["rootfs"]["diff_ids"][m["layers"].index(layer)]
+    data_path = next(registry.root.rglob(f"blobs/sha256/{layer['digest'][7:9]}/{layer['digest'][7:]}/data"))
+    original = data_path.read_bytes()
+    dest = f"docker://{registry.host}/conv/tampered:zc"
+    try:
+        tar = bytearray(gzip.decompress(original))
+        tar[len(tar) // 2] ^= 0xFF  # inside some file's payload
+        data_path.write_bytes(gzip.compress(bytes(tar), compresslevel=1, mtime=0))
+        proc = zsnap(tmp_path, "convert", src_ref := f"docker://{src}", dest, check=False)
+    finally:
+        data_path.write_bytes(original)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    error = proc.stderr.split("zsnap: error:")[1]
+    assert "hashes to" in error and layer["digest"] in error, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert_no_leftovers(tmp_path)
+    with pytest.raises(urllib.error.HTTPError):
+        manifest(registry.host, "conv/tampered", "zc")
+    # Layers streamed to the destination before the failure are the other layers' outputs, never a
+    # (partial or complete) conversion of the tampered one.
+    links = registry.root.rglob("repositories/conv/tampered/_layers/sha256/*/link")
+    for link in links:
+        digest = link.read_text().strip()
+        data = blob(registry.host, "conv/tampered", digest)
+        if digest != layer["digest"] and data[:4] == b"\x28\xb5\x2f\xfd":  # a zstd blob: one of ours
+            assert zstd_cli_sha256(data) != bad_diff_id
+    zsnap(tmp_path, "convert", src_ref, dest)
+    converted = manifest(registry.host, "conv/tampered", "zc")
+    assert_converted(registry.host, "conv/tampered", "zc", config["rootfs"]["diff_ids"])
+    assert len(converted["layers"]) == len(m["layers"])
 
 
 @pytest.mark.slow

@@ -15,12 +15,17 @@ line ``{"bench": "convert", ...}``.
 ``--baseline DIR`` also runs the zsnap of another checkout (``python -m snapshotter`` from ``DIR``) as
 ``zsnap-baseline``, and ``--rounds N`` alternates the two N times (median seconds reported): on a shared,
 noisy machine only a same-run ratio says whether a change helped. ``--image-cache DIR`` keeps the built
-image between runs (building it costs more CPU than converting it).
+image between runs (building it costs more CPU than converting it). ``--bandwidth MBIT`` puts the
+registry behind the startup benchmark's network (a namespace whose link sends at MBIT Mbit/s, plus
+``--rtt-ms`` of delay): a converter that reads a layer only after downloading it pays the whole download
+there, and the tools run inside that namespace (ctr pulls and pushes in its own process).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -36,6 +41,7 @@ from typing import Any
 
 from fs.errors import ZsnapError
 from snapshotter.bench.convert_seed import SEED_TAG, SIBLING_TAG, build_seed_layout
+from snapshotter.bench.startup.network import network
 from snapshotter.sample_image import bench_layers, build_image, system_layers
 from snapshotter.services import LocalContainerd, LocalRegistry
 
@@ -77,6 +83,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and empty layers) and a sibling sharing its biggest layer; --size-mb is then the distinct size",
     )
     parser.add_argument(
+        "--bandwidth",
+        type=float,
+        default=None,
+        metavar="MBIT",
+        help="serve the registry from a network namespace whose link sends at MBIT Mbit/s (tbf), behind "
+        "the delay proxy, as bench startup does; every tool converts across it (default: plain loopback)",
+    )
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=20.0,
+        help="round-trip time added with --bandwidth (default %(default)s)",
+    )
+    parser.add_argument(
         "--image-cache",
         type=Path,
         default=None,
@@ -87,129 +107,121 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="zsnap-bench-convert-"))
-    registry = containerd = None
     results: dict[str, dict[str, Any]] = {}
     try:
-        registry = LocalRegistry(work / "registry")
-        if args.shape == "seed":
-            layout, uncompressed = _seed_layout(args, work)
-            sources = {tag: f"{registry.host}/bench/{tag}:gzip" for tag in (SEED_TAG, SIBLING_TAG)}
-            for tag, ref in sources.items():
-                _sh(
-                    [
-                        "skopeo",
-                        "copy",
-                        "--quiet",
-                        "--dest-tls-verify=false",
-                        f"oci:{layout}:{tag}",
-                        f"docker://{ref}",
-                    ]
+        with contextlib.ExitStack() as stack:
+            data = work / "registry-data"
+            registry = LocalRegistry(work / "registry", data=data)
+            stack.callback(registry.stop)
+            if args.shape == "seed":
+                layout, uncompressed = _seed_layout(args, work)
+                tags = {SEED_TAG: SEED_TAG, SIBLING_TAG: SIBLING_TAG}
+                args.skip_skopeo = args.skip_ctr_remote = True  # they take one image at a time
+            else:
+                layout = _layout(args, work)
+                uncompressed = _uncompressed_size(layout)
+                tags = {"zsnap": "bench"}
+            for name, tag in tags.items():
+                _sh(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+                     f"docker://{registry.host}/bench/{name}:gzip"])  # fmt: skip
+            link = Link(registry.host, [], "host loopback")
+            if args.bandwidth is not None:
+                registry.stop()  # the same storage, served in the shaped namespace from now on
+                net = stack.enter_context(
+                    network(data, work / "net", bandwidth_mbit=args.bandwidth, rtt_ms=args.rtt_ms)
                 )
-            args.skip_skopeo = args.skip_ctr_remote = True  # they take one image at a time
-        else:
-            layout = _layout(args, work)
-            uncompressed = _uncompressed_size(layout)
-            src = f"{registry.host}/bench/src:gzip"
-            sources = {"zsnap": src}
-            _sh(
-                [
-                    "skopeo",
-                    "copy",
-                    "--quiet",
-                    "--dest-tls-verify=false",
-                    f"oci:{layout}:bench",
-                    f"docker://{src}",
-                ]
-            )
-
-        variants = {"zsnap": _REPO_ROOT}
-        if args.baseline is not None:
-            variants["zsnap-baseline"] = args.baseline.resolve()
-        seconds: dict[str, list[float]] = {name: [] for name in variants}
-        cpu: dict[str, list[float]] = {name: [] for name in variants}
-        for round_no in range(args.rounds):
-            for name, checkout in variants.items():
-                _say(f"{name} convert (round {round_no + 1}/{args.rounds})")
-                listing = work / f"list-{name}-{round_no}"
-                outputs = {tag: f"bench/out-{tag}-{name}-{round_no}" for tag in sources}
-                listing.write_text(
-                    "".join(
-                        f"docker://{sources[tag]} docker://{registry.host}/{outputs[tag]}:zsnap\n"
-                        for tag in sources
-                    )
-                )
-                cmd = _zsnap_command(args, work / f"{name}-{round_no}", listing)
-                cpu_before = _children_cpu()
-                seconds[name].append(_timed(cmd, cwd=checkout))
-                cpu[name].append(_children_cpu() - cpu_before)
-                bytes_out = sum(_image_size(registry.host, repo, "zsnap") for repo in outputs.values())
-                results[name] = {"seconds": statistics.median(seconds[name]), "runs": seconds[name],
-                                 "cpu_seconds": statistics.median(cpu[name]), "cpu_runs": cpu[name],
-                                 "bytes_out": bytes_out}  # fmt: skip
-        src = sources.get("zsnap", "")
-
-        if not args.skip_skopeo:
-            _say("skopeo copy --dest-compress-format zstd:chunked")
-            script = (
-                "set -e; mkdir -p /var/lib/containers/cache; mount -t tmpfs tmpfs /var/lib/containers/cache; "
-                f"exec skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false "
-                f"--dest-compress-format zstd:chunked --dest-compress-level {args.level} "
-                f"docker://{src} docker://{registry.host}/bench/out:skopeo"
-            )
-            results["skopeo"] = {
-                "seconds": _timed(["unshare", "-m", "sh", "-c", script]),
-                "bytes_out": _image_size(registry.host, "bench/out", "skopeo"),
-            }
-
-        if not args.skip_ctr_remote:
-            containerd = LocalContainerd(work / "containerd")
-            _say("ctr pull (ctr-remote converts inside containerd, so it needs the image there first)")
-            pull_s = _timed(
-                [
-                    "ctr",
-                    "--address",
-                    containerd.address,
-                    "--namespace",
-                    containerd.NAMESPACE,
-                    "images",
-                    "pull",
-                    "--plain-http",
-                    src,
-                ]
-            )
-            _say("ctr-remote images convert --zstdchunked --oci")
-            dst = f"{registry.host}/bench/out:ctr-remote"
-            convert_s = _timed(
-                [
-                    "ctr-remote",
-                    "--address",
-                    containerd.address,
-                    "--namespace",
-                    containerd.NAMESPACE,
-                    "images",
-                    "convert",
-                    "--zstdchunked",
-                    "--oci",
-                    "--estargz-compression-level",
-                    str(args.level),
-                    src,
-                    dst,
-                ]
-            )
-            containerd.ctr("images", "push", "--plain-http", dst, dst)
-            results["ctr-remote"] = {
-                "seconds": convert_s,
-                "pull_seconds": pull_s,
-                "bytes_out": _image_size(registry.host, "bench/out", "ctr-remote"),
-            }
-        _report(results, uncompressed, args)
+                link = Link(net.registry_host, net.prefix, net.description)
+            _say(f"source and destination registry: {link.description}")
+            sources = {name: f"{link.host}/bench/{name}:gzip" for name in tags}
+            _run_zsnap(args, work, link, sources, results)
+            if not args.skip_skopeo:
+                _run_skopeo(args, link, sources["zsnap"], results)
+            if not args.skip_ctr_remote:
+                _run_ctr_remote(args, work, link, sources["zsnap"], results)
+            _report(results, uncompressed, _source_bytes(layout, list(tags.values())), args, link)
         return 0
     finally:
-        if containerd:
-            containerd.stop()
-        if registry:
-            registry.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Link:
+    """Where the tools reach the registry: ``host`` from inside ``prefix`` (a shaped namespace, or [])."""
+
+    host: str
+    prefix: list[str]
+    description: str
+
+
+def _run_zsnap(
+    args: argparse.Namespace,
+    work: Path,
+    link: Link,
+    sources: dict[str, str],
+    results: dict[str, dict[str, Any]],
+) -> None:
+    variants = {"zsnap": _REPO_ROOT}
+    if args.baseline is not None:
+        variants["zsnap-baseline"] = args.baseline.resolve()
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for round_no in range(args.rounds):
+        for name, checkout in variants.items():
+            _say(f"{name} convert (round {round_no + 1}/{args.rounds})")
+            listing = work / f"list-{name}-{round_no}"
+            outputs = {tag: f"bench/out-{tag}-{name}-{round_no}" for tag in sources}
+            listing.write_text(
+                "".join(
+                    f"docker://{sources[tag]} docker://{link.host}/{outputs[tag]}:zsnap\n" for tag in sources
+                )
+            )
+            cmd = link.prefix + _zsnap_command(args, work / f"{name}-{round_no}", listing)
+            cpu_before = _children_cpu()
+            seconds[name].append(_timed(cmd, cwd=checkout))
+            cpu[name].append(_children_cpu() - cpu_before)
+            shutil.rmtree(work / f"{name}-{round_no}", ignore_errors=True)  # its store: the disk is needed
+            bytes_out = sum(_image_size(link, repo, "zsnap") for repo in outputs.values())
+            results[name] = {"seconds": statistics.median(seconds[name]), "runs": seconds[name],
+                             "cpu_seconds": statistics.median(cpu[name]), "cpu_runs": cpu[name],
+                             "bytes_out": bytes_out}  # fmt: skip
+
+
+def _run_skopeo(args: argparse.Namespace, link: Link, src: str, results: dict[str, dict[str, Any]]) -> None:
+    _say("skopeo copy --dest-compress-format zstd:chunked")
+    script = (
+        "set -e; mkdir -p /var/lib/containers/cache; mount -t tmpfs tmpfs /var/lib/containers/cache; "
+        f"exec skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false "
+        f"--dest-compress-format zstd:chunked --dest-compress-level {args.level} "
+        f"docker://{src} docker://{link.host}/bench/out:skopeo"
+    )
+    results["skopeo"] = {
+        "seconds": _timed([*link.prefix, "unshare", "-m", "sh", "-c", script]),
+        "bytes_out": _image_size(link, "bench/out", "skopeo"),
+    }
+
+
+def _run_ctr_remote(
+    args: argparse.Namespace, work: Path, link: Link, src: str, results: dict[str, dict[str, Any]]
+) -> None:
+    containerd = LocalContainerd(work / "containerd")
+    try:
+        # ctr pulls and pushes in its own process (containerd only stores): it runs across the link
+        ctr = [*link.prefix, "ctr", "--address", containerd.address, "--namespace", containerd.NAMESPACE]
+        _say("ctr pull (ctr-remote converts inside containerd, so it needs the image there first)")
+        pull_s = _timed([*ctr, "images", "pull", "--plain-http", src])
+        _say("ctr-remote images convert --zstdchunked --oci")
+        dst = f"{link.host}/bench/out:ctr-remote"
+        convert = [*link.prefix, "ctr-remote", *ctr[len(link.prefix) + 1 :], "images", "convert"]
+        convert += ["--zstdchunked", "--oci", "--estargz-compression-level", str(args.level), src, dst]
+        convert_s = _timed(convert)
+        _sh([*ctr, "images", "push", "--plain-http", dst, dst])
+        results["ctr-remote"] = {
+            "seconds": convert_s,
+            "pull_seconds": pull_s,
+            "bytes_out": _image_size(link, "bench/out", "ctr-remote"),
+        }
+    finally:
+        containerd.stop()
 
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -261,14 +273,21 @@ def _zsnap_command(args: argparse.Namespace, root: Path, listing: Path) -> list[
     return cmd
 
 
-def _report(results: dict[str, dict[str, Any]], uncompressed: int, args: argparse.Namespace) -> None:
+def _report(
+    results: dict[str, dict[str, Any]],
+    uncompressed: int,
+    source_bytes: int,
+    args: argparse.Namespace,
+    link: Link,
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     base = results["zsnap"]["seconds"]
     table = Table(
         title=f"zstd:chunked conversion of {uncompressed / 1e6:.0f} MB (uncompressed"
-        f"{', distinct, seed-shaped batch' if args.shape == 'seed' else ''}), level {args.level}"
+        f"{', distinct, seed-shaped batch' if args.shape == 'seed' else ''}), level {args.level}, "
+        f"registry over {link.description}"
     )
     for column in ("tool", "seconds", "CPU s", "output MB", "MB/s in", "time vs zsnap"):
         table.add_column(column, justify="right" if column != "tool" else "left")
@@ -290,7 +309,11 @@ def _report(results: dict[str, dict[str, Any]], uncompressed: int, args: argpars
                 "bench": "convert",
                 "shape": args.shape,
                 "uncompressed_bytes": uncompressed,
+                "source_bytes": source_bytes,
                 "level": args.level,
+                "network": link.description,
+                "bandwidth_mbit": args.bandwidth,
+                "rtt_ms": args.rtt_ms if args.bandwidth is not None else 0.0,
                 "results": results,
             }
         )
@@ -310,6 +333,17 @@ def _uncompressed_size(layout: Path) -> int:
     return total
 
 
+def _source_bytes(layout: Path, tags: list[str]) -> int:
+    """Compressed bytes of the distinct source layers of the images ``tags`` (what crosses the link)."""
+    index = json.loads((layout / "index.json").read_text())
+    sizes: dict[str, int] = {}
+    for entry in index["manifests"]:
+        if entry.get("annotations", {}).get("org.opencontainers.image.ref.name") in tags:
+            for layer in json.loads(_blob(layout, entry["digest"]))["layers"]:
+                sizes[layer["digest"]] = layer["size"]
+    return sum(sizes.values())
+
+
 def _blob_path(layout: Path, digest: str) -> Path:
     return layout / "blobs" / "sha256" / digest.split(":")[1]
 
@@ -318,18 +352,20 @@ def _blob(layout: Path, digest: str) -> bytes:
     return _blob_path(layout, digest).read_bytes()
 
 
-def _image_size(host: str, repo: str, tag: str) -> int:
+def _image_size(link: Link, repo: str, tag: str) -> int:
     """Total layer bytes of the tool's output, after checking that it really is zstd:chunked (a tool
     that silently reused the gzip blobs would otherwise win the benchmark)."""
-    request = urllib.request.Request(
-        f"http://{host}/v2/{repo}/manifests/{tag}",
-        headers={
-            "Accept": "application/vnd.oci.image.manifest.v1+json, "
-            "application/vnd.docker.distribution.manifest.v2+json"
-        },
+    accept = (
+        "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
     )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        manifest = json.loads(response.read())
+    url = f"http://{link.host}/v2/{repo}/manifests/{tag}"
+    if link.prefix:  # the registry is only reachable inside the namespace
+        cmd = [*link.prefix, "curl", "-sf", "--max-time", "30", "-H", f"Accept: {accept}", url]
+        manifest = json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)
+    else:
+        request = urllib.request.Request(url, headers={"Accept": accept})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            manifest = json.loads(response.read())
     for layer in manifest["layers"]:
         keys = layer.get("annotations", {})
         if not layer["mediaType"].endswith("+zstd") or not any("zstd-chunked.manifest" in k for k in keys):

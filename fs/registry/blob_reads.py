@@ -141,7 +141,8 @@ class BlobReads:
                                         data, skip = data[cut:], skip - cut
                                         if not data:
                                             continue
-                                    hasher.update(data)
+                                    if verify:  # else the caller hashes (fetch_blob, as it writes)
+                                        hasher.update(data)
                                     offset += len(data)
                                     yield data
             finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,7 @@ class Staging:
         token = trio.lowlevel.current_trio_token()
 
         def download(path: Path) -> None:
-            trio.from_thread.run(source.fetch_blob, desc.digest, desc.size, path, None, trio_token=token)
+            trio.from_thread.run(_fetch_unsynced, source, desc, path, None, trio_token=token)
 
         async with self.acquired(
             f"source/{desc.digest}", download, limiter=self._downloads, priority=desc.size, queued=queued
@@ -110,9 +109,7 @@ class Staging:
         def download(path: Path) -> None:
             started = announce(path)
             try:
-                trio.from_thread.run(
-                    source.fetch_blob, desc.digest, desc.size, path, started.wrote, trio_token=token
-                )
+                trio.from_thread.run(_fetch_unsynced, source, desc, path, started.wrote, trio_token=token)
             except BaseException as exc:
                 started.finished(exc)
                 raise
@@ -193,10 +190,7 @@ class Staging:
         """``data`` (already known to hash to ``digest``) as a shared temp file ``blob/<digest>``."""
 
         def write(path: Path) -> None:
-            with open(path, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            path.write_bytes(data)
 
         async with self.acquired(f"blob/{digest}", write) as path:
             yield path
@@ -246,6 +240,15 @@ class _Acquisition:
     download: Download | None = None
     path: Path | None = None
     error: Exception | None = None
+
+
+async def _fetch_unsynced(
+    source: Endpoint, desc: Descriptor, path: Path, progress: Callable[[int], None] | None
+) -> None:
+    # Not fsynced: a temp object never outlives its holders (a crash's are deleted at the next open), so
+    # its bytes need never reach the disk; one converted and released within the kernel's writeback
+    # delay is never written at all.
+    await source.fetch_blob(desc.digest, desc.size, path, progress, sync=False)
 
 
 def _verify_file(path: Path, digest: str) -> None:

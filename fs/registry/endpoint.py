@@ -201,11 +201,11 @@ class Endpoint(abc.ABC):
         return self.source.stream_blob(self.repository, digest, verify=verify, chunk_size=chunk_size)
 
     async def fetch_blob(
-        self, digest: str, size: int, dest: Path, progress: ProgressFn | None = None
+        self, digest: str, size: int, dest: Path, progress: ProgressFn | None = None, *, sync: bool = True
     ) -> None:
-        """Stream a blob into the file ``dest`` (fsynced); :class:`VerificationError` if it does not hash
-        to ``digest`` or is not ``size`` bytes long. ``progress(n)`` is called once ``n`` more bytes are
-        in the file (readable through another descriptor), in blocks of a few MiB."""
+        """Stream a blob into the file ``dest`` (fsynced unless ``sync`` is False); :class:`VerificationError`
+        if it does not hash to ``digest`` or is not ``size`` bytes long. ``progress(n)`` is called once
+        ``n`` more bytes are in the file (readable through another descriptor), in blocks of a few MiB."""
         hasher = Hasher()
         pending: list[bytes] = []
         pending_size = 0
@@ -227,7 +227,8 @@ class Endpoint(abc.ABC):
                         pending_size = 0
             await write_pending()
             await out.flush()
-            await trio.to_thread.run_sync(os.fsync, out.fileno())
+            if sync:
+                await trio.to_thread.run_sync(os.fsync, out.fileno())
         _check(digest, size, hasher, f"blob from {self.ref}")
 
     def local_blob_path(self, digest: str) -> Path | None:
@@ -306,7 +307,7 @@ class LayoutEndpoint(Endpoint):
         self.source = LayoutReader(layout)
 
     async def fetch_blob(
-        self, digest: str, size: int, dest: Path, progress: ProgressFn | None = None
+        self, digest: str, size: int, dest: Path, progress: ProgressFn | None = None, *, sync: bool = True
     ) -> None:
         def copy() -> None:  # one worker thread for the whole copy, not one hop per piece
             hasher = Hasher()
@@ -317,7 +318,8 @@ class LayoutEndpoint(Endpoint):
                     if progress:
                         progress(len(block))
                 out.flush()
-                os.fsync(out.fileno())
+                if sync:
+                    os.fsync(out.fileno())
             _check(digest, size, hasher, f"blob in {self.ref}")
 
         await trio.to_thread.run_sync(copy)

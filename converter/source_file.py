@@ -1,7 +1,7 @@
 """A source layer the converter may read while it is still being downloaded.
 
-Downloading a registry layer into the store and converting it afterwards leaves a core idle for the
-length of the download (a third of the wall time of a loopback conversion here). :class:`SourceFile`
+Downloading a registry layer into the store and converting it afterwards leaves the cores idle for the
+length of the download, which across a 200 Mbit/s link is most of a conversion's time. :class:`SourceFile`
 lets the layer writer start on the bytes already on disk: its reader returns what the download has
 written so far, blocks at the end of it until more arrives, and reports end of file only once the whole
 blob is there *and* hashed to its digest. A download that fails makes the reader raise, so a converter

@@ -20,16 +20,17 @@ methods are called from the host's trio run; nothing in this process may read th
 thread (use a worker thread or another process).
 
 :meth:`LazyHost.attach_image` resolves the image with one manifest request (by ``manifest_digest`` when
-given; an index costs one more for this platform's manifest) plus the config, opens its distinct layers
-concurrently (TOC fetched and verified, or the whole layer into the store; :mod:`fs.lazy.layer`) and adds
-each to the tree as ``<fuse_dir>/<digest hex>/``. Once every layer is open their prefetch starts (the
-background fetch of any layer waits until no layer is prefetching), and the call returns when the new lazy
-layers' prefetch lists are stored or after ``options.prefetch_wait`` seconds, whichever is first; it logs
-one INFO timing line per attach. A layer already attached is shared: layers are
-refcounted by holder (any string the caller chooses, e.g. one per snapshot); concurrent attaches of the
-same layer open it once. :meth:`LazyHost.detach` drops a holder; a layer no holder wants any more leaves
-the root directory at once (the kernel's dentry is invalidated), its prefetch stops, its store refs are
-dropped (its chunks stay cached, evictable), and its nodes are freed once the kernel forgot them.
+given; an index costs one more for this platform's manifest), then fetches the config while it opens the
+distinct layers concurrently (TOC fetched and verified, or, once the config gave its DiffID, the whole
+layer into the store; :mod:`fs.lazy.layer`) and adds each to the tree as ``<fuse_dir>/<digest hex>/``.
+Once every layer is open their prefetch starts (the background fetch of any layer waits until no layer is
+prefetching), and the call returns when the new lazy layers' prefetch lists are stored or after
+``options.prefetch_wait`` seconds, whichever is first; it logs one INFO timing line per attach. A layer
+already attached is shared: layers are refcounted by holder (any string the caller chooses, e.g. one per
+snapshot); concurrent attaches of the same layer open it once. :meth:`LazyHost.detach` drops a holder; a
+layer no holder wants any more leaves the root directory at once (the kernel's dentry is invalidated), its
+prefetch stops, its store refs are dropped (its chunks stay cached, evictable), and its nodes are freed
+once the kernel forgot them.
 
 Store references: in the daemon (``options.bound_holder`` None) each layer's whole blobs/tars and fetched
 chunks are ref'd by the persistent holder ``layer:<digest>``, which survives a crash and a restart (the
@@ -66,7 +67,7 @@ from fs.lazy.clients import HostClients
 from fs.lazy.early import EarlyBudget, EarlyRanges, start_early_fetch
 from fs.lazy.fetcher import ChunkFetcher
 from fs.lazy.fills import LayerFills
-from fs.lazy.image import resolve_image
+from fs.lazy.image import ResolvedImage, resolve_manifest, with_config
 from fs.lazy.inodes import ROOT_INODE, InodeTable, LayerTree
 from fs.lazy.invalidate import EntryInvalidator
 from fs.lazy.layer import LayerDescriptor, OpenedLayer, open_layer, reads_lazily
@@ -231,23 +232,37 @@ class LazyHost:
             ref = ImageReference.parse(ref)
         t0 = time.monotonic()
         client = await self._clients.get(ref, plain_http)
-        image = await resolve_image(client, ref, manifest_digest=manifest_digest)
+        manifest, digest = await resolve_manifest(client, ref, manifest_digest=manifest_digest)
         t_resolved = time.monotonic()
-        if not image.layers:
+        if not manifest.layers:
             raise ZsnapError(f"{ref} has no layers")
-        if lazy_only and not any(reads_lazily(d) for d in image.layers):
+        bare = tuple(LayerDescriptor.from_descriptor(d) for d in manifest.layers)  # no DiffIDs yet
+        if lazy_only and not any(reads_lazily(d) for d in bare):
             return []
-        order = _topmost_once(image.layers)
+        order = _topmost_once(bare)
         mine = self._holders.setdefault(holder, set())
         added = [d.digest for d in order if d.digest not in mine]
         for d in order:  # claimed before any await: a concurrent detach sees them
             self._layers.setdefault(d.digest, _Layer(d.digest)).holders.add(holder)
             mine.add(d.digest)
+        resolved: list[ResolvedImage] = []
         try:
             limiter = trio.CapacityLimiter(OPEN_CONCURRENCY)
             async with trio.open_nursery() as n:
+
+                async def config_then_whole_layers() -> None:
+                    # The config (DiffIDs) comes while the lazy layers' TOCs do; a layer downloaded whole
+                    # is checked against its DiffID, so it starts once the config is here.
+                    image = await with_config(client, ref, manifest, digest)
+                    resolved.append(image)
+                    for d in _topmost_once(image.layers):
+                        if not reads_lazily(d):
+                            n.start_soon(self._ensure_open, d, client, ref.repository, limiter)
+
+                n.start_soon(config_then_whole_layers)
                 for d in order:
-                    n.start_soon(self._ensure_open, d, client, image.repository, limiter)
+                    if reads_lazily(d):
+                        n.start_soon(self._ensure_open, d, client, ref.repository, limiter)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._release(holder, added)
@@ -275,14 +290,14 @@ class LazyHost:
                 for la in fresh:
                     await la.prefetched.wait()
         out = []
-        for d in order:
+        for d in _topmost_once(resolved[0].layers):
             la = self._layers[d.digest]
             assert la.opened is not None
             out.append(AttachedLayer(d.digest, d.diff_id, self.layer_path(d.digest), la.opened.lazy))
         t_end = time.monotonic()
         log.info(
-            "attached %s for %s: %d layer(s) (%d lazy, %d new) in %.3f s: manifest+config %.3f s, "
-            "open (TOC fetch+index, or whole download) %.3f s [slowest layer %.3f s], tree build %.3f s "
+            "attached %s for %s: %d layer(s) (%d lazy, %d new) in %.3f s: manifest %.3f s, open (config "
+            "beside TOC fetch+index, or whole download) %.3f s [slowest layer %.3f s], tree build %.3f s "
             "[sum], prefetch wait %.3f s (%s); TOC bytes so far %d",
             ref, holder, len(out), sum(a.lazy for a in out), len(fresh), t_end - t0, t_resolved - t0,
             t_opened - t_resolved, max((la.open_s for la in fresh), default=0.0),

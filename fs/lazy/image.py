@@ -33,7 +33,7 @@ from fs.registry.manifests import (
     platform_matches,
 )
 
-__all__ = ["ResolvedImage", "open_image_client", "resolve_image"]
+__all__ = ["ResolvedImage", "open_image_client", "resolve_image", "resolve_manifest", "with_config"]
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,26 @@ async def resolve_image(
         FormatError: malformed manifest or config, or DiffIDs not matching the layers.
         VerificationError, RegistryError: from the client.
     """
+    manifest, digest = await resolve_manifest(client, ref, want=want, manifest_digest=manifest_digest)
+    return await with_config(client, ref, manifest, digest)
+
+
+async def resolve_manifest(
+    client: Any, ref: ImageReference, *, want: str | None = None, manifest_digest: str | None = None
+) -> tuple[ImageManifest, str]:
+    """The first half of :func:`resolve_image`: the verified manifest for this platform and its digest.
+    Its layer descriptors are enough to open lazy layers (their TOCs are vouched for by its annotations),
+    so the config can be fetched meanwhile."""
     doc, digest = await _manifest(client, ref, None, manifest_digest)
     if isinstance(doc, ImageIndex):
         doc, digest = await _manifest(client, ref, _pick_platform(doc, want))
         if isinstance(doc, ImageIndex):
             raise FormatError(f"the manifest {digest} chosen for this platform is an index again")
+    return doc, digest
+
+
+async def with_config(client: Any, ref: ImageReference, doc: ImageManifest, digest: str) -> ResolvedImage:
+    """The second half of :func:`resolve_image`: fetch and verify the config of manifest ``doc``."""
     config_bytes = await client.get_blob(ref.repository, doc.config.digest)
     try:
         config = json.loads(config_bytes)

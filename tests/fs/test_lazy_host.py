@@ -232,6 +232,50 @@ def test_attach_failure_leaves_nothing_behind(
     assert (Path(w.attached["layers"][0][0]) / "etc/passwd").read_bytes().startswith(b"root:")
 
 
+def _image_with_config(layout: Path, tag: str, config: bytes) -> str:
+    """In ``layout`` (a copy of the skopeo vector), image ``tag``: the vector's layers with ``config``."""
+    index = json.loads((layout / "index.json").read_text())
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    cfg_hex = hashlib.sha256(config).hexdigest()
+    (blobs / cfg_hex).write_bytes(config)
+    manifest["config"] = {**manifest["config"], "digest": f"sha256:{cfg_hex}", "size": len(config)}
+    data = json.dumps(manifest).encode()
+    hexd = hashlib.sha256(data).hexdigest()
+    (blobs / hexd).write_bytes(data)
+    index["manifests"].append(
+        {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": f"sha256:{hexd}",
+            "size": len(data),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }
+    )
+    (layout / "index.json").write_text(json.dumps(index))
+    return f"oci:{layout}:{tag}"
+
+
+def test_a_bad_config_fails_the_attach_while_its_layers_open(vectors_dir: Path, host_worker, tmp_path: Path):
+    """The config is fetched while the lazy layers' TOCs are: when it turns out malformed (or lists
+    the wrong number of DiffIDs), the attach fails naming it and keeps none of the layers it opened."""
+    base = _base_image(vectors_dir, tmp_path / "layout")
+    not_an_object = _image_with_config(tmp_path / "layout", "listcfg", b"[1, 2]")
+    one_diff_id = _image_with_config(
+        tmp_path / "layout",
+        "shortcfg",
+        json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "2" * 64]}}).encode(),
+    )
+    w = host_worker(base)
+    answer = w.ask(f"attach {not_an_object} listcfg")
+    assert "config" in answer.get("error", "") and "malformed" in answer["error"], answer
+    answer = w.ask(f"attach {one_diff_id} shortcfg")
+    assert "1 diff_ids for 3 layers" in answer.get("error", ""), answer
+    state = w.ask("state")
+    assert set(state["holders"]) == {"img0"} and len(state["linked"]) == 2 and state["trees"] == 2, state
+    assert w.ask(f"attach {base.rsplit(':', 1)[0]}:listcfg-not-there x").get("error")
+    assert (Path(w.attached["layers"][0][0]) / "etc/passwd").read_bytes().startswith(b"root:")
+
+
 def test_lazy_only_attaches_nothing_of_an_image_without_a_lazy_layer(
     registry, test_images, vectors_dir: Path, host_worker, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +139,29 @@ def test_convert_oci_layout_to_oci_layout(test_images, tmp_path):
         data = (out / "blobs/sha256" / layer["digest"].split(":")[1]).read_bytes()
         assert zstd_cli_sha256(data) == source.diff_id
     zsnap(tmp_path / "root", "check", "--full", f"oci:{out}:converted")
+
+
+def test_layout_source_blob_with_other_bytes_fails_and_publishes_nothing(test_images, tmp_path):
+    """A layout's blob is read in place and hashed by the read that converts it: a layer whose bytes
+    are not its digest's (valid gzip of its tar with one byte changed) fails with the digest error naming
+    it, and the destination layout gets no image."""
+    image = test_images["features:gzip"]
+    src = tmp_path / "src"
+    shutil.copytree(image.layout, src)
+    layer = max(image.layers, key=lambda x: x.tar_size)
+    blob_path = src / "blobs/sha256" / layer.descriptor.digest.split(":")[1]
+    tar = bytearray(gzip.decompress(blob_path.read_bytes()))
+    tar[len(tar) // 2] ^= 0xFF
+    blob_path.write_bytes(gzip.compress(bytes(tar), mtime=0))
+    out = tmp_path / "out"
+    proc = zsnap(tmp_path / "root", "convert", f"oci:{src}:{image.tag}", f"oci:{out}:converted", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    error = proc.stderr.split("zsnap: error:")[1]
+    assert "hashes to" in error and layer.descriptor.digest in error, proc.stderr
+    assert "Traceback" not in proc.stderr
+    index = out / "index.json"
+    assert not index.exists() or not json.loads(index.read_text())["manifests"], index.read_text()
+    assert_no_leftovers(tmp_path / "root")
 
 
 def test_duplicate_layers_convert_once_without_warnings(registry, test_images, tmp_path):

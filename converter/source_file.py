@@ -12,7 +12,6 @@ says what the blob hashed to).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import threading
@@ -22,9 +21,9 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-from fs.errors import ConversionError, VerificationError
+from fs.errors import ConversionError
 
-__all__ = ["Download", "SourceFile", "verify_file"]
+__all__ = ["Download", "SourceFile"]
 
 #: A reader at the end of the written bytes re-checks this often even without a wake-up (belt and braces:
 #: every write and the outcome notify it).
@@ -88,16 +87,11 @@ class Download:
 
 
 class SourceFile:
-    """A local source blob: complete and verified, still arriving (``download``), or complete but still to
-    be checked against ``digest`` (a local OCI layout's blob, read in place: hashed as the converter reads
-    it rather than in a pass of its own first, which for a big layout on a cold page cache would read
-    every blob from disk twice)."""
+    """A local source blob: complete and verified (``download`` None), or still arriving."""
 
-    def __init__(self, path: Path, download: Download | None = None, *, digest: str | None = None) -> None:
+    def __init__(self, path: Path, download: Download | None = None) -> None:
         self.path = path
         self.download = download
-        self.digest = digest
-        self._hashed = False  # a reader read the whole file and it hashed to ``digest``
 
     @property
     def streaming(self) -> bool:
@@ -107,69 +101,15 @@ class SourceFile:
     def open(self) -> BinaryIO:
         """A binary reader from the blob's first byte; over a download in progress it blocks for bytes
         not yet written and sees end of file only after the blob verified."""
-        if self.download is not None:
-            return io.BufferedReader(_GrowingReader(self.download), 1 << 20)
-        if self.digest is not None:
-            return io.BufferedReader(_HashingReader(self), 1 << 20)
-        return open(self.path, "rb")
+        if self.download is None:
+            return open(self.path, "rb")
+        return io.BufferedReader(_GrowingReader(self.download), 1 << 20)
 
     def wait_verified(self, stop: threading.Event | None = None) -> None:
         """Return once every byte is verified; raise the download's error if it failed (see
-        :meth:`Download.wait_verified`), :class:`VerificationError` if a local blob does not hash to its
-        digest (hashed here if no reader got to its end)."""
+        :meth:`Download.wait_verified`)."""
         if self.download is not None:
             self.download.wait_verified(stop)
-        elif self.digest is not None and not self._hashed:
-            verify_file(self.path, self.digest)
-            self._hashed = True
-
-    def _reader_hashed(self, actual: str) -> None:
-        if actual != self.digest:
-            raise VerificationError(f"blob {self.path} hashes to {actual}, its descriptor says {self.digest}")
-        self._hashed = True
-
-
-def verify_file(path: Path, digest: str) -> None:
-    """Raise :class:`VerificationError` unless the file at ``path`` hashes to ``digest``."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            hasher.update(block)
-    actual = "sha256:" + hasher.hexdigest()
-    if actual != digest:
-        raise VerificationError(f"blob {path} hashes to {actual}, its descriptor says {digest}")
-
-
-class _HashingReader(io.RawIOBase):
-    """Reads a complete local file, hashing it; at its end it tells the :class:`SourceFile`, which raises
-    if the digest is wrong: the reader never reports a clean end of wrong bytes."""
-
-    def __init__(self, source: SourceFile) -> None:
-        super().__init__()
-        self._source = source
-        self._file = open(source.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        self._hash = hashlib.sha256()
-        self._offset = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._offset
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        n = self._file.readinto(buffer) or 0
-        if n:
-            self._hash.update(memoryview(buffer)[:n])
-            self._offset += n
-        else:
-            self._source._reader_hashed("sha256:" + self._hash.hexdigest())
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._file.close()
-        super().close()
 
 
 class _GrowingReader(io.RawIOBase):

@@ -11,6 +11,7 @@ converted output of a layer is a temp object too (``converted/<key>``, see :mod:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ from pathlib import Path
 import trio
 
 from converter.scheduling import PriorityLimiter
-from converter.source_file import Download, SourceFile, verify_file
-from fs.errors import NotInStore, ProducerFailed, ZsnapError
+from converter.source_file import Download, SourceFile
+from fs.errors import NotInStore, ProducerFailed, VerificationError, ZsnapError
 from fs.registry.endpoint import Endpoint
 from fs.registry.manifests import Descriptor
 from fs.store import Store, TempHandle, free_space_check
@@ -59,7 +60,7 @@ class Staging:
         if local is not None:
             # Used in place, so checked here: a layout on disk is no more trusted than a registry.
             queued()
-            await trio.to_thread.run_sync(verify_file, local, desc.digest)
+            await trio.to_thread.run_sync(_verify_file, local, desc.digest)
             yield local
             return
         async with self._stored_blob(desc.digest) as stored:
@@ -88,13 +89,9 @@ class Staging:
         made from it is published. A download that fails after the hand-out raises from the reader and
         from the gate (and, as itself, from here when the body did not already fail).
         """
-        local = source.local_blob_path(desc.digest)
-        if local is not None:  # read in place, hashed as it is read (checked by the gate)
-            if on_queued is not None:
-                on_queued()
-            yield SourceFile(local, digest=desc.digest)
-            return
-        if await trio.to_thread.run_sync(self._store.has, desc.digest):
+        if source.local_blob_path(desc.digest) is not None or await trio.to_thread.run_sync(
+            self._store.has, desc.digest
+        ):
             async with self.source(source, desc, on_queued=on_queued) as path:
                 yield SourceFile(path)
             return
@@ -252,3 +249,13 @@ async def _fetch_unsynced(
     # its bytes need never reach the disk; one converted and released within the kernel's writeback
     # delay is never written at all.
     await source.fetch_blob(desc.digest, desc.size, path, progress, sync=False)
+
+
+def _verify_file(path: Path, digest: str) -> None:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            hasher.update(block)
+    actual = "sha256:" + hasher.hexdigest()
+    if actual != digest:
+        raise VerificationError(f"blob {path} hashes to {actual}, its descriptor says {digest}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -112,45 +111,3 @@ def test_a_complete_source_reads_as_a_plain_file(tmp_path):
     source.wait_verified()  # nothing to wait for
     with source.open() as f:
         assert f.read() == b"abc" * 1000
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def test_a_local_blob_is_verified_by_the_read_that_converts_it(tmp_path):
-    path = tmp_path / "blob"
-    data = os.urandom(3_000_000)
-    path.write_bytes(data)
-    source = SourceFile(path, digest=_digest(data))
-    with source.open() as reader:
-        assert reader.read() == data
-    path.unlink()  # the gate needs no second pass over the file: the read already hashed it
-    source.wait_verified()
-
-
-def test_a_local_blob_with_other_bytes_fails_at_its_end_and_at_the_gate(tmp_path):
-    path = tmp_path / "blob"
-    path.write_bytes(b"tampered" * 100_000)
-    source = SourceFile(path, digest=_digest(b"original" * 100_000))
-    with source.open() as reader:
-        assert reader.read(1000) == b"tampered" * 125  # bytes flow; the end is where they are judged
-        with pytest.raises(VerificationError, match="hashes to"):
-            reader.read()
-    with pytest.raises(VerificationError, match="hashes to"):
-        source.wait_verified()
-
-
-def test_the_gate_hashes_a_local_blob_nobody_read_to_its_end(tmp_path):
-    path = tmp_path / "blob"
-    data = os.urandom(500_000)
-    path.write_bytes(data)
-    good = SourceFile(path, digest=_digest(data))
-    with good.open() as reader:
-        reader.read(10)
-    good.wait_verified()
-    bad = SourceFile(path, digest=_digest(b"something else"))
-    with bad.open() as reader:
-        reader.read(10)
-    with pytest.raises(VerificationError):
-        bad.wait_verified()

@@ -22,7 +22,8 @@ Layout (one module per stage; imports go downwards only)::
                   DiffID, its tar indexed                                                             I/O
     layer.py      open a layer: verified TOC -> LayerIndex (lazy), or whole (wholelayer.py);
                   OpenedLayer.read: the layer's own read path (chunks or pread of its tar)          I/O
-    image.py      REF -> manifest (host platform) -> config -> LayerDescriptors; oci: layouts         I/O
+    image.py      REF -> manifest (host platform) -> config -> LayerDescriptors, in two steps so that a
+                  host fetches the config beside the TOCs; oci: layouts                               I/O
     prefetch.py   prefetch marked files, then background-fetch the rest                              I/O
     fills.py      LayerFills: each layer's prefetch then background fetch; none in the background
                   while any layer prefetches                                                         I/O

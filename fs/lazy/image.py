@@ -4,7 +4,8 @@ Only the manifest, (index,) and config are fetched here; every one is verified b
 client checks manifests fetched by digest and blobs, and a tag-resolved manifest is then addressed by its
 own digest). With a manifest digest (what containerd hands the snapshotter) the manifest is fetched by it:
 one request. Documents are parsed by :mod:`fs.registry.manifests` (the model the converter uses too); layer
-descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs.
+descriptors carry the annotations that vouch for each TOC, and the config's DiffIDs. :func:`resolve_image`
+is :func:`resolve_manifest` then :func:`with_config`; a host runs the second beside its TOC fetches.
 
 ``oci:DIR[:TAG]`` references are served by :class:`fs.registry.endpoint.LayoutReader`,
 the registry client's read methods over a local OCI image layout (so a layout can be mounted without a

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 layout = _layout(args, work)
                 uncompressed = _uncompressed_size(layout)
-                tags = {"zsnap": "bench"}
+                tags = {"src": "bench"}
             for name, tag in tags.items():
                 _sh(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
                      f"docker://{registry.host}/bench/{name}:gzip"])  # fmt: skip
@@ -135,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
             sources = {name: f"{link.host}/bench/{name}:gzip" for name in tags}
             _run_zsnap(args, work, link, sources, results)
             if not args.skip_skopeo:
-                _run_skopeo(args, link, sources["zsnap"], results)
+                _run_skopeo(args, link, sources["src"], results)
             if not args.skip_ctr_remote:
-                _run_ctr_remote(args, work, link, sources["zsnap"], results)
+                _run_ctr_remote(args, work, link, sources["src"], results)
             _report(results, uncompressed, _source_bytes(layout, list(tags.values())), args, link)
         return 0
     finally:
@@ -206,14 +206,14 @@ def _run_ctr_remote(
     containerd = LocalContainerd(work / "containerd")
     try:
         # ctr pulls and pushes in its own process (containerd only stores): it runs across the link
-        ctr = [*link.prefix, "ctr", "--address", containerd.address, "--namespace", containerd.NAMESPACE]
+        where = ["--address", containerd.address, "--namespace", containerd.NAMESPACE]
+        ctr = [*link.prefix, "ctr", *where]
         _say("ctr pull (ctr-remote converts inside containerd, so it needs the image there first)")
         pull_s = _timed([*ctr, "images", "pull", "--plain-http", src])
         _say("ctr-remote images convert --zstdchunked --oci")
         dst = f"{link.host}/bench/out:ctr-remote"
-        convert = [*link.prefix, "ctr-remote", *ctr[len(link.prefix) + 1 :], "images", "convert"]
-        convert += ["--zstdchunked", "--oci", "--estargz-compression-level", str(args.level), src, dst]
-        convert_s = _timed(convert)
+        convert = [*link.prefix, "ctr-remote", *where, "images", "convert", "--zstdchunked", "--oci"]
+        convert_s = _timed([*convert, "--estargz-compression-level", str(args.level), src, dst])
         _sh([*ctr, "images", "push", "--plain-http", dst, dst])
         results["ctr-remote"] = {
             "seconds": convert_s,

@@ -193,15 +193,13 @@ def test_two_images_share_a_layer_and_detach_keeps_the_shared_one(
     assert w.stop() == 0, w.log_tail()
 
 
-def _tampered_image(layout: Path) -> str:
-    """In ``layout`` (a copy of the skopeo vector), an image ``bad``: the vector whose top layer's TOC
-    digest annotation is wrong (the TOC will not verify)."""
+def _vector_variant(layout: Path, tag: str, change) -> str:
+    """In ``layout`` (a copy of the skopeo vector), image ``tag``: the vector's manifest after
+    ``change(manifest, blobs_dir)``."""
     index = json.loads((layout / "index.json").read_text())
     blobs = layout / "blobs" / "sha256"
     manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
-    manifest["layers"][2]["annotations"]["io.containers.zstd-chunked.manifest-checksum"] = (
-        "sha256:" + "1" * 64
-    )
+    change(manifest, blobs)
     data = json.dumps(manifest).encode()
     hexd = hashlib.sha256(data).hexdigest()
     (blobs / hexd).write_bytes(data)
@@ -210,11 +208,22 @@ def _tampered_image(layout: Path) -> str:
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": f"sha256:{hexd}",
             "size": len(data),
-            "annotations": {"org.opencontainers.image.ref.name": "bad"},
+            "annotations": {"org.opencontainers.image.ref.name": tag},
         }
     )
     (layout / "index.json").write_text(json.dumps(index))
-    return f"oci:{layout}:bad"
+    return f"oci:{layout}:{tag}"
+
+
+def _tampered_image(layout: Path) -> str:
+    """Image ``bad``: the vector whose top layer's TOC digest annotation is wrong (the TOC will not
+    verify)."""
+
+    def wrong_toc_digest(manifest: dict[str, Any], blobs: Path) -> None:
+        key = "io.containers.zstd-chunked.manifest-checksum"
+        manifest["layers"][2]["annotations"][key] = "sha256:" + "1" * 64
+
+    return _vector_variant(layout, "bad", wrong_toc_digest)
 
 
 def test_attach_failure_leaves_nothing_behind(
@@ -233,26 +242,14 @@ def test_attach_failure_leaves_nothing_behind(
 
 
 def _image_with_config(layout: Path, tag: str, config: bytes) -> str:
-    """In ``layout`` (a copy of the skopeo vector), image ``tag``: the vector's layers with ``config``."""
-    index = json.loads((layout / "index.json").read_text())
-    blobs = layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
-    cfg_hex = hashlib.sha256(config).hexdigest()
-    (blobs / cfg_hex).write_bytes(config)
-    manifest["config"] = {**manifest["config"], "digest": f"sha256:{cfg_hex}", "size": len(config)}
-    data = json.dumps(manifest).encode()
-    hexd = hashlib.sha256(data).hexdigest()
-    (blobs / hexd).write_bytes(data)
-    index["manifests"].append(
-        {
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": f"sha256:{hexd}",
-            "size": len(data),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }
-    )
-    (layout / "index.json").write_text(json.dumps(index))
-    return f"oci:{layout}:{tag}"
+    """Image ``tag``: the vector's layers with ``config``."""
+
+    def replace_config(manifest: dict[str, Any], blobs: Path) -> None:
+        cfg_hex = hashlib.sha256(config).hexdigest()
+        (blobs / cfg_hex).write_bytes(config)
+        manifest["config"] = {**manifest["config"], "digest": f"sha256:{cfg_hex}", "size": len(config)}
+
+    return _vector_variant(layout, tag, replace_config)
 
 
 def test_a_bad_config_fails_the_attach_while_its_layers_open(vectors_dir: Path, host_worker, tmp_path: Path):

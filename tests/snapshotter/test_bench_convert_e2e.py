@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from snapshotter.bench.startup import netns
+from tests.fixtures.common import bench_leftovers
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
@@ -23,16 +23,7 @@ def _bench(*args: str) -> dict:
 
 
 def _leftovers() -> set[str]:
-    left = {n.name for n in netns.NETNS_DIR.glob(f"{netns.PREFIX}*")} if netns.NETNS_DIR.is_dir() else set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"zsnap-bench-convert-" in cmdline:
-                left.add(f"pid {entry.name}: {cmdline[:120]!r}")
-    return left
+    return bench_leftovers(b"zsnap-bench-convert-")
 
 
 def test_zsnap_and_skopeo_convert_the_same_image_across_a_shaped_link(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from snapshotter.bench.startup import netns
+from tests.fixtures.common import bench_leftovers
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
@@ -27,17 +28,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _ours() -> set[str]:
-    """Network namespaces and processes a startup benchmark left behind."""
-    left = {n.name for n in netns.NETNS_DIR.glob(f"{netns.PREFIX}*")} if netns.NETNS_DIR.is_dir() else set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"zsnap-bench-startup-" in cmdline:
-                left.add(f"pid {entry.name}: {cmdline[:120]!r}")
-    return left
+    return bench_leftovers(b"zsnap-bench-startup-")
 
 
 def test_full_mode_end_to_end(tmp_path: Path) -> None:

@@ -63,8 +63,10 @@ class PackFiles:
         txn.put(pack_key(pack_id), row.pack(), db=self._index.packs)
 
     def drop_empty(self, txn: Txn, pack_ids: Iterable[int] | None = None) -> list[int]:
-        """In a write transaction: remove the rows and files of packs without a live blob (of
-        ``pack_ids``, or every pack). Returns the ids removed; their descriptors are the caller's to drop."""
+        """In a write transaction: remove the rows of packs without a live blob (of ``pack_ids``, or every
+        pack). Returns the ids removed: the caller unlinks their files (:meth:`unlink`) once the
+        transaction has committed, and drops their descriptors. A file unlinked before the commit would
+        be gone while a crash rolled its row back, and after a repack the records pointing into it too."""
         if pack_ids is None:
             with txn.cursor(db=self._index.packs) as cur:
                 pack_ids = [int(key, 16) for key, raw in cur if PackRecord.unpack(raw).live == 0]
@@ -74,10 +76,16 @@ class PackFiles:
             if row is None or row.live:
                 continue
             txn.delete(pack_key(pack_id), db=self._index.packs)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path(pack_id))
             removed.append(pack_id)
         return removed
+
+    def unlink(self, pack_ids: Iterable[int]) -> None:
+        """Unlink the files of packs whose rows a committed transaction removed (ids are random 64-bit
+        numbers, never handed out again while a file has them; a crash before this leaves orphans, which
+        :meth:`remove_orphans` removes)."""
+        for pack_id in pack_ids:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(pack_id))
 
     def remove_orphans(self, txn: Txn) -> list[str]:
         """In a write transaction: unlink pack files without a row (a publish that never committed).
@@ -114,6 +122,9 @@ class PackFiles:
         try:
             sync_close(pending)
             with self._index.write() as txn:
+                old = self.row(txn, pack_id)
+                if old is None:
+                    return False
                 new_id, moved, moved_bytes, new_offset = self.new_id(txn), 0, 0, 0
                 for (key, offset, size), data in zip(members, parts, strict=True):
                     raw = txn.get(key, db=self._index.blobs)
@@ -122,15 +133,16 @@ class PackFiles:
                         txn.put(key, rec.pack(), db=self._index.blobs)
                         moved, moved_bytes = moved + 1, moved_bytes + size
                     new_offset += len(data)
-                old = self.row(txn, pack_id)
-                if old is None or not moved:
+                if not moved:
                     return False
                 os.rename(wip, self.path(new_id))
                 fsync_dir(self.dir)
                 self.put_row(txn, new_id, PackRecord(moved, moved_bytes, new_offset))
                 left = PackRecord(old.live - moved, old.live_bytes - moved_bytes, old.size)
                 self.put_row(txn, pack_id, left)
-                return bool(self.drop_empty(txn, [pack_id]))
+                emptied = self.drop_empty(txn, [pack_id])
+            self.unlink(emptied)  # committed: no rollback can point records back into it now
+            return bool(emptied)
         finally:
             wip.unlink(missing_ok=True)
 

@@ -178,3 +178,36 @@ def test_eviction_under_the_cap_repacks_what_it_leaves_mostly_dead(root: Path) -
         sizes = sorted(p.stat().st_size for p in pack_files(root))
         assert sizes == [15_000, 50_000, 50_000]  # the old pack rewritten with its 3 live blobs
         assert store.verify() == []
+
+
+def test_a_repack_that_dies_before_its_commit_loses_no_pack(root: Path, monkeypatch) -> None:
+    """The old pack's file goes only after the transaction that moved its blobs out has committed: a
+    repack that dies in between (here an exception where a SIGKILL could land) leaves the old pack, its
+    row and its records as they were, and the new file an orphan that gc removes."""
+    from fs.store.packs import PackFiles
+
+    blobs = batch(9, [40_000, 10_000, 50_000, 20_000])
+    original = PackFiles.drop_empty
+
+    def dies_before_commit(self, txn, pack_ids=None):
+        dropped = original(self, txn, pack_ids)
+        if dropped:  # the repack's transaction, which emptied the old pack
+            raise RuntimeError("killed before the commit")
+        return dropped
+
+    with Store.open(root) as store:
+        digests = store.put_many([(data, None) for data in blobs])
+        [old] = pack_files(root)
+        store.ref(digests[1], "layer:keep")
+        monkeypatch.setattr(PackFiles, "drop_empty", dies_before_commit)
+        with pytest.raises(RuntimeError, match="killed before the commit"):
+            store.gc()
+        monkeypatch.undo()
+        assert old.exists()
+        assert store.pread(digests[1], 0, 10_000) == blobs[1]
+    with Store.open(root) as store:
+        store.gc()
+        assert store.verify() == []
+        assert store.pread(digests[1], 0, 10_000) == blobs[1]
+        [new] = pack_files(root)
+        assert new.stat().st_size == 10_000

@@ -313,11 +313,9 @@ class LayoutEndpoint(Endpoint):
             hasher = Hasher()
             with self.layout.open_blob(digest) as src, open(dest, "wb") as out:
                 while block := src.read(_PIECE):
-                    hasher.update(block)
-                    out.write(block)
+                    _hash_and_write(hasher, out, block)
                     if progress:
                         progress(len(block))
-                out.flush()
                 if sync:
                     os.fsync(out.fileno())
             _check(digest, size, hasher, f"blob in {self.ref}")

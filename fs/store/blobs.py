@@ -380,6 +380,12 @@ class BlobArea:
         """Close cached descriptors of removed blobs (their bytes stay valid for pinned readers)."""
         self._fds.discard(keys)
 
+    def remove_packs(self, pack_ids: list[int]) -> None:
+        """Unlink the files of packs whose rows a committed transaction dropped
+        (:meth:`PackFiles.drop_empty`) and close their cached descriptors."""
+        self.packs.unlink(pack_ids)
+        self.forget([PackFiles.fd_key(pack_id) for pack_id in pack_ids])
+
     def close(self) -> None:
         self.atimes.close()
         self._fds.clear()

@@ -29,7 +29,6 @@ from typing import Any
 from .blobs import BlobArea
 from .holders import AliveCache, ProcessId
 from .index import Index
-from .packs import PackFiles
 from .records import (
     KIND_PACKED,
     BlobRecord,
@@ -109,8 +108,8 @@ def remove_blobs(index: Index, blobs: BlobArea, victims: list[tuple[bytes, BlobR
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(blobs.key_path(key))
             emptied = blobs.packs.drop_empty(txn, packs)
-        blobs.packs.unlink(emptied)
-        blobs.forget(deleted + [PackFiles.fd_key(pack_id) for pack_id in emptied])
+        blobs.forget(deleted)
+        blobs.remove_packs(emptied)
     return count, size
 
 
@@ -126,8 +125,7 @@ def remove_pack_leftovers(index: Index, blobs: BlobArea) -> list[str]:
     with index.write() as txn:
         removed = blobs.packs.remove_orphans(txn)
         emptied = blobs.packs.drop_empty(txn)
-    blobs.packs.unlink(emptied)
-    blobs.forget([PackFiles.fd_key(pack_id) for pack_id in emptied])
+    blobs.remove_packs(emptied)
     return removed + [f"packs/{pack_key(pack_id).decode()}" for pack_id in emptied]
 
 

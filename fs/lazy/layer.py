@@ -50,6 +50,14 @@ log = logging.getLogger(__name__)
 
 #: Blob tail fetched when the footer must locate the TOC: the footer plus, often, a small TOC with it.
 TAIL_SIZE = max(FOOTER_FETCH_SIZE, 16 * 1024)
+#: Files the container runtime itself reads from the image before the container runs, whatever the
+#: workload: containerd's CRI resolves the user and its supplementary groups from ``/etc/passwd`` and
+#: ``/etc/group`` while it creates the container (``WithUser``, ``WithAdditionalGIDs``), and so do nerdctl
+#: and Docker. Prefetched in every layer that has them, so that the create does not wait for a round trip.
+RUNTIME_READS = ("etc/passwd", "etc/group")
+#: ... unless the image makes them bigger than this (they are a few kB): the image does not choose what
+#: the host fetches beyond its own prefetch list.
+RUNTIME_READ_MAX_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -155,9 +163,10 @@ class OpenedLayer:
         return out
 
     def prefetch_chunks(self) -> list[Chunk]:
-        """Chunks the image marks as needed first: everything before ``.prefetch.landmark`` (eStargz), the
-        files prioritized before it, and the TOC's prefetch list (``zsnapPrefetch`` in c/storage layers
-        written by ``zsnap convert --prefetch-list``); [] with ``.no.prefetch.landmark`` or no marker."""
+        """Chunks needed first: everything before ``.prefetch.landmark`` (eStargz), the files prioritized
+        before it, the TOC's prefetch list (``zsnapPrefetch`` in c/storage layers written by ``zsnap
+        convert --prefetch-list``), and the :data:`RUNTIME_READS` files the layer has; [] with
+        ``.no.prefetch.landmark``."""
         if self._plan is not None:
             return self._plan[0]
         idx = self.index
@@ -168,7 +177,8 @@ class OpenedLayer:
             for c in self.chunks_by_offset():
                 if c.compressed_offset < idx.prefetch_landmark_offset:
                     chosen.setdefault(c.digest, c)
-        for path in idx.prefetch_paths:
+        runtime = [p for p in RUNTIME_READS if getattr(idx.nodes.get(p), "size", 0) <= RUNTIME_READ_MAX_SIZE]
+        for path in [*idx.prefetch_paths, *runtime]:
             node = idx.nodes.get(path)
             for c in node.chunks if node is not None else ():
                 if not c.zeros:

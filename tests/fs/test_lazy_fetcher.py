@@ -181,6 +181,29 @@ async def test_prefetch_sets_from_landmarks_and_toc_list(vectors_dir: Path, feat
     assert len(top.chunks_by_offset()) > 0
 
 
+async def test_the_files_the_runtime_reads_at_create_are_prefetched_without_a_list(
+    vectors_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """containerd's CRI reads /etc/passwd and /etc/group of the image while it creates the container: a
+    layer that has them prefetches them (and nothing else) though its TOC has no prefetch list; not
+    when the image made them implausibly big."""
+    import fs.lazy.layer
+
+    client = LayoutReader(OciLayout(vectors_dir / "skopeo-1.9.3-zstd-chunked"))
+    image = await resolve_image(client, ImageReference.parse(f"oci:{client.layout.path}:features"))
+
+    async def bottom() -> OpenedLayer:
+        return await open_layer(client, "", image.layers[0], store=None, stats=MountStats(), holder=HOLDER,
+                                scratch=Path("/nonexistent"))  # fmt: skip
+
+    layer = await bottom()
+    assert layer.index is not None and not layer.index.prefetch_paths  # no list in this layer
+    passwd, group = (layer.index.nodes[p] for p in ("etc/passwd", "etc/group"))
+    assert {c.digest for c in layer.prefetch_chunks()} == {c.digest for c in passwd.chunks + group.chunks}
+    monkeypatch.setattr(fs.lazy.layer, "RUNTIME_READ_MAX_SIZE", min(passwd.size, group.size) - 1)
+    assert (await bottom()).prefetch_chunks() == []
+
+
 async def test_store_writes_never_run_on_the_trio_thread(feat_layer) -> None:
     import threading
 

@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 TAIL_SIZE = max(FOOTER_FETCH_SIZE, 16 * 1024)
 #: Files the container runtime itself reads from the image before the container runs, whatever the
 #: workload: containerd's CRI resolves the user and its supplementary groups from ``/etc/passwd`` and
-#: ``/etc/group`` while it creates the container (``WithUser``, ``WithAdditionalGIDs``), and so do nerdctl
-#: and Docker. Prefetched in every layer that has them, so that the create does not wait for a round trip.
+#: ``/etc/group`` while it creates the container (``WithUser``, ``WithAdditionalGIDs``; nerdctl through the
+#: same client options). Prefetched in every layer that has them: the create need not wait for a round trip.
 RUNTIME_READS = ("etc/passwd", "etc/group")
 #: ... unless the image makes them bigger than this (they are a few kB): the image does not choose what
 #: the host fetches beyond its own prefetch list.

@@ -12,19 +12,14 @@ What :func:`build_index` guarantees to readers (everything else is a :class:`~fs
 * **Hardlinks** share the target's :class:`FileNode` (``nlink`` counts the names); the target must appear
   earlier and must not be a directory.
 * **Chunks** of every non-empty regular file tile ``[0, size)`` without gaps, each with the compressed
-  range that decodes to it, inside the blob's data region:
-
-  - c/storage dialects: chunk *i* ends at chunk *i+1*'s ``offset``, the last one at the reg
-    ``endOffset``; a single-chunk file's chunk is verified with the whole-file ``digest``;
-    ``chunkType: "zeros"`` sets :attr:`Chunk.zeros` (the range may be skipped and zeros synthesized,
-    still hashing to ``digest``).
-  - eStargz dialects: each data entry ends at the next entry's non-zero ``offset`` with ``innerOffset``
-    0 (stargz ``initFields``), the last one at the end of the data region (``toc_offset - 8`` for zstd,
-    ``toc_offset`` for gzip, else the blob size); decode, skip ``inner_offset`` bytes, take ``size``.
-    ``userName``/``groupName`` carry forward per uid/gid; ``chunkSize`` 0 means "to end of file".
-    ``.prefetch.landmark``/``.no.prefetch.landmark`` (and a stray ``stargz.index.json``) are hidden from
-    the tree; :attr:`LayerIndex.prefetch_landmark_offset`, :attr:`~LayerIndex.no_prefetch` and
-    :attr:`~LayerIndex.prefetch_paths` record them.
+  range that decodes to it, inside the blob's data region (``toc_offset - 8`` for zstd, ``toc_offset`` for
+  gzip, else the blob size). Where each dialect's chunks end, and ``chunkType: "zeros"``
+  (:attr:`Chunk.zeros`), are :mod:`fs.format.chunkranges`; for eStargz, decode, skip ``inner_offset``
+  bytes, take ``size``.
+* **eStargz** ``userName``/``groupName`` carry forward per uid/gid. ``.prefetch.landmark``/
+  ``.no.prefetch.landmark`` (and a stray ``stargz.index.json``) are hidden from the tree;
+  :attr:`LayerIndex.prefetch_landmark_offset`, :attr:`~LayerIndex.no_prefetch` and
+  :attr:`~LayerIndex.prefetch_paths` record them.
 * **Whiteouts** stay in the tree under their raw names; :func:`is_whiteout`/:func:`whiteout_target`/
   :data:`OPAQUE_WHITEOUT` let the FUSE layer map them.
 """
@@ -38,10 +33,11 @@ from collections.abc import Mapping
 
 from fs.digest import EMPTY_SHA256
 from fs.errors import FormatError
+from fs.format.chunkranges import check_tiling, cstorage_chunks, estargz_chunks, estargz_frame_ends
 from fs.format.dialect import Dialect
 from fs.format.frames import SKIPPABLE_HEADER_SIZE
 from fs.format.paths import check_device, check_hardlink_target, check_path
-from fs.format.toc import CHUNK_TYPE_ZEROS, Toc, TocEntry, rfc3339_to_ns
+from fs.format.toc import Toc, TocEntry, rfc3339_to_ns
 from fs.format.tree import (
     NO_PREFETCH_LANDMARK,
     NO_XATTRS,
@@ -221,21 +217,9 @@ class _Builder:
         return node
 
     # -- entries ----------------------------------------------------------------------------------
-    def _compressed_ends(self) -> list[int]:
-        # stargz initFields: walking backwards, each data entry ends at the next non-zero offset whose
-        # innerOffset is 0 (the start of the next frame); the last one at the end of the data region.
-        ends = [0] * len(self.toc.entries)
-        last = self.data_end
-        for k in range(len(self.toc.entries) - 1, -1, -1):
-            e = self.toc.entries[k]
-            ends[k] = last
-            if e.offset and not e.inner_offset:
-                last = e.offset
-        return ends
-
     def build(self) -> LayerIndex:
         entries = self.toc.entries
-        self.ends = self._compressed_ends() if self.estargz else []
+        self.ends = estargz_frame_ends(entries, self.data_end) if self.estargz else []
         i = 0
         while i < len(entries):
             e = entries[i]
@@ -329,84 +313,11 @@ class _Builder:
                 raise FormatError("empty file has chunk entries")
             return
         if not self.estargz:
-            self._cstorage_chunks(node, e, chunk_entries)
+            node.chunks = cstorage_chunks(e, chunk_entries, self.data_end)
         else:
-            self._estargz_chunks(node, e, i, chunk_entries)
-        expected = 0
-        max_chunk, max_zeros = self.limits.max_chunk_size, self.limits.max_zero_chunk_size
-        for c in node.chunks:
-            size = c.size
-            if c.file_offset != expected:
-                what = "gap" if c.file_offset > expected else "overlap"
-                raise FormatError(
-                    f"chunk {what} at file offset {expected} (next chunk starts at {c.file_offset})"
-                )
-            if size <= 0:
-                raise FormatError(f"empty chunk at file offset {c.file_offset}")
-            if size > (max_zeros if c.zeros else max_chunk):
-                key, cap = ("max-zero-chunk-size", max_zeros) if c.zeros else ("max-chunk-size", max_chunk)
-                raise FormatError(
-                    f"chunk at file offset {c.file_offset} is {size} bytes, more than {cap} ({key})"
-                )
-            expected += size
-        if expected != e.size:
-            raise FormatError(f"chunks cover {expected} bytes of a {e.size}-byte file")
-
-    def _check_range(self, start: int, end: int) -> None:
-        if not 0 < start < end <= self.data_end:
-            raise FormatError(
-                f"compressed range [{start}, {end}) is outside the data region [0, {self.data_end})"
-            )
-
-    def _cstorage_chunks(self, node: FileNode, e: TocEntry, chunk_entries: list[TocEntry]) -> None:
-        if not chunk_entries:
-            digest = e.digest or e.chunk_digest
-            if not digest:
-                raise FormatError("non-empty regular file without a digest")
-            self._check_range(e.offset, e.end_offset)
-            zeros = e.chunk_type == CHUNK_TYPE_ZEROS
-            node.chunks = [Chunk(0, e.size, e.offset, e.end_offset, digest, 0, zeros)]
-            return
-        # chunk k ends where chunk k+1 starts, the last one at the file's endOffset
-        ends = [c.offset for c in chunk_entries]
-        ends.append(e.end_offset)
-        data_end = self.data_end
-        chunks = node.chunks
-        for c, end in zip((e, *chunk_entries), ends, strict=True):
-            if c.name != e.name:
-                raise FormatError(f"chunk entry named {c.name!r} follows regular file {e.name!r}")
-            if not 0 < c.offset < end <= data_end:  # checked inline, worded by _check_range
-                self._check_range(c.offset, end)
-            if not c.chunk_digest:
-                raise FormatError(f"chunk at file offset {c.chunk_offset} has no chunkDigest")
-            chunks.append(
-                Chunk(
-                    c.chunk_offset,
-                    c.chunk_size,
-                    c.offset,
-                    end,
-                    c.chunk_digest,
-                    0,
-                    c.chunk_type == CHUNK_TYPE_ZEROS,
-                )
-            )
-
-    def _estargz_chunks(self, node: FileNode, e: TocEntry, i: int, chunk_entries: list[TocEntry]) -> None:
-        only = not chunk_entries
-        for k, c in enumerate((e, *chunk_entries)):
-            if c.name != e.name:
-                raise FormatError(f"chunk entry named {c.name!r} follows regular file {e.name!r}")
-            size = c.chunk_size or (e.size - c.chunk_offset)
-            digest = c.chunk_digest or (e.digest if only else "")
-            if not digest:
-                raise FormatError(f"chunk at file offset {c.chunk_offset} has no chunkDigest")
-            if not c.offset:
-                raise FormatError(f"chunk at file offset {c.chunk_offset} has no offset")
-            end = self.ends[i + k]
-            self._check_range(c.offset, end)
-            node.chunks.append(
-                Chunk(c.chunk_offset, size, c.offset, end, digest, inner_offset=c.inner_offset)
-            )
+            ends = self.ends[i : i + 1 + len(chunk_entries)]
+            node.chunks = estargz_chunks(e, chunk_entries, ends, self.data_end)
+        check_tiling(node.chunks, e.size, self.limits)
 
 
 def build_index(

@@ -216,3 +216,28 @@ def test_image_trusted_xattrs_are_dropped_but_whiteout_opaque_kept() -> None:
     assert t.lookup_path("l/e").xattrs == {}
     assert t.lookup_path("l/f").xattrs == {b"security.capability": b"\x01"}
     assert t.lookup_path("l/o").xattrs == {OPAQUE_XATTR: b"y"}
+
+
+def test_nodes_stay_out_of_the_cycle_collector_and_a_build_leaves_it_as_it_was() -> None:
+    """A host holds every node of every attached layer: were they tracked, each full collection would
+    walk them all on the thread that answers FUSE. A build turns the collector off while it runs and
+    back on after, also when the layer is refused."""
+    import gc
+
+    from fs.lazy.treebuild import build_layer_tree
+
+    items = [Item("usr", "dir"), Item("usr/bin", "dir"), Item("usr/bin/sh", "reg", size=3, content=[1, 2])]
+    items += [Item(f"usr/lib/f{i}", "reg", size=i, xattrs={"user.k": b"v"}) for i in range(100)]
+    assert gc.isenabled()
+    tree = build_layer_tree(1, "layer", items)
+    assert gc.isenabled()
+    assert len(tree.nodes) == 105 and not any(gc.is_tracked(n) for n in tree.nodes)
+    with pytest.raises(FormatError):
+        build_layer_tree(2, "bad", [Item("a", "reg"), Item("a/b", "reg")])  # below a file
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        build_layer_tree(3, "again", items)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()

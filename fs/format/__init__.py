@@ -13,8 +13,8 @@ Layout (each module owns one noun; imports only go downwards in this list)::
     annotations  TocLocation, toc_location_from_annotations, annotations_for
     verify       decode_and_verify_toc, tar-split verification
     tree         LayerIndex / FileNode / Chunk, whiteout + path helpers
-    index        build_index (validation of the tree)
     chunkranges  where each dialect's chunks lie in the blob, and how a file's chunks tile it
+    index        build_index (validation of the tree)
     hints        the prefetch hint annotation: the prefetch list's byte ranges, written and parsed
 """
 

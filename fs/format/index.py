@@ -26,11 +26,11 @@ What :func:`build_index` guarantees to readers (everything else is a :class:`~fs
 
 from __future__ import annotations
 
-import gc
 import os
 import stat
 from collections.abc import Mapping
 
+from fs.collector import collector_paused
 from fs.digest import EMPTY_SHA256
 from fs.errors import FormatError
 from fs.format.chunkranges import check_tiling, cstorage_chunks, estargz_chunks, estargz_frame_ends
@@ -349,10 +349,5 @@ def build_index(
             f"TOC has {len(toc.entries)} entries, more than the limit of {limits.max_toc_entries} "
             "(max-toc-entries)"
         )
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # millions of new acyclic objects: the cycle collector would only re-scan them
-    try:
+    with collector_paused():  # millions of new acyclic objects: the cycle collector would only re-scan them
         return _Builder(toc, dialect, blob_size, toc_offset, limits).build()
-    finally:
-        if gc_was_enabled:
-            gc.enable()

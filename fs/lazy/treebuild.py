@@ -17,11 +17,11 @@ same path replace earlier ones (tar semantics).
 
 from __future__ import annotations
 
-import gc
 import stat
 from collections.abc import Iterable
 from typing import Any
 
+from fs.collector import collector_paused
 from fs.errors import FormatError
 from fs.lazy.inodes import (
     INDEX_BITS,
@@ -79,14 +79,9 @@ def build_layer_tree(
         raise FormatError(f"layer slot {slot} out of range")
     tree = LayerTree(slot=slot, name=name, nodes=[], payload=payload)
     builder = _LayerBuilder(tree, overlay)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a node, a dict per directory and an item per entry, none in a cycle: nothing to collect
-    try:
+    with collector_paused():  # a node, a dict per directory and an item per entry, none in a cycle
         for item in items:
             builder.add(item)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
     builder.finish()
     tree.file_bytes = sum(n.size for n in tree.nodes if n is not None and stat.S_ISREG(n.mode))
     if len(tree.nodes) > INDEX_MASK:

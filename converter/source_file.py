@@ -93,11 +93,6 @@ class SourceFile:
         self.path = path
         self.download = download
 
-    @property
-    def streaming(self) -> bool:
-        """Whether the blob was still being downloaded when this was handed out."""
-        return self.download is not None
-
     def open(self) -> BinaryIO:
         """A binary reader from the blob's first byte; over a download in progress it blocks for bytes
         not yet written and sees end of file only after the blob verified."""

@@ -107,7 +107,7 @@ def test_a_complete_source_reads_as_a_plain_file(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(b"abc" * 1000)
     source = SourceFile(path)
-    assert not source.streaming
+    assert source.download is None
     source.wait_verified()  # nothing to wait for
     with source.open() as f:
         assert f.read() == b"abc" * 1000

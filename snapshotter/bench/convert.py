@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -359,13 +358,9 @@ def _image_size(link: Link, repo: str, tag: str) -> int:
         "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
     )
     url = f"http://{link.host}/v2/{repo}/manifests/{tag}"
-    if link.prefix:  # the registry is only reachable inside the namespace
-        cmd = [*link.prefix, "curl", "-sf", "--max-time", "30", "-H", f"Accept: {accept}", url]
-        manifest = json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)
-    else:
-        request = urllib.request.Request(url, headers={"Accept": accept})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            manifest = json.loads(response.read())
+    # curl inside the link's namespace (where the registry may be the only place it is reachable)
+    cmd = [*link.prefix, "curl", "-sf", "--max-time", "30", "-H", f"Accept: {accept}", url]
+    manifest = json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)
     for layer in manifest["layers"]:
         keys = layer.get("annotations", {})
         if not layer["mediaType"].endswith("+zstd") or not any("zstd-chunked.manifest" in k for k in keys):
